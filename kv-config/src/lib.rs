@@ -1,0 +1,2 @@
+//! kv-config
+pub mod store;

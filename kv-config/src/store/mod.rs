@@ -1,0 +1,520 @@
+//! The storage layer: a [`Store`] holds buckets, a [`Bucket`] holds keys.
+//!
+//! Two implementations behave identically: [`NatsStore`] over a NATS JetStream Key/Value bucket
+//! (async-nats), and [`MemoryStore`], an embedded in-process store with the same revisions,
+//! compare-and-swap checks, watches, history, TTLs and atomic batches. This module is the only
+//! place in kv-config that knows NATS subjects, headers and API errors.
+//!
+//! ```
+//! use kv_config::store::{BucketConfig, MemoryStore, Store};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), kv_config::store::StoreError> {
+//! let store = MemoryStore::new();
+//! let bucket = store.create_bucket(&BucketConfig::new("cfg").history(5)).await?;
+//! let rev = bucket.put("server.port", "8080".into()).await?;
+//! let rev2 = bucket.update("server.port", "8081".into(), rev).await?;
+//! assert!(bucket.update("server.port", "9".into(), rev).await.unwrap_err().is_wrong_revision());
+//! assert_eq!(bucket.get("server.port").await?.as_deref(), Some(&b"8081"[..]));
+//! assert_eq!(bucket.history("server.port").await?.len(), 2);
+//! # let _ = rev2;
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod memory;
+pub mod nats;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use error::{StoreError, StoreErrorKind};
+pub use memory::MemoryStore;
+pub use nats::NatsStore;
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The most operations one atomic batch may hold (a server limit).
+pub const MAX_BATCH: usize = 1000;
+
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// A value was written.
+    Put,
+    /// The key was deleted (a delete marker; history is kept).
+    Delete,
+    /// The key was purged (history removed), or its TTL expired.
+    Purge,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Put => "PUT",
+            Operation::Delete => "DEL",
+            Operation::Purge => "PURGE",
+        })
+    }
+}
+
+/// One revision of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The bucket.
+    pub bucket: String,
+    /// The key.
+    pub key: String,
+    /// The value (empty for delete and purge markers).
+    pub value: Bytes,
+    /// The bucket-wide sequence number of this write.
+    pub revision: u64,
+    /// In a watch: how many more entries the watcher has yet to deliver (0 = caught up).
+    pub delta: u64,
+    /// When the server stored it.
+    pub created: SystemTime,
+    /// Put, delete or purge.
+    pub operation: Operation,
+}
+
+impl Entry {
+    /// `true` for a live value (not a delete or purge marker).
+    pub fn is_put(&self) -> bool {
+        self.operation == Operation::Put
+    }
+}
+
+/// Storage of a bucket's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageKind {
+    /// On disk (the default).
+    #[default]
+    File,
+    /// In the server's memory.
+    Memory,
+}
+
+/// How to create a bucket.
+///
+/// ```
+/// use std::time::Duration;
+/// use kv_config::store::BucketConfig;
+/// let cfg = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(60));
+/// assert_eq!(cfg.history, 10);
+/// assert!(cfg.atomic_writes);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Bucket name (`[-_a-zA-Z0-9]`).
+    pub name: String,
+    /// A description shown by `nats kv info`.
+    pub description: String,
+    /// Revisions kept per key, 1 to 64 (default 1).
+    pub history: u8,
+    /// Bucket-wide expiry of values (`None` = never).
+    pub max_age: Option<Duration>,
+    /// Largest value in bytes (`None` = the server's limit).
+    pub max_value_size: Option<u32>,
+    /// Replicas in a cluster (1 to 5).
+    pub replicas: usize,
+    /// File or memory storage.
+    pub storage: StorageKind,
+    /// Enables per-key TTLs; expired keys then leave a purge marker that lives this long.
+    pub key_ttl: Option<Duration>,
+    /// Allows atomic multi-key batches (server 2.12+). On by default; kv-config's multi-key
+    /// `update` needs it.
+    pub atomic_writes: bool,
+}
+
+impl BucketConfig {
+    /// A bucket with history 1, no expiry, one replica, file storage and atomic writes.
+    pub fn new(name: impl Into<String>) -> Self {
+        BucketConfig {
+            name: name.into(),
+            description: String::new(),
+            history: 1,
+            max_age: None,
+            max_value_size: None,
+            replicas: 1,
+            storage: StorageKind::File,
+            key_ttl: None,
+            atomic_writes: true,
+        }
+    }
+
+    /// Sets the revisions kept per key (clamped to 1..=64).
+    pub fn history(mut self, history: u8) -> Self {
+        self.history = history.clamp(1, 64);
+        self
+    }
+
+    /// Sets a bucket-wide expiry.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Sets the largest allowed value.
+    pub fn max_value_size(mut self, bytes: u32) -> Self {
+        self.max_value_size = Some(bytes);
+        self
+    }
+
+    /// Sets the number of replicas.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets the storage kind.
+    pub fn storage(mut self, storage: StorageKind) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Enables per-key TTLs (expiry markers live for `marker_ttl`, at least one second).
+    pub fn key_ttl(mut self, marker_ttl: Duration) -> Self {
+        self.key_ttl = Some(marker_ttl.max(Duration::from_secs(1)));
+        self
+    }
+
+    /// Sets the description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Turns atomic batches on or off.
+    pub fn atomic_writes(mut self, on: bool) -> Self {
+        self.atomic_writes = on;
+        self
+    }
+}
+
+/// What a bucket is and holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    /// The configuration it runs with.
+    pub config: BucketConfig,
+    /// Stored messages, markers and old revisions included.
+    pub messages: u64,
+    /// Stored bytes.
+    pub bytes: u64,
+    /// The bucket's last revision (0 when nothing was ever written).
+    pub last_revision: u64,
+}
+
+/// What a write expects of the key's last revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expect {
+    /// No check.
+    #[default]
+    Any,
+    /// The key's last revision (markers included) must be this; 0 = nothing was ever stored.
+    Revision(u64),
+}
+
+/// The kind of a [`WriteOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Store a value.
+    Put(Bytes),
+    /// Leave a delete marker.
+    Delete,
+    /// Remove the key's history, leaving a purge marker.
+    Purge,
+}
+
+/// One write, on its own or inside an atomic batch.
+///
+/// ```
+/// use kv_config::store::{Expect, WriteOp};
+/// let op = WriteOp::put("a", "1".into()).expect_revision(4);
+/// assert_eq!(op.expect, Expect::Revision(4));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOp {
+    /// The key.
+    pub key: String,
+    /// Put, delete or purge.
+    pub kind: WriteKind,
+    /// Revision check.
+    pub expect: Expect,
+    /// Per-key TTL (whole seconds, at least one; the bucket needs [`BucketConfig::key_ttl`]).
+    pub ttl: Option<Duration>,
+}
+
+impl WriteOp {
+    /// A put of `value`.
+    pub fn put(key: impl Into<String>, value: Bytes) -> Self {
+        WriteOp { key: key.into(), kind: WriteKind::Put(value), expect: Expect::Any, ttl: None }
+    }
+
+    /// A delete marker.
+    pub fn delete(key: impl Into<String>) -> Self {
+        WriteOp { key: key.into(), kind: WriteKind::Delete, expect: Expect::Any, ttl: None }
+    }
+
+    /// A purge.
+    pub fn purge(key: impl Into<String>) -> Self {
+        WriteOp { key: key.into(), kind: WriteKind::Purge, expect: Expect::Any, ttl: None }
+    }
+
+    /// Requires the key's last revision to be `revision` (0 = never stored).
+    pub fn expect_revision(mut self, revision: u64) -> Self {
+        self.expect = Expect::Revision(revision);
+        self
+    }
+
+    /// Sets a per-key TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
+/// Where a watch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchStart {
+    /// The current entry of every matching key (markers included), then live changes.
+    LatestPerKey,
+    /// Only changes made after the watch starts.
+    New,
+    /// Every retained entry from this revision on, then live changes.
+    FromRevision(u64),
+}
+
+/// A live stream of entries from [`Bucket::watch`].
+///
+/// Errors (a missed heartbeat, a reconnect) are items, not the end: keep polling.
+pub struct Watch {
+    initial: u64,
+    inner: Pin<Box<dyn Stream<Item = StoreResult<Entry>> + Send>>,
+}
+
+impl Watch {
+    /// Wraps a stream; `initial` is how many entries were pending when the watch started.
+    pub fn new(initial: u64, inner: impl Stream<Item = StoreResult<Entry>> + Send + 'static) -> Self {
+        Watch { initial, inner: Box::pin(inner) }
+    }
+
+    /// How many entries were pending when the watch started: 0 means the watcher was caught up at
+    /// once (e.g. an empty bucket), otherwise it is caught up at the first entry with `delta == 0`.
+    pub fn initial_pending(&self) -> u64 {
+        self.initial
+    }
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch").field("initial_pending", &self.initial).finish_non_exhaustive()
+    }
+}
+
+impl Stream for Watch {
+    type Item = StoreResult<Entry>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// A connection to a place that holds buckets.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Creates a bucket, or opens it if one of this name exists (leaving its configuration alone).
+    async fn create_bucket(&self, config: &BucketConfig) -> StoreResult<Arc<dyn Bucket>>;
+
+    /// Opens an existing bucket ([`StoreErrorKind::NotFound`] if there is none).
+    async fn open_bucket(&self, name: &str) -> StoreResult<Arc<dyn Bucket>>;
+
+    /// The names of all buckets, sorted.
+    async fn bucket_names(&self) -> StoreResult<Vec<String>>;
+
+    /// Removes a bucket and everything in it.
+    async fn delete_bucket(&self, name: &str) -> StoreResult<()>;
+
+    /// Turns on atomic batches for an existing bucket (see [`BucketConfig::atomic_writes`]).
+    async fn enable_atomic_writes(&self, name: &str) -> StoreResult<()>;
+}
+
+/// One Key/Value bucket.
+///
+/// Writes return the new revision. Keys follow the NATS rules (`[-/_=.a-zA-Z0-9]`, no empty
+/// token), values are bytes (kv-config stores JSON).
+#[async_trait]
+pub trait Bucket: Send + Sync + fmt::Debug + 'static {
+    /// The bucket's name.
+    fn name(&self) -> &str;
+
+    /// Configuration and counters.
+    async fn info(&self) -> StoreResult<BucketInfo>;
+
+    /// The key's last entry, delete and purge markers included.
+    async fn entry(&self, key: &str) -> StoreResult<Option<Entry>>;
+
+    /// The key's entry at `revision`, if that revision belongs to this key and is retained.
+    async fn entry_at(&self, key: &str, revision: u64) -> StoreResult<Option<Entry>>;
+
+    /// Every retained revision of the key, oldest first.
+    async fn history(&self, key: &str) -> StoreResult<Vec<Entry>>;
+
+    /// Every key with a live value, sorted.
+    async fn keys(&self) -> StoreResult<Vec<String>>;
+
+    /// Watches keys matching `pattern` (NATS wildcards `*` and `>`; `>` = all).
+    async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch>;
+
+    /// One write with its revision check and TTL.
+    async fn write(&self, op: WriteOp) -> StoreResult<u64>;
+
+    /// Several writes, all or nothing (every check runs against the state before the batch).
+    /// Returns the revision of the last write. Needs [`BucketConfig::atomic_writes`].
+    async fn write_atomic(&self, ops: Vec<WriteOp>) -> StoreResult<u64>;
+
+    /// The key's live value (`None` when missing, deleted or purged).
+    async fn get(&self, key: &str) -> StoreResult<Option<Bytes>> {
+        Ok(self.entry(key).await?.filter(Entry::is_put).map(|e| e.value))
+    }
+
+    /// Stores a value.
+    async fn put(&self, key: &str, value: Bytes) -> StoreResult<u64> {
+        self.write(WriteOp::put(key, value)).await
+    }
+
+    /// Stores a value that expires after `ttl` (whole seconds).
+    async fn put_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<u64> {
+        self.write(WriteOp::put(key, value).ttl(ttl)).await
+    }
+
+    /// Stores a value only if the key has no live value: a lock. Succeeds over a delete or purge
+    /// marker; fails with [`StoreErrorKind::AlreadyExists`] otherwise.
+    async fn create(&self, key: &str, value: Bytes) -> StoreResult<u64> {
+        create_with(self, key, value, None).await
+    }
+
+    /// [`create`](Bucket::create) with a per-key TTL: a lease.
+    async fn create_with_ttl(&self, key: &str, value: Bytes, ttl: Duration) -> StoreResult<u64> {
+        create_with(self, key, value, Some(ttl)).await
+    }
+
+    /// Stores a value only if the key's last revision is `revision` (compare-and-swap).
+    async fn update(&self, key: &str, value: Bytes, revision: u64) -> StoreResult<u64> {
+        self.write(WriteOp::put(key, value).expect_revision(revision)).await
+    }
+
+    /// Leaves a delete marker; deleting a missing key is harmless.
+    async fn delete(&self, key: &str) -> StoreResult<u64> {
+        self.write(WriteOp::delete(key)).await
+    }
+
+    /// Leaves a delete marker if the key's last revision is `revision`.
+    async fn delete_expect_revision(&self, key: &str, revision: u64) -> StoreResult<u64> {
+        self.write(WriteOp::delete(key).expect_revision(revision)).await
+    }
+
+    /// Removes the key's history, leaving a purge marker.
+    async fn purge(&self, key: &str) -> StoreResult<u64> {
+        self.write(WriteOp::purge(key)).await
+    }
+
+    /// Purges if the key's last revision is `revision`.
+    async fn purge_expect_revision(&self, key: &str, revision: u64) -> StoreResult<u64> {
+        self.write(WriteOp::purge(key).expect_revision(revision)).await
+    }
+}
+
+async fn create_with<B: Bucket + ?Sized>(
+    bucket: &B,
+    key: &str,
+    value: Bytes,
+    ttl: Option<Duration>,
+) -> StoreResult<u64> {
+    let with_ttl = |op: WriteOp| match ttl {
+        Some(ttl) => op.ttl(ttl),
+        None => op,
+    };
+    match bucket.write(with_ttl(WriteOp::put(key, value.clone()).expect_revision(0))).await {
+        Ok(rev) => Ok(rev),
+        Err(err) if err.is_wrong_revision() => match bucket.entry(key).await? {
+            Some(entry) if !entry.is_put() => {
+                bucket
+                    .write(with_ttl(WriteOp::put(key, value).expect_revision(entry.revision)))
+                    .await
+                    .map_err(|e| if e.is_wrong_revision() { already_exists(bucket, key) } else { e })
+            }
+            _ => Err(already_exists(bucket, key)),
+        },
+        Err(err) => Err(err),
+    }
+}
+
+fn already_exists<B: Bucket + ?Sized>(bucket: &B, key: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::AlreadyExists).bucket(bucket.name()).key(key)
+}
+
+/// `true` if `key` follows the NATS key rules: `[-/_=.a-zA-Z0-9]+`, no empty token.
+///
+/// ```
+/// assert!(kv_config::store::is_valid_key("server.port"));
+/// assert!(!kv_config::store::is_valid_key("server..port"));
+/// assert!(!kv_config::store::is_valid_key("a b"));
+/// ```
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('.').all(|t| !t.is_empty())
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+}
+
+/// `true` if `name` is a valid bucket name: `[-_a-zA-Z0-9]+`.
+pub fn is_valid_bucket_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `true` if `key` matches the NATS subject `pattern` (`*` = one token, `>` = the rest).
+///
+/// ```
+/// use kv_config::store::key_matches;
+/// assert!(key_matches(">", "a.b"));
+/// assert!(key_matches("a.*", "a.b"));
+/// assert!(!key_matches("a.*", "a.b.c"));
+/// assert!(key_matches("a.>", "a.b.c"));
+/// ```
+pub fn key_matches(pattern: &str, key: &str) -> bool {
+    let mut keys = key.split('.');
+    for p in pattern.split('.') {
+        if p == ">" {
+            return keys.next().is_some();
+        }
+        match keys.next() {
+            Some(k) if p == "*" || p == k => {}
+            _ => return false,
+        }
+    }
+    keys.next().is_none()
+}
+
+pub(crate) fn check_batch(bucket: &str, ops: &[WriteOp]) -> StoreResult<()> {
+    if ops.is_empty() || ops.len() > MAX_BATCH {
+        return Err(StoreError::new(StoreErrorKind::InvalidRequest)
+            .bucket(bucket)
+            .detail(format!("a batch holds 1 to {MAX_BATCH} operations, not {}", ops.len())));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for op in ops {
+        if !seen.insert(op.key.as_str()) {
+            return Err(StoreError::new(StoreErrorKind::InvalidRequest)
+                .bucket(bucket)
+                .key(op.key.clone())
+                .detail("the same key twice in one batch"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! [`NatsStore`]: buckets in NATS JetStream Key/Value, through async-nats.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, kv, stream::StorageType};
+use async_nats::HeaderMap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::{
+    check_batch, is_valid_bucket_name, is_valid_key, Bucket, BucketConfig, BucketInfo, Entry,
+    Expect, Operation, StorageKind, Store, StoreError, StoreErrorKind, StoreResult, Watch,
+    WatchStart, WriteKind, WriteOp,
+};
+
+const KV_OPERATION: &str = "KV-Operation";
+const KV_ROLLUP: &str = "Nats-Rollup";
+
+/// Buckets in NATS JetStream Key/Value.
+///
+/// Connect with your own [`async_nats::Client`], so every auth, TLS and reconnect option of
+/// async-nats works unchanged.
+///
+/// ```no_run
+/// use kv_config::store::{BucketConfig, NatsStore, Store};
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let store = NatsStore::new(client);
+/// let bucket = store.create_bucket(&BucketConfig::new("cfg").history(5)).await?;
+/// bucket.put("log_level", "\"info\"".into()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct NatsStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl NatsStore {
+    /// A store on this connection (JetStream's default domain and API prefix).
+    pub fn new(client: async_nats::Client) -> Self {
+        let js = jetstream::new(client.clone());
+        NatsStore { client, js }
+    }
+
+    /// A store on an existing JetStream context (e.g. one with a domain).
+    pub fn with_context(client: async_nats::Client, js: jetstream::Context) -> Self {
+        NatsStore { client, js }
+    }
+
+    /// The connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    fn wrap(&self, kv: kv::Store) -> Arc<dyn Bucket> {
+        let subject_prefix = kv.put_prefix.clone().unwrap_or_else(|| kv.prefix.clone());
+        Arc::new(NatsBucket { name: kv.name.clone(), subject_prefix, client: self.client.clone(), js: self.js.clone(), kv })
+    }
+}
+
+#[async_trait]
+impl Store for NatsStore {
+    async fn create_bucket(&self, config: &BucketConfig) -> StoreResult<Arc<dyn Bucket>> {
+        if !is_valid_bucket_name(&config.name) {
+            return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(config.name.clone()));
+        }
+        match self.open_bucket(&config.name).await {
+            Ok(bucket) => return Ok(bucket),
+            Err(e) if *e.kind() == StoreErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let created = self
+            .js
+            .create_key_value(kv::Config {
+                bucket: config.name.clone(),
+                description: config.description.clone(),
+                history: i64::from(config.history.clamp(1, 64)),
+                max_age: config.max_age.unwrap_or_default(),
+                max_value_size: config.max_value_size.map_or(-1, |m| m.min(i32::MAX as u32) as i32),
+                storage: match config.storage {
+                    StorageKind::File => StorageType::File,
+                    StorageKind::Memory => StorageType::Memory,
+                },
+                num_replicas: config.replicas.max(1),
+                limit_markers: config.key_ttl,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => {}
+            // Someone else created it at the same moment: use theirs.
+            Err(e) if e.to_string().contains("already in use") => return self.open_bucket(&config.name).await,
+            Err(e) => return Err(classify(&e).bucket(config.name.clone())),
+        }
+        if config.atomic_writes {
+            self.enable_atomic_writes(&config.name).await?;
+        }
+        self.open_bucket(&config.name).await
+    }
+
+    async fn open_bucket(&self, name: &str) -> StoreResult<Arc<dyn Bucket>> {
+        if !is_valid_bucket_name(name) {
+            return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(name));
+        }
+        match self.js.get_key_value(name).await {
+            Ok(kv) => Ok(self.wrap(kv)),
+            Err(e) => Err(classify(&e).bucket(name)),
+        }
+    }
+
+    async fn bucket_names(&self) -> StoreResult<Vec<String>> {
+        let names: Vec<String> = self
+            .js
+            .stream_names()
+            .try_collect()
+            .await
+            .map_err(|e| classify(&e))?;
+        let mut names: Vec<String> =
+            names.into_iter().filter_map(|n| n.strip_prefix("KV_").map(str::to_string)).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn delete_bucket(&self, name: &str) -> StoreResult<()> {
+        self.js.delete_key_value(name).await.map(|_| ()).map_err(|e| classify(&e).bucket(name))
+    }
+
+    async fn enable_atomic_writes(&self, name: &str) -> StoreResult<()> {
+        let mut stream = self
+            .js
+            .get_stream(format!("KV_{name}"))
+            .await
+            .map_err(|e| classify(&e).bucket(name))?;
+        let mut config = stream.info().await.map_err(|e| classify(&e).bucket(name))?.config.clone();
+        if config.allow_atomic_publish {
+            return Ok(());
+        }
+        config.allow_atomic_publish = true;
+        self.js.update_stream(config).await.map(|_| ()).map_err(|e| classify(&e).bucket(name))
+    }
+}
+
+struct NatsBucket {
+    name: String,
+    subject_prefix: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    kv: kv::Store,
+}
+
+impl std::fmt::Debug for NatsBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBucket").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl NatsBucket {
+    fn err(&self, e: &(dyn std::error::Error + 'static), key: &str) -> StoreError {
+        classify(e).bucket(self.name.clone()).key(key)
+    }
+
+    fn check_key(&self, key: &str) -> StoreResult<()> {
+        if is_valid_key(key) {
+            Ok(())
+        } else {
+            Err(StoreError::new(StoreErrorKind::InvalidKey).bucket(self.name.clone()).key(key))
+        }
+    }
+
+    fn headers(&self, op: &WriteOp) -> StoreResult<HeaderMap> {
+        self.check_key(&op.key)?;
+        let mut headers = HeaderMap::new();
+        match op.kind {
+            WriteKind::Put(_) => {}
+            WriteKind::Delete => headers.insert(KV_OPERATION, "DEL"),
+            WriteKind::Purge => {
+                headers.insert(KV_OPERATION, "PURGE");
+                headers.insert(KV_ROLLUP, "sub");
+            }
+        }
+        if let Expect::Revision(rev) = op.expect {
+            headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, rev.to_string().as_str());
+        }
+        if let Some(ttl) = op.ttl {
+            if ttl < Duration::from_secs(1) {
+                return Err(StoreError::new(StoreErrorKind::InvalidRequest)
+                    .bucket(self.name.clone())
+                    .key(op.key.clone())
+                    .detail("a TTL is at least one second"));
+            }
+            headers.insert(async_nats::header::NATS_MESSAGE_TTL, ttl.as_secs().to_string().as_str());
+        }
+        Ok(headers)
+    }
+
+    fn payload(op: &WriteOp) -> Bytes {
+        match &op.kind {
+            WriteKind::Put(v) => v.clone(),
+            _ => Bytes::new(),
+        }
+    }
+
+    fn write_error(&self, e: &(dyn std::error::Error + 'static), op: &WriteOp) -> StoreError {
+        let err = self.err(e, &op.key);
+        match (err.kind(), op.expect) {
+            (StoreErrorKind::WrongRevision { current, .. }, Expect::Revision(expected)) => {
+                let current = *current;
+                StoreError::new(StoreErrorKind::WrongRevision { expected, current })
+                    .bucket(self.name.clone())
+                    .key(op.key.clone())
+            }
+            _ => err,
+        }
+    }
+
+    fn to_entry(&self, e: kv::Entry) -> Entry {
+        Entry {
+            bucket: self.name.clone(),
+            key: e.key,
+            value: e.value,
+            revision: e.revision,
+            delta: e.delta,
+            created: SystemTime::from(e.created),
+            operation: map_op(e.operation),
+        }
+    }
+}
+
+fn map_op(op: kv::Operation) -> Operation {
+    match op {
+        kv::Operation::Put => Operation::Put,
+        kv::Operation::Delete => Operation::Delete,
+        kv::Operation::Purge => Operation::Purge,
+    }
+}
+
+fn operation_of(headers: Option<&HeaderMap>) -> Operation {
+    let Some(headers) = headers else { return Operation::Put };
+    if let Some(op) = headers.get(KV_OPERATION) {
+        return match op.as_str() {
+            "DEL" => Operation::Delete,
+            "PURGE" => Operation::Purge,
+            _ => Operation::Put,
+        };
+    }
+    match headers.get(async_nats::header::NATS_MARKER_REASON).map(|v| v.as_str()) {
+        Some("MaxAge") | Some("Purge") => Operation::Purge,
+        Some("Remove") => Operation::Delete,
+        _ => Operation::Put,
+    }
+}
+
+#[async_trait]
+impl Bucket for NatsBucket {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn info(&self) -> StoreResult<BucketInfo> {
+        let mut stream = self.kv.stream.clone();
+        let info = stream.info().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
+        let c = &info.config;
+        Ok(BucketInfo {
+            config: BucketConfig {
+                name: self.name.clone(),
+                description: c.description.clone().unwrap_or_default(),
+                history: c.max_messages_per_subject.clamp(1, 64) as u8,
+                max_age: (!c.max_age.is_zero()).then_some(c.max_age),
+                max_value_size: (c.max_message_size > 0).then_some(c.max_message_size as u32),
+                replicas: c.num_replicas,
+                storage: match c.storage {
+                    StorageType::Memory => StorageKind::Memory,
+                    StorageType::File => StorageKind::File,
+                },
+                key_ttl: if c.allow_message_ttl { c.subject_delete_marker_ttl } else { None },
+                atomic_writes: c.allow_atomic_publish,
+            },
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            last_revision: info.state.last_sequence,
+        })
+    }
+
+    async fn entry(&self, key: &str) -> StoreResult<Option<Entry>> {
+        self.check_key(key)?;
+        match self.kv.entry(key).await {
+            Ok(e) => Ok(e.map(|e| self.to_entry(e))),
+            Err(e) => Err(self.err(&e, key)),
+        }
+    }
+
+    async fn entry_at(&self, key: &str, revision: u64) -> StoreResult<Option<Entry>> {
+        self.check_key(key)?;
+        let subject = format!("{}{}", self.kv.prefix, key);
+        // Not kv::Store::entry_for_revision: it prints to stdout when the revision is another key's.
+        match self.kv.stream.get_raw_message(revision).await {
+            Ok(msg) if msg.subject.as_str() == subject => Ok(Some(Entry {
+                bucket: self.name.clone(),
+                key: key.to_string(),
+                operation: operation_of(Some(&msg.headers)),
+                value: msg.payload,
+                revision: msg.sequence,
+                delta: 0,
+                created: SystemTime::from(msg.time),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.to_string().contains("no message found") => Ok(None),
+            Err(e) => Err(self.err(&e, key)),
+        }
+    }
+
+    async fn history(&self, key: &str) -> StoreResult<Vec<Entry>> {
+        self.check_key(key)?;
+        let history = self.kv.history(key).await.map_err(|e| self.err(&e, key))?;
+        let entries: Vec<kv::Entry> = history.try_collect().await.map_err(|e| self.err(&e, key))?;
+        Ok(entries.into_iter().map(|e| self.to_entry(e)).collect())
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<String>> {
+        let keys = self.kv.keys().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
+        let mut keys: Vec<String> = keys.try_collect().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
+        use jetstream::consumer::{push::OrderedConfig, DeliverPolicy, ReplayPolicy};
+        let deliver_policy = match start {
+            WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
+            WatchStart::New => DeliverPolicy::New,
+            WatchStart::FromRevision(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+        };
+        // Our own ordered consumer rather than kv::Store::watch*: its cached info tells how many
+        // entries are pending at the start, which is the only "loaded" signal for an empty match.
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("kv-config watch".to_string()),
+                filter_subject: format!("{}{}", self.kv.prefix, pattern),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.err(&e, pattern))?;
+        let initial = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| self.err(&e, pattern))?;
+        let bucket = self.name.clone();
+        let prefix = self.kv.prefix.clone();
+        let stream = messages.map(move |msg| {
+            let msg = msg.map_err(|e| classify(&e).bucket(bucket.clone()))?;
+            let info = msg.info().map_err(|e| {
+                StoreError::new(StoreErrorKind::Other).bucket(bucket.clone()).detail(format!("bad message metadata: {e}"))
+            })?;
+            let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
+            Ok(Entry {
+                bucket: bucket.clone(),
+                operation: operation_of(msg.headers.as_ref()),
+                value: msg.payload.clone(),
+                revision: info.stream_sequence,
+                delta: info.pending,
+                created: SystemTime::from(info.published),
+                key,
+            })
+        });
+        Ok(Watch::new(initial, stream))
+    }
+
+    async fn write(&self, op: WriteOp) -> StoreResult<u64> {
+        let headers = self.headers(&op)?;
+        let subject = format!("{}{}", self.subject_prefix, op.key);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, Self::payload(&op))
+            .await
+            .map_err(|e| self.write_error(&e, &op))?
+            .await
+            .map_err(|e| self.write_error(&e, &op))?;
+        Ok(ack.sequence)
+    }
+
+    async fn write_atomic(&self, ops: Vec<WriteOp>) -> StoreResult<u64> {
+        check_batch(&self.name, &ops)?;
+        let batch_id = self.client.new_inbox().rsplit('.').next().unwrap_or("kvc").to_string();
+        let last = ops.len() - 1;
+        // Intermediate messages go out as core publishes (the server stages them), the last one
+        // carries the commit and is acknowledged for the whole batch.
+        for (i, op) in ops.iter().enumerate() {
+            let mut headers = self.headers(op)?;
+            headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
+            headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+            let subject = format!("{}{}", self.subject_prefix, op.key);
+            if i < last {
+                self.client
+                    .publish_with_headers(subject, headers, Self::payload(op))
+                    .await
+                    .map_err(|e| self.err(&e, &op.key))?;
+            } else {
+                headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, headers, Self::payload(op))
+                    .await
+                    .map_err(|e| self.err(&e, &op.key))?
+                    .await;
+                return match ack {
+                    Ok(ack) => Ok(ack.sequence),
+                    Err(e) => {
+                        let err = classify(&e).bucket(self.name.clone());
+                        Err(self.batch_error(err, &ops).await)
+                    }
+                };
+            }
+        }
+        unreachable!("check_batch guarantees at least one operation")
+    }
+}
+
+impl NatsBucket {
+    /// A batch's failure names no key; find the one whose revision check fails now.
+    async fn batch_error(&self, err: StoreError, ops: &[WriteOp]) -> StoreError {
+        if !err.is_wrong_revision() {
+            return err;
+        }
+        for op in ops {
+            if let Expect::Revision(expected) = op.expect {
+                let current = match self.kv.entry(&op.key).await {
+                    Ok(entry) => entry.map_or(0, |e| e.revision),
+                    Err(_) => continue,
+                };
+                if current != expected {
+                    return StoreError::new(StoreErrorKind::WrongRevision { expected, current: Some(current) })
+                        .bucket(self.name.clone())
+                        .key(op.key.clone());
+                }
+            }
+        }
+        err
+    }
+}
+
+/// Maps any async-nats error to a [`StoreErrorKind`], walking its source chain.
+fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
+    let mut kind = None;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut text = String::new();
+    while let Some(e) = cur {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>() {
+            kind = kind.or(match js.error_code().0 {
+                10071 | 10164 => Some(StoreErrorKind::WrongRevision {
+                    expected: 0,
+                    current: js.to_string().split("wrong last sequence: ").nth(1).and_then(|s| {
+                        s.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok())
+                    }),
+                }),
+                10059 => Some(StoreErrorKind::NotFound),
+                10058 => Some(StoreErrorKind::AlreadyExists),
+                10054 => Some(StoreErrorKind::ValueTooLarge),
+                10076 | 10039 => Some(StoreErrorKind::JetStreamNotEnabled),
+                10166 => Some(StoreErrorKind::KeyTtlDisabled),
+                10174 => Some(StoreErrorKind::AtomicWritesDisabled),
+                _ => None,
+            });
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&e.to_string());
+        cur = e.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    let kind = kind.unwrap_or_else(|| {
+        if lower.contains("wrong last sequence") {
+            StoreErrorKind::WrongRevision { expected: 0, current: None }
+        } else if lower.contains("permission") || lower.contains("authorization") {
+            StoreErrorKind::PermissionDenied
+        } else if lower.contains("stream not found") || lower.contains("does not exist") || lower.contains("not found") {
+            StoreErrorKind::NotFound
+        } else if lower.contains("no responders") || lower.contains("jetstream not enabled") {
+            StoreErrorKind::JetStreamNotEnabled
+        } else if lower.contains("payload") && lower.contains("exceed") || lower.contains("message size exceeds") {
+            StoreErrorKind::ValueTooLarge
+        } else if lower.contains("timed out") || lower.contains("timeout") {
+            StoreErrorKind::Timeout
+        } else if lower.contains("disconnect") || lower.contains("broken pipe") || lower.contains("connection") {
+            StoreErrorKind::Connection
+        } else {
+            StoreErrorKind::Other
+        }
+    });
+    let mut out = StoreError::new(kind);
+    if matches!(out.kind(), StoreErrorKind::Other | StoreErrorKind::NotFound | StoreErrorKind::ValueTooLarge) {
+        out = out.detail(text);
+    }
+    out
+}

@@ -1,0 +1,1 @@
+//! Not published: owns the workspace's examples, tests and benches.

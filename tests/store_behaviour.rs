@@ -1,0 +1,276 @@
+//! The seed's behaviours, run against MemoryStore and a real nats-server alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kv_config::store::{
+    BucketConfig, Entry, MemoryStore, NatsStore, Operation, Store, StoreErrorKind, WatchStart, WriteOp,
+};
+use kv_config_testing::NatsServer;
+
+/// A store plus whatever keeps it alive (the server process).
+struct Fixture {
+    store: Arc<dyn Store>,
+    _server: Option<NatsServer>,
+}
+
+async fn memory() -> Fixture {
+    Fixture { store: Arc::new(MemoryStore::new()), _server: None }
+}
+
+async fn nats() -> Fixture {
+    let server = NatsServer::start().await;
+    let client = async_nats::connect(server.url()).await.expect("connect to test server");
+    Fixture { store: Arc::new(NatsStore::new(client)), _server: Some(server) }
+}
+
+async fn next_entry(watch: &mut kv_config::store::Watch) -> Entry {
+    tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("watch delivered nothing within 5s")
+        .expect("watch ended")
+        .expect("watch error")
+}
+
+async fn put_then_get(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t")).await.unwrap();
+    let rev = b.put("server.port", "8080".into()).await.unwrap();
+    assert!(rev > 0);
+    assert_eq!(b.get("server.port").await.unwrap().as_deref(), Some(&b"8080"[..]));
+    let e = b.entry("server.port").await.unwrap().unwrap();
+    assert_eq!((e.revision, e.operation), (rev, Operation::Put));
+    assert_eq!(b.get("missing").await.unwrap(), None);
+    assert_eq!(b.entry_at("server.port", rev).await.unwrap().unwrap().value, "8080");
+    let other = b.put("other", "1".into()).await.unwrap();
+    assert_eq!(b.entry_at("server.port", other).await.unwrap(), None, "a revision of another key");
+}
+
+async fn delete_missing_is_harmless(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t")).await.unwrap();
+    b.delete("never-there").await.unwrap();
+    assert_eq!(b.get("never-there").await.unwrap(), None);
+    assert!(b.keys().await.unwrap().is_empty());
+}
+
+async fn create_is_a_lock(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t")).await.unwrap();
+    b.create("lock", "a".into()).await.unwrap();
+    let err = b.create("lock", "b".into()).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::AlreadyExists, "{err}");
+    assert!(err.to_string().contains("`lock`"), "{err}");
+    b.delete("lock").await.unwrap();
+    b.create("lock", "c".into()).await.unwrap();
+    assert_eq!(b.get("lock").await.unwrap().as_deref(), Some(&b"c"[..]));
+    b.purge("lock").await.unwrap();
+    b.create("lock", "d".into()).await.unwrap();
+}
+
+async fn stale_update_fails(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t")).await.unwrap();
+    let r1 = b.put("k", "1".into()).await.unwrap();
+    let r2 = b.update("k", "2".into(), r1).await.unwrap();
+    let err = b.update("k", "3".into(), r1).await.unwrap_err();
+    match err.kind() {
+        StoreErrorKind::WrongRevision { expected, current } => {
+            assert_eq!(*expected, r1);
+            assert_eq!(*current, Some(r2));
+        }
+        other => panic!("expected WrongRevision, got {other:?}: {err}"),
+    }
+    assert_eq!(err.key_name(), Some("k"));
+    b.update("k", "3".into(), r2).await.unwrap();
+    // 0 means "must not exist".
+    b.update("fresh", "1".into(), 0).await.unwrap();
+    assert!(b.update("fresh", "2".into(), 0).await.unwrap_err().is_wrong_revision());
+    // Delete and purge with a revision check.
+    let cur = b.entry("k").await.unwrap().unwrap().revision;
+    assert!(b.delete_expect_revision("k", cur - 1).await.unwrap_err().is_wrong_revision());
+    b.delete_expect_revision("k", cur).await.unwrap();
+    let cur = b.entry("k").await.unwrap().unwrap().revision;
+    b.purge_expect_revision("k", cur).await.unwrap();
+}
+
+async fn history_is_bounded(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t").history(3)).await.unwrap();
+    for i in 0..5 {
+        b.put("k", i.to_string().into()).await.unwrap();
+    }
+    let h = b.history("k").await.unwrap();
+    let values: Vec<&[u8]> = h.iter().map(|e| &e.value[..]).collect();
+    assert_eq!(values, vec![&b"2"[..], b"3", b"4"]);
+    assert!(h.windows(2).all(|w| w[0].revision < w[1].revision));
+    b.delete("k").await.unwrap();
+    let h = b.history("k").await.unwrap();
+    assert_eq!(h.len(), 3);
+    assert_eq!(h.last().unwrap().operation, Operation::Delete);
+    b.purge("k").await.unwrap();
+    let h = b.history("k").await.unwrap();
+    assert_eq!(h.len(), 1, "purge removes history: {h:?}");
+    assert_eq!(h[0].operation, Operation::Purge);
+}
+
+async fn watch_sees_puts_and_deletes(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t")).await.unwrap();
+    b.put("a", "0".into()).await.unwrap();
+    let mut all = b.watch(">", WatchStart::LatestPerKey).await.unwrap();
+    assert_eq!(all.initial_pending(), 1);
+    let mut one = b.watch("b", WatchStart::New).await.unwrap();
+    assert_eq!(one.initial_pending(), 0);
+    let first = next_entry(&mut all).await;
+    assert_eq!((first.key.as_str(), first.delta), ("a", 0));
+    b.put("b", "1".into()).await.unwrap();
+    b.put("a", "2".into()).await.unwrap();
+    b.delete("b").await.unwrap();
+    let e1 = next_entry(&mut all).await;
+    let e2 = next_entry(&mut all).await;
+    let e3 = next_entry(&mut all).await;
+    assert_eq!((e1.key.as_str(), e1.operation), ("b", Operation::Put));
+    assert_eq!((e2.key.as_str(), &e2.value[..]), ("a", &b"2"[..]));
+    assert_eq!((e3.key.as_str(), e3.operation), ("b", Operation::Delete));
+    let o1 = next_entry(&mut one).await;
+    let o2 = next_entry(&mut one).await;
+    assert_eq!((o1.key.as_str(), o1.operation, o2.operation), ("b", Operation::Put, Operation::Delete));
+    // An empty match is caught up at once.
+    let empty = b.watch("nothing.*", WatchStart::LatestPerKey).await.unwrap();
+    assert_eq!(empty.initial_pending(), 0);
+}
+
+async fn removed_bucket_is_gone(f: Fixture) {
+    f.store.create_bucket(&BucketConfig::new("keep")).await.unwrap();
+    f.store.create_bucket(&BucketConfig::new("gone")).await.unwrap();
+    assert_eq!(f.store.bucket_names().await.unwrap(), vec!["gone".to_string(), "keep".to_string()]);
+    f.store.delete_bucket("gone").await.unwrap();
+    assert_eq!(f.store.bucket_names().await.unwrap(), vec!["keep".to_string()]);
+    let err = f.store.open_bucket("gone").await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("`gone`"), "{err}");
+}
+
+async fn bucket_info_round_trips(f: Fixture) {
+    let cfg = BucketConfig::new("info")
+        .history(7)
+        .max_age(Duration::from_secs(3600))
+        .key_ttl(Duration::from_secs(5))
+        .max_value_size(1024);
+    let b = f.store.create_bucket(&cfg).await.unwrap();
+    b.put("k", "v".into()).await.unwrap();
+    let info = b.info().await.unwrap();
+    assert_eq!(info.config, cfg);
+    assert_eq!(info.last_revision, 1);
+    let err = b.put("k", vec![b'x'; 2048].into()).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::ValueTooLarge, "{err}");
+    // Opening an existing bucket leaves its configuration alone.
+    let again = f.store.create_bucket(&BucketConfig::new("info")).await.unwrap();
+    assert_eq!(again.info().await.unwrap().config.history, 7);
+}
+
+async fn invalid_keys_are_refused(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t")).await.unwrap();
+    for key in ["", "a..b", ".a", "a.", "a b", "ä"] {
+        let err = b.put(key, "1".into()).await.unwrap_err();
+        assert_eq!(*err.kind(), StoreErrorKind::InvalidKey, "{key:?}: {err}");
+    }
+    let err = f.store.create_bucket(&BucketConfig::new("bad.name")).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::InvalidBucketName);
+}
+
+async fn atomic_batch_all_or_nothing(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("t")).await.unwrap();
+    let ra = b.put("a", "1".into()).await.unwrap();
+    let rb = b.put("b", "1".into()).await.unwrap();
+    let mut w = b.watch(">", WatchStart::New).await.unwrap();
+    let last = b
+        .write_atomic(vec![
+            WriteOp::put("a", "2".into()).expect_revision(ra),
+            WriteOp::put("b", "2".into()).expect_revision(rb),
+            WriteOp::put("c", "2".into()).expect_revision(0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(b.entry("c").await.unwrap().unwrap().revision, last);
+    let deltas: Vec<u64> = [next_entry(&mut w).await, next_entry(&mut w).await, next_entry(&mut w).await]
+        .iter()
+        .map(|e| e.delta)
+        .collect();
+    assert_eq!(deltas.last(), Some(&0));
+    assert!(deltas[0] >= 1, "a batch arrives with the first entries not caught up: {deltas:?}");
+    // One stale revision rejects everything.
+    let err = b
+        .write_atomic(vec![
+            WriteOp::put("a", "3".into()).expect_revision(ra + 100),
+            WriteOp::put("b", "3".into()),
+            WriteOp::delete("c"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.is_wrong_revision(), "{err}");
+    assert_eq!(err.key_name(), Some("a"), "{err}");
+    for k in ["a", "b", "c"] {
+        assert_eq!(b.get(k).await.unwrap().as_deref(), Some(&b"2"[..]), "{k} changed");
+    }
+    let err = b.write_atomic(vec![WriteOp::put("a", "1".into()), WriteOp::put("a", "2".into())]).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::InvalidRequest);
+}
+
+async fn atomic_needs_enabling(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("plain").atomic_writes(false)).await.unwrap();
+    let ops = vec![WriteOp::put("a", "1".into()), WriteOp::put("b", "1".into())];
+    let err = b.write_atomic(ops.clone()).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::AtomicWritesDisabled, "{err}");
+    assert_eq!(b.get("a").await.unwrap(), None);
+    f.store.enable_atomic_writes("plain").await.unwrap();
+    let b = f.store.open_bucket("plain").await.unwrap();
+    b.write_atomic(ops).await.unwrap();
+    assert!(b.info().await.unwrap().config.atomic_writes);
+}
+
+async fn per_key_ttl_expires(f: Fixture) {
+    let plain = f.store.create_bucket(&BucketConfig::new("nottl")).await.unwrap();
+    let err = plain.put_with_ttl("k", "v".into(), Duration::from_secs(1)).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::KeyTtlDisabled, "{err}");
+    let b = f.store.create_bucket(&BucketConfig::new("ttl").key_ttl(Duration::from_secs(60))).await.unwrap();
+    let mut w = b.watch(">", WatchStart::New).await.unwrap();
+    b.create_with_ttl("lease", "me".into(), Duration::from_secs(1)).await.unwrap();
+    b.put_with_ttl("session", "x".into(), Duration::from_secs(1)).await.unwrap();
+    b.put("forever", "x".into()).await.unwrap();
+    assert!(b.create("lease", "you".into()).await.is_err());
+    let mut expired = Vec::new();
+    while expired.len() < 2 {
+        let e = next_entry(&mut w).await;
+        if e.operation == Operation::Purge {
+            expired.push(e.key);
+        }
+    }
+    expired.sort();
+    assert_eq!(expired, vec!["lease".to_string(), "session".to_string()]);
+    assert_eq!(b.get("lease").await.unwrap(), None);
+    assert_eq!(b.keys().await.unwrap(), vec!["forever".to_string()]);
+    b.create("lease", "you".into()).await.unwrap();
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $( #[tokio::test] async fn $name() { super::$name(super::memory().await).await } )*
+        }
+        mod nats_store {
+            $( #[tokio::test] async fn $name() { super::$name(super::nats().await).await } )*
+        }
+    };
+}
+
+suite!(
+    put_then_get,
+    delete_missing_is_harmless,
+    create_is_a_lock,
+    stale_update_fails,
+    history_is_bounded,
+    watch_sees_puts_and_deletes,
+    removed_bucket_is_gone,
+    bucket_info_round_trips,
+    invalid_keys_are_refused,
+    atomic_batch_all_or_nothing,
+    atomic_needs_enabling,
+    per_key_ttl_expires,
+);
