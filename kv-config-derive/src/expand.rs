@@ -1,0 +1,226 @@
+//! Code generation for `#[derive(KvConfig)]`. Never reports user errors: `check` did.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+
+use crate::ast::{Field, Input};
+use crate::attr::Default;
+use crate::ctxt::Ctxt;
+use crate::{check, dummy};
+
+pub fn derive(input: &syn::DeriveInput) -> TokenStream {
+    let cx = Ctxt::new();
+    let ast = Input::from_ast(&cx, input);
+    if let Some(ast) = &ast {
+        check::check(&cx, ast);
+    }
+    match (cx.check(), ast) {
+        (Ok(()), Some(ast)) => expand(&ast),
+        (Err(err), _) => {
+            let mut out = err.to_compile_error();
+            out.extend(dummy::impls(&input.ident, input.generics.params.is_empty()));
+            out
+        }
+        (Ok(()), None) => unreachable!("an input without a model always reports an error"),
+    }
+}
+
+fn leaf_fields<'i, 'a>(input: &'i Input<'a>) -> impl Iterator<Item = (usize, &'i Field<'a>)> {
+    input.fields.iter().enumerate().filter(|(_, f)| f.attrs.skip.is_none())
+}
+
+fn expand(input: &Input) -> TokenStream {
+    let ident = input.ident;
+    let name = ident.to_string();
+    let schema = leaf_fields(input).map(|(_, f)| schema_entry(f));
+    let encode = leaf_fields(input).map(|(_, f)| encode_field(f));
+    let decode = leaf_fields(input).map(|(i, f)| decode_field(i, f));
+    let build = input.fields.iter().enumerate().map(|(i, f)| {
+        let member = f.ident;
+        let var = format_ident!("__kv_f{}", i);
+        if f.attrs.skip.is_some() {
+            let value = default_value(f);
+            quote!(#member: #value)
+        } else {
+            quote!(#member: #var?)
+        }
+    });
+    let struct_check = input.attrs.validate.as_ref().map(|path| {
+        quote_spanned! {path_span(path)=>
+            __kv_d.check_struct(__kv_prefix, &__kv_value, &|__kv_v: &Self| {
+                #path(__kv_v).map_err(|__kv_e| ::std::string::ToString::to_string(&__kv_e))
+            })?;
+        }
+    });
+    let debug_fields = input.fields.iter().filter(|f| f.attrs.skip.is_none()).map(|f| {
+        let member = f.ident;
+        let label = member.to_string();
+        let label = label.strip_prefix("r#").unwrap_or(&label).to_string();
+        if f.attrs.secret.is_some() {
+            quote!(.field(#label, &::kv_config::__private::Redacted))
+        } else {
+            quote!(.field(#label, &self.#member))
+        }
+    });
+    quote! {
+        #[allow(non_upper_case_globals, unused_qualifications, clippy::all)]
+        const _: () = {
+            #[automatically_derived]
+            impl ::kv_config::KvConfig for #ident {
+                const __KV_NAME: &'static str = #name;
+                const __KV_VERSION: &'static str = ::core::env!("CARGO_PKG_VERSION");
+
+                fn __kv_fields(
+                    __kv_prefix: &str,
+                    __kv_out: &mut ::std::vec::Vec<::kv_config::__private::FieldSchema>,
+                ) {
+                    #(#schema)*
+                }
+
+                fn __kv_encode(
+                    &self,
+                    __kv_prefix: &str,
+                    __kv_out: &mut ::kv_config::__private::Encoder,
+                ) -> ::core::result::Result<(), ::kv_config::EncodeError> {
+                    #(#encode)*
+                    ::core::result::Result::Ok(())
+                }
+
+                fn __kv_decode(
+                    __kv_prefix: &str,
+                    __kv_d: &mut ::kv_config::__private::Decoder<'_>,
+                ) -> ::core::option::Option<Self> {
+                    #(#decode)*
+                    let __kv_value = Self { #(#build),* };
+                    #struct_check
+                    ::core::option::Option::Some(__kv_value)
+                }
+            }
+
+            #[automatically_derived]
+            impl ::core::fmt::Debug for #ident {
+                fn fmt(&self, __kv_f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    __kv_f.debug_struct(#name) #(#debug_fields)* .finish()
+                }
+            }
+        };
+    }
+}
+
+fn path_span(path: &syn::Path) -> proc_macro2::Span {
+    syn::spanned::Spanned::span(path)
+}
+
+fn key_expr(f: &Field) -> TokenStream {
+    let key = &f.key;
+    if f.attrs.nested.is_some() {
+        let dotted = format!("{key}.");
+        quote!(::kv_config::__private::join(__kv_prefix, #dotted))
+    } else {
+        quote!(::kv_config::__private::join(__kv_prefix, #key))
+    }
+}
+
+/// The value of a missing key, as an expression of the field's type.
+fn default_value(f: &Field) -> TokenStream {
+    let ty = f.ty;
+    match &f.attrs.default {
+        Some((_, Default::Expr(syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. })))) => {
+            quote_spanned!(s.span()=> ::core::convert::Into::<#ty>::into(#s))
+        }
+        Some((_, Default::Expr(expr))) => {
+            let span = syn::spanned::Spanned::span(expr);
+            quote_spanned!(span=> { let __kv_d: #ty = #expr; __kv_d })
+        }
+        Some((span, Default::Trait)) => quote_spanned!(*span=> <#ty as ::core::default::Default>::default()),
+        None if f.optional => quote!({ let __kv_d: #ty = ::core::option::Option::None; __kv_d }),
+        None => quote_spanned!(f.ty_span()=> <#ty as ::core::default::Default>::default()),
+    }
+}
+
+fn has_default(f: &Field) -> bool {
+    f.attrs.default.is_some() || f.optional
+}
+
+fn schema_entry(f: &Field) -> TokenStream {
+    let ty = f.ty;
+    let key = key_expr(f);
+    if f.attrs.nested.is_some() {
+        return quote_spanned! {f.ty_span()=>
+            <#ty as ::kv_config::KvConfig>::__kv_fields(&#key, __kv_out);
+        };
+    }
+    let doc = &f.doc;
+    let secret = f.attrs.secret.is_some();
+    let required = !has_default(f);
+    let default = if f.attrs.default.is_some() && !secret {
+        let value = default_value(f);
+        quote!(::kv_config::__private::serde_json::to_value(&#value).ok())
+    } else {
+        quote!(::core::option::Option::None)
+    };
+    quote! {
+        __kv_out.push(::kv_config::__private::FieldSchema {
+            key: #key,
+            ty: {
+                #[allow(unused_imports)]
+                use ::kv_config::__private::{DescribeAny as _, DescribeKnown as _};
+                (&&::kv_config::__private::Probe::<#ty>::new()).__kv_describe()
+            },
+            doc: ::std::string::String::from(#doc),
+            default: #default,
+            required: #required,
+            secret: #secret,
+        });
+    }
+}
+
+fn encode_field(f: &Field) -> TokenStream {
+    let ty = f.ty;
+    let member = f.ident;
+    let key = key_expr(f);
+    if f.attrs.nested.is_some() {
+        quote_spanned!(f.ty_span()=> <#ty as ::kv_config::KvConfig>::__kv_encode(&self.#member, &#key, __kv_out)?;)
+    } else if f.optional {
+        quote!(__kv_out.optional(#key, &self.#member)?;)
+    } else {
+        quote!(__kv_out.leaf(#key, &self.#member)?;)
+    }
+}
+
+fn decode_field(i: usize, f: &Field) -> TokenStream {
+    let ty = f.ty;
+    let var = format_ident!("__kv_f{}", i);
+    let key = key_expr(f);
+    let validate = match &f.attrs.validate {
+        Some((_, path)) => quote_spanned! {path_span(path)=>
+            ::core::option::Option::Some(&|__kv_v: &#ty| {
+                #path(__kv_v).map_err(|__kv_e| ::std::string::ToString::to_string(&__kv_e))
+            })
+        },
+        None => quote!(::core::option::Option::None),
+    };
+    if f.attrs.nested.is_some() {
+        return quote_spanned! {f.ty_span()=>
+            let #var: ::core::option::Option<#ty> = {
+                let __kv_key = #key;
+                match <#ty as ::kv_config::KvConfig>::__kv_decode(&__kv_key, __kv_d) {
+                    ::core::option::Option::Some(__kv_v) => __kv_d
+                        .validate(__kv_key.trim_end_matches('.'), ::core::option::Option::None, &__kv_v, #validate)
+                        .map(|()| __kv_v),
+                    ::core::option::Option::None => ::core::option::Option::None,
+                }
+            };
+        };
+    }
+    let secret = f.attrs.secret.is_some();
+    let default = if has_default(f) {
+        let value = default_value(f);
+        quote!(::core::option::Option::Some(&|| -> #ty { #value }))
+    } else {
+        quote!(::core::option::Option::None)
+    };
+    quote! {
+        let #var: ::core::option::Option<#ty> = __kv_d.leaf::<#ty>(#key, #secret, #default, #validate);
+    }
+}

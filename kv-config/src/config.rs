@@ -1,0 +1,363 @@
+//! The [`KvConfig`] trait the derive implements, with typed decoding and encoding.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::schema::{FieldSchema, Schema};
+
+/// One raw value as read from the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawValue {
+    /// The bytes (JSON, or a bare string).
+    pub value: Bytes,
+    /// The key's revision.
+    pub revision: u64,
+}
+
+/// Raw values by key relative to the config's prefix (`server.port`, not `prod.server.port`).
+pub type RawValues = HashMap<String, RawValue>;
+
+/// A config's encoded form: key -> JSON bytes. A key that is absent should not exist (an
+/// `Option` field that is `None`).
+pub type Encoded = BTreeMap<String, Bytes>;
+
+/// Where values came from, for error messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The bucket's name.
+    pub bucket: String,
+    /// The key prefix (`""`, `prod.`).
+    pub prefix: String,
+}
+
+impl Source {
+    /// Values from `bucket` under `prefix`.
+    pub fn new(bucket: impl Into<String>, prefix: impl Into<String>) -> Self {
+        Source { bucket: bucket.into(), prefix: prefix.into() }
+    }
+}
+
+/// A struct whose fields are keys of a KV bucket. Implement it with `#[derive(KvConfig)]`.
+///
+/// ```
+/// use kv_config::{KvConfig, RawValue, RawValues, Source};
+/// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+/// struct App {
+///     #[kv(default = 8080)]
+///     port: u16,
+///     name: String,
+/// }
+/// let mut values = RawValues::new();
+/// values.insert("name".into(), RawValue { value: "\"api\"".into(), revision: 3 });
+/// let app = App::decode(&values, &Source::new("cfg", "")).unwrap();
+/// assert_eq!((app.port, app.name.as_str()), (8080, "api"));
+/// assert_eq!(app.encode().unwrap()["name"], "\"api\"");
+/// ```
+pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
+    #[doc(hidden)]
+    const __KV_NAME: &'static str;
+    #[doc(hidden)]
+    const __KV_VERSION: &'static str;
+    #[doc(hidden)]
+    fn __kv_fields(prefix: &str, out: &mut Vec<FieldSchema>);
+    #[doc(hidden)]
+    fn __kv_encode(&self, prefix: &str, out: &mut Encoder) -> Result<(), EncodeError>;
+    #[doc(hidden)]
+    fn __kv_decode(prefix: &str, d: &mut Decoder<'_>) -> Option<Self>;
+
+    /// The schema: every leaf key with its type, doc, default and secret flag.
+    fn schema() -> Schema {
+        let mut fields = Vec::new();
+        Self::__kv_fields("", &mut fields);
+        Schema { name: Self::__KV_NAME.to_string(), version: Self::__KV_VERSION.to_string(), fields }
+    }
+
+    /// Encodes every leaf as JSON, keyed by its dotted key.
+    fn encode(&self) -> Result<Encoded, EncodeError> {
+        let mut out = Encoder { out: Encoded::new() };
+        self.__kv_encode("", &mut out)?;
+        Ok(out.out)
+    }
+
+    /// Decodes from raw values, running field validators and the struct-level check. Every
+    /// problem (all missing keys, all type errors) is collected into one [`DecodeError`].
+    fn decode(values: &RawValues, source: &Source) -> Result<Self, DecodeError> {
+        let mut d = Decoder { values, source, errors: Vec::new() };
+        match Self::__kv_decode("", &mut d) {
+            Some(v) if d.errors.is_empty() => Ok(v),
+            _ => Err(DecodeError { type_name: Self::__KV_NAME, bucket: source.bucket.clone(), errors: d.errors }),
+        }
+    }
+}
+
+/// What is wrong with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// A required key has no value.
+    Missing,
+    /// The value is not JSON of the expected type (the message says expected and found).
+    Invalid(String),
+    /// A field validator refused the value.
+    Rejected(String),
+    /// The struct-level check refused the config.
+    Struct(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing => f.write_str("missing required value"),
+            Problem::Invalid(m) => write!(f, "invalid value: {m}"),
+            Problem::Rejected(m) => write!(f, "rejected by validator: {m}"),
+            Problem::Struct(m) => write!(f, "rejected by struct check: {m}"),
+        }
+    }
+}
+
+/// One problem with one key, with its provenance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    /// The bucket.
+    pub bucket: String,
+    /// The full key in the bucket (prefix included); for a struct check, the struct's prefix.
+    pub key: String,
+    /// The revision of the offending value, if there was one.
+    pub revision: Option<u64>,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.key.is_empty() { "(whole config)" } else { &self.key };
+        write!(f, "key `{key}` in bucket `{}`", self.bucket)?;
+        if let Some(rev) = self.revision {
+            write!(f, " (revision {rev})")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Every problem found decoding a config, collected in one error.
+///
+/// ```
+/// use kv_config::{KvConfig, RawValue, RawValues, Source};
+/// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+/// struct App { port: u16, name: String }
+/// let mut values = RawValues::new();
+/// values.insert("port".into(), RawValue { value: "\"http\"".into(), revision: 7 });
+/// let err = App::decode(&values, &Source::new("cfg", "")).unwrap_err();
+/// assert_eq!(err.len(), 2);
+/// let msg = err.to_string();
+/// assert!(msg.contains("key `port` in bucket `cfg` (revision 7): invalid value: invalid type: string \"http\", expected u16"), "{msg}");
+/// assert!(msg.contains("key `name` in bucket `cfg`: missing required value"), "{msg}");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    type_name: &'static str,
+    bucket: String,
+    errors: Vec<KeyError>,
+}
+
+impl DecodeError {
+    /// The problems, one per key.
+    pub fn errors(&self) -> &[KeyError] {
+        &self.errors
+    }
+
+    /// How many problems.
+    pub fn len(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Never true for an error returned by decode.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// The name of the config struct.
+    pub fn type_name(&self) -> &str {
+        self.type_name
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.errors.as_slice() {
+            [one] => write!(f, "cannot load `{}`: {one}", self.type_name),
+            many => {
+                write!(f, "cannot load `{}`: {} problems in bucket `{}`", self.type_name, many.len(), self.bucket)?;
+                for e in many {
+                    write!(f, "\n  - {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.errors.first().map(|e| e as _)
+    }
+}
+
+impl IntoIterator for DecodeError {
+    type Item = KeyError;
+    type IntoIter = std::vec::IntoIter<KeyError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.errors.into_iter()
+    }
+}
+
+/// A value that cannot be encoded as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode key `{key}` as JSON: {message}")]
+pub struct EncodeError {
+    /// The key.
+    pub key: String,
+    /// serde_json's message.
+    pub message: String,
+}
+
+/// Used by derived code; not part of the public API.
+#[doc(hidden)]
+pub struct Encoder {
+    out: Encoded,
+}
+
+impl Encoder {
+    #[doc(hidden)]
+    pub fn leaf<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Result<(), EncodeError> {
+        match serde_json::to_vec(value) {
+            Ok(v) => {
+                self.out.insert(key, Bytes::from(v));
+                Ok(())
+            }
+            Err(e) => Err(EncodeError { key, message: e.to_string() }),
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn optional<T: Serialize>(&mut self, key: String, value: &Option<T>) -> Result<(), EncodeError> {
+        match value {
+            Some(v) => self.leaf(key, v),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Used by derived code; not part of the public API.
+#[doc(hidden)]
+pub struct Decoder<'a> {
+    values: &'a RawValues,
+    source: &'a Source,
+    errors: Vec<KeyError>,
+}
+
+/// Parses bytes as `T`: JSON first, then (for types that accept a string) the bare text.
+pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> {
+    match serde_json::from_slice::<T>(raw) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            if let Ok(text) = std::str::from_utf8(raw) {
+                if let Ok(v) = serde_json::from_value::<T>(serde_json::Value::String(text.to_string())) {
+                    return Ok(v);
+                }
+            }
+            let msg = e.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            Err(if e.is_syntax() || e.is_eof() { format!("not JSON ({msg})") } else { msg })
+        }
+    }
+}
+
+impl Decoder<'_> {
+    fn error(&mut self, key: &str, revision: Option<u64>, problem: Problem) {
+        self.errors.push(KeyError {
+            bucket: self.source.bucket.clone(),
+            key: format!("{}{key}", self.source.prefix),
+            revision,
+            problem,
+        });
+    }
+
+    #[doc(hidden)]
+    pub fn leaf<T: DeserializeOwned>(
+        &mut self,
+        key: String,
+        secret: bool,
+        default: Option<&dyn Fn() -> T>,
+        validate: Option<&dyn Fn(&T) -> Result<(), String>>,
+    ) -> Option<T> {
+        let values = self.values;
+        let (value, revision) = match values.get(&key) {
+            None => match default {
+                Some(d) => (d(), None),
+                None => {
+                    self.error(&key, None, Problem::Missing);
+                    return None;
+                }
+            },
+            Some(raw) => match parse_value::<T>(&raw.value) {
+                Ok(v) => (v, Some(raw.revision)),
+                Err(msg) => {
+                    let msg = if secret {
+                        format!("(value redacted) expected {}", std::any::type_name::<T>())
+                    } else {
+                        msg
+                    };
+                    self.error(&key, Some(raw.revision), Problem::Invalid(msg));
+                    return None;
+                }
+            },
+        };
+        self.validate(&key, revision, &value, validate)?;
+        Some(value)
+    }
+
+    #[doc(hidden)]
+    pub fn validate<T>(
+        &mut self,
+        key: &str,
+        revision: Option<u64>,
+        value: &T,
+        validate: Option<&dyn Fn(&T) -> Result<(), String>>,
+    ) -> Option<()> {
+        if let Some(check) = validate {
+            if let Err(msg) = check(value) {
+                self.error(key, revision, Problem::Rejected(msg));
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    #[doc(hidden)]
+    pub fn check_struct<T>(&mut self, prefix: &str, value: &T, check: &dyn Fn(&T) -> Result<(), String>) -> Option<()> {
+        match check(value) {
+            Ok(()) => Some(()),
+            Err(msg) => {
+                self.error(prefix.trim_end_matches('.'), None, Problem::Struct(msg));
+                None
+            }
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}

@@ -1,0 +1,192 @@
+//! What `#[derive(KvConfig)]` generates: schema, encode, decode with every problem collected.
+
+use kv_config::{KvConfig, KvValue, Problem, RawValue, RawValues, Source, TypeDesc};
+use serde::{Deserialize, Serialize};
+
+#[derive(KvValue, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Level {
+    Debug,
+    Info,
+    #[serde(rename = "warning")]
+    Warn,
+}
+
+fn check_port(p: &u16) -> Result<(), String> {
+    if *p == 0 {
+        Err("port 0 is not allowed".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_limits(c: &App) -> Result<(), String> {
+    if c.min_conn > c.max_conn {
+        Err(format!("min_conn {} > max_conn {}", c.min_conn, c.max_conn))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Server {
+    /// Address to bind.
+    #[kv(default = "127.0.0.1")]
+    host: String,
+    #[kv(validate = check_port)]
+    port: u16,
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+#[kv(validate = check_limits)]
+struct App {
+    /// Nested keys live under `server.`.
+    #[kv(nested)]
+    server: Server,
+    #[kv(default = Level::Info)]
+    log_level: Level,
+    #[kv(rename = "db-password", secret)]
+    db_password: String,
+    #[kv(default)]
+    tags: Vec<String>,
+    timeout_ms: Option<u64>,
+    #[kv(default = 1)]
+    min_conn: u32,
+    #[kv(default = 10)]
+    max_conn: u32,
+    #[kv(skip)]
+    runtime_only: u8,
+}
+
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+#[kv(rename_all = "kebab-case")]
+struct Kebab {
+    #[kv(default)]
+    max_retries: u8,
+    #[kv(default, rename = "explicit_name")]
+    other_field: u8,
+}
+
+fn values(pairs: &[(&str, &str)]) -> RawValues {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| (k.to_string(), RawValue { value: v.as_bytes().to_vec().into(), revision: i as u64 + 1 }))
+        .collect()
+}
+
+fn src() -> Source {
+    Source::new("cfg", "prod.")
+}
+
+#[test]
+fn schema_lists_every_leaf_with_type_doc_default_and_secret() {
+    let schema = App::schema();
+    assert_eq!(schema.name, "App");
+    let keys: Vec<&str> = schema.fields.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["server.host", "server.port", "log_level", "db-password", "tags", "timeout_ms", "min_conn", "max_conn"]
+    );
+    let host = schema.field("server.host").unwrap();
+    assert_eq!(host.doc, "Address to bind.");
+    assert_eq!(host.default, Some(serde_json::json!("127.0.0.1")));
+    assert!(!host.required);
+    let port = schema.field("server.port").unwrap();
+    assert_eq!(port.ty, TypeDesc::Integer { min: 0, max: 65535 });
+    assert!(port.required);
+    let level = schema.field("log_level").unwrap();
+    assert_eq!(level.ty, TypeDesc::Enum { variants: vec!["debug".into(), "info".into(), "warning".into()] });
+    assert_eq!(level.default, Some(serde_json::json!("info")));
+    let pw = schema.field("db-password").unwrap();
+    assert!(pw.secret && pw.required && pw.default.is_none());
+    assert_eq!(schema.field("tags").unwrap().ty, TypeDesc::Array { items: Box::new(TypeDesc::String) });
+    let timeout = schema.field("timeout_ms").unwrap();
+    assert!(!timeout.required);
+    assert!(matches!(timeout.ty, TypeDesc::Optional { .. }));
+    // The schema is JSON for admin tools.
+    let json = serde_json::to_value(&schema).unwrap();
+    assert_eq!(json["fields"][1]["type"]["type"], "integer");
+    let back: kv_config::Schema = serde_json::from_value(json).unwrap();
+    assert_eq!(back, schema);
+    let kebab: Vec<String> = Kebab::schema().fields.into_iter().map(|f| f.key).collect();
+    assert_eq!(kebab, ["max-retries", "explicit_name"]);
+}
+
+#[test]
+fn decode_applies_defaults_and_bare_strings() {
+    let app = App::decode(
+        &values(&[("server.port", "8080"), ("db-password", "hunter2"), ("log_level", "debug"), ("timeout_ms", "250")]),
+        &src(),
+    )
+    .unwrap();
+    assert_eq!(app.server.host, "127.0.0.1");
+    assert_eq!(app.server.port, 8080);
+    assert_eq!(app.db_password, "hunter2", "a bare string (not JSON) loads into a String field");
+    assert_eq!(app.log_level, Level::Debug, "a bare enum name loads");
+    assert_eq!(app.timeout_ms, Some(250));
+    assert_eq!((app.min_conn, app.max_conn, app.runtime_only), (1, 10, 0));
+    assert!(app.tags.is_empty());
+}
+
+#[test]
+fn decode_collects_every_problem_with_bucket_key_and_revision() {
+    let err = App::decode(
+        &values(&[("server.port", "\"eighty\""), ("log_level", "\"loud\""), ("tags", "{")]),
+        &src(),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.len(), 4, "{msg}");
+    assert!(msg.contains("4 problems in bucket `cfg`"), "{msg}");
+    assert!(
+        msg.contains("key `prod.server.port` in bucket `cfg` (revision 1): invalid value: invalid type: string \"eighty\", expected u16"),
+        "{msg}"
+    );
+    assert!(msg.contains("key `prod.log_level` in bucket `cfg` (revision 2): invalid value: unknown variant `loud`"), "{msg}");
+    assert!(msg.contains("key `prod.tags` in bucket `cfg` (revision 3): invalid value"), "{msg}");
+    assert!(msg.contains("key `prod.db-password` in bucket `cfg`: missing required value"), "{msg}");
+}
+
+#[test]
+fn validators_run_on_decode() {
+    let err = App::decode(&values(&[("server.port", "0"), ("db-password", "\"x\"")]), &src()).unwrap_err();
+    assert_eq!(err.errors()[0].problem, Problem::Rejected("port 0 is not allowed".into()));
+    assert_eq!(err.errors()[0].key, "prod.server.port");
+    let err = App::decode(
+        &values(&[("server.port", "1"), ("db-password", "\"x\""), ("min_conn", "20")]),
+        &src(),
+    )
+    .unwrap_err();
+    assert_eq!(err.errors()[0].problem, Problem::Struct("min_conn 20 > max_conn 10".into()));
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_and_errors() {
+    let app = App::decode(&values(&[("server.port", "1"), ("db-password", "\"hunter2\"")]), &src()).unwrap();
+    let debug = format!("{app:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("db_password: \"<redacted>\""), "{debug}");
+    assert!(debug.contains("port: 1"), "{debug}");
+    #[derive(KvConfig, Clone, Serialize, Deserialize)]
+    struct S {
+        #[kv(secret)]
+        token: u64,
+    }
+    let err = S::decode(&values(&[("token", "\"sekrit-value\"")]), &Source::new("b", "")).unwrap_err();
+    assert!(!err.to_string().contains("sekrit"), "{err}");
+}
+
+#[test]
+fn encode_round_trips_and_skips_none() {
+    let app = App::decode(&values(&[("server.port", "8080"), ("db-password", "\"pw\"")]), &src()).unwrap();
+    let enc = app.encode().unwrap();
+    assert_eq!(enc["server.port"], "8080");
+    assert_eq!(enc["log_level"], "\"info\"");
+    assert!(!enc.contains_key("timeout_ms"), "None is an absent key");
+    let raw: RawValues = enc
+        .into_iter()
+        .map(|(k, v)| (k, RawValue { value: v, revision: 1 }))
+        .collect();
+    assert!(App::decode(&raw, &src()).unwrap() == app);
+}
