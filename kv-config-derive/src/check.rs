@@ -20,6 +20,8 @@ fn check_keys(cx: &Ctxt, input: &Input) {
                 f.key_span,
                 format!("key `{}` is not a valid NATS key: `{c}` is not allowed; use [-/_=.a-zA-Z0-9] or #[kv(rename = \"...\")]", f.key),
             );
+        } else if f.key.split('.').next() == Some("__kvconfig") {
+            cx.error_at(f.key_span, format!("key `{}` is reserved: keys under `__kvconfig.` hold kv-config's own metadata", f.key));
         } else if f.key.is_empty() || f.key.split('.').any(str::is_empty) {
             cx.error_at(
                 f.key_span,

@@ -279,7 +279,14 @@ pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> 
             }
             let msg = e.to_string();
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            Err(if e.is_syntax() || e.is_eof() { format!("not JSON ({msg})") } else { msg })
+            match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+                Ok(_) => Err(msg),
+                Err(syntax) => {
+                    let syntax = syntax.to_string();
+                    let syntax = syntax.split(" at line ").next().unwrap_or(&syntax).to_string();
+                    Err(format!("not JSON ({syntax}) and not a bare string of the expected type ({msg})"))
+                }
+            }
         }
     }
 }

@@ -1,12 +1,19 @@
 //! kv-config
-pub mod store;
 mod config;
+mod error;
+mod live;
+mod load;
 mod schema;
+pub mod store;
+mod view;
 
 pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
+pub use error::{Error, Result};
 pub use kv_config_derive::{KvConfig, KvValue};
+pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Status, Subscription};
+pub use load::{load, Loaded};
 pub use schema::{FieldSchema, KvType, Schema, TypeDesc};
-
+pub use view::{RESERVED_PREFIX, SCHEMA_KEY};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::config::{Decoder, Encoder};

@@ -354,6 +354,11 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// The bucket's name.
     fn name(&self) -> &str;
 
+    /// `false` while the connection to the server is down (always `true` in memory).
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     /// Configuration and counters.
     async fn info(&self) -> StoreResult<BucketInfo>;
 

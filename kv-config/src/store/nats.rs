@@ -260,6 +260,10 @@ impl Bucket for NatsBucket {
         &self.name
     }
 
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     async fn info(&self) -> StoreResult<BucketInfo> {
         let mut stream = self.kv.stream.clone();
         let info = stream.info().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
@@ -360,12 +364,19 @@ impl Bucket for NatsBucket {
                 StoreError::new(StoreErrorKind::Other).bucket(bucket.clone()).detail(format!("bad message metadata: {e}"))
             })?;
             let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
+            // The server's pending count can read 0 between the messages of an atomic batch; the
+            // batch headers cannot: only the commit message ends a batch.
+            let in_open_batch = msg.headers.as_ref().is_some_and(|h| {
+                h.get(async_nats::header::NATS_BATCH_ID).is_some()
+                    && h.get(async_nats::header::NATS_BATCH_COMMIT).is_none()
+            });
+            let delta = if in_open_batch { info.pending.max(1) } else { info.pending };
             Ok(Entry {
                 bucket: bucket.clone(),
                 operation: operation_of(msg.headers.as_ref()),
                 value: msg.payload.clone(),
                 revision: info.stream_sequence,
-                delta: info.pending,
+                delta,
                 created: SystemTime::from(info.published),
                 key,
             })

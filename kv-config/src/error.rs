@@ -1,0 +1,64 @@
+//! The crate's error type.
+
+use crate::config::{DecodeError, EncodeError};
+use crate::store::StoreError;
+
+/// Everything that can go wrong loading, watching or writing a config.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed (network, missing bucket, permissions, ...).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Values in the bucket (or the result of an update) do not make a valid config.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A value could not be encoded as JSON.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// Another writer changed a key first, on every attempt.
+    #[error(
+        "conflict on key `{key}` in bucket `{bucket}`: the update expected revision {expected} but \
+         found {}, after {attempts} attempts",
+        current.map_or_else(|| "a newer one".to_string(), |c| c.to_string())
+    )]
+    Conflict {
+        /// The bucket.
+        bucket: String,
+        /// The full key that changed under us.
+        key: String,
+        /// The revision the last attempt expected.
+        expected: u64,
+        /// The revision the store had, if it said.
+        current: Option<u64>,
+        /// How many times the update ran.
+        attempts: u32,
+    },
+    /// `set` named a key the schema does not have.
+    #[error("unknown key `{key}` for `{type_name}`; the schema's keys are: {known}")]
+    UnknownKey {
+        /// The key asked for.
+        key: String,
+        /// The config struct.
+        type_name: String,
+        /// The keys that exist.
+        known: String,
+    },
+    /// A key prefix is not a valid key prefix.
+    #[error("invalid key prefix `{0}`: use NATS key tokens ending with a dot, e.g. `prod.`")]
+    InvalidPrefix(String),
+    /// The write was stored at `revision` but this handle did not see it within the write timeout.
+    #[error("the write was stored at revision {revision} of bucket `{bucket}` but the watcher did not observe it in time")]
+    NotObserved {
+        /// The bucket.
+        bucket: String,
+        /// The revision written.
+        revision: u64,
+    },
+    /// The handle's watcher has stopped.
+    #[error("the config watcher for bucket `{0}` has stopped")]
+    Closed(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

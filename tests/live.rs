@@ -1,0 +1,426 @@
+//! LiveConfig against a real nats-server (and MemoryStore where it applies).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_config::store::{BucketConfig, MemoryStore, NatsStore, Store, WriteOp};
+use kv_config::{Error, KvConfig, LiveConfig, OnInvalid};
+use kv_config_testing::NatsServer;
+use serde::{Deserialize, Serialize};
+
+fn check_max(v: &u32) -> Result<(), String> {
+    if *v > 1000 {
+        Err(format!("{v} is above 1000"))
+    } else {
+        Ok(())
+    }
+}
+
+fn min_le_max(c: &Cfg) -> Result<(), String> {
+    if c.min > c.max {
+        Err(format!("min {} > max {}", c.min, c.max))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+#[kv(validate = min_le_max)]
+struct Cfg {
+    #[kv(default = "info")]
+    log_level: String,
+    #[kv(default = 0)]
+    min: u32,
+    #[kv(default = 10, validate = check_max)]
+    max: u32,
+    #[kv(default)]
+    counter: u64,
+    #[kv(default)]
+    a: u64,
+    #[kv(default)]
+    b: u64,
+}
+
+async fn server() -> (NatsServer, NatsStore) {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    (server, store)
+}
+
+async fn handle(store: &NatsStore) -> LiveConfig<Cfg> {
+    LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().start().await.unwrap()
+}
+
+/// Polls `cond` until true or panics after 10 s (the server may need a reconnect).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn raw_client_writes_reach_the_snapshot() {
+    let (server, store) = server().await;
+    let cfg = handle(&store).await;
+    assert_eq!(cfg.get().log_level, "info");
+    let raw = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let kv = raw.get_key_value("cfg").await.unwrap();
+    kv.put("max", "42".into()).await.unwrap();
+    kv.put("log_level", "debug".into()).await.unwrap(); // a bare string, like `nats kv put cfg log_level debug`
+    eventually("raw puts applied", || cfg.get().max == 42 && cfg.get().log_level == "debug").await;
+    kv.put("log_level", "\"warn\"".into()).await.unwrap();
+    eventually("JSON string applied", || cfg.get().log_level == "warn").await;
+    // Values written by kv-config are plain JSON any client can read.
+    cfg.update(|c| c.log_level = "trace".into()).await.unwrap();
+    assert_eq!(kv.get("log_level").await.unwrap().unwrap(), "\"trace\"");
+}
+
+#[tokio::test]
+async fn start_seeds_defaults_without_overwriting() {
+    let (_server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    bucket.put("max", "77".into()).await.unwrap();
+    let cfg = handle(&store).await;
+    assert_eq!(cfg.get().max, 77, "an existing value is not overwritten by the default");
+    assert_eq!(bucket.get("max").await.unwrap().unwrap(), "77");
+    assert_eq!(bucket.get("log_level").await.unwrap().unwrap(), "\"info\"", "missing defaults are seeded");
+    // Unknown keys are reported, not fatal.
+    bucket.put("legacy_flag", "true".into()).await.unwrap();
+    cfg.update(|c| c.a = 1).await.unwrap();
+    assert_eq!(cfg.status().unknown_keys, vec!["legacy_flag".to_string()]);
+}
+
+#[tokio::test]
+async fn invalid_values_keep_the_last_good_snapshot() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    bucket.put("max", "50".into()).await.unwrap();
+    eventually("max=50", || cfg.get().max == 50).await;
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("max", b"{not json", "not JSON"),
+        ("max", b"\"fifty\"", "expected u32"),
+        ("max", b"5000", "5000 is above 1000"),
+        ("min", b"60", "min 60 > max 50"),
+    ];
+    for (key, value, expect) in cases {
+        let rev = bucket.put(key, value.to_vec().into()).await.unwrap();
+        eventually("seen", || cfg.status().seen_revision >= rev).await;
+        let status = cfg.status();
+        assert_eq!((cfg.get().max, cfg.get().min), (50, 0), "{key}={value:?} replaced the last good value");
+        let err = status.last_error.clone().unwrap();
+        assert!(err.contains(expect) && err.contains("cfg"), "{err}");
+        assert!(!status.is_healthy());
+        if key == "max" {
+            let rejected = &status.rejected[0];
+            assert_eq!((rejected.key.as_str(), rejected.revision), ("max", Some(rev)), "{status:?}");
+        }
+        // The next good value applies.
+        bucket.put(key, if key == "max" { "51" } else { "0" }.into()).await.unwrap();
+        eventually("good value applied", || cfg.get().max == 51 || key == "min").await;
+        bucket.put("max", "50".into()).await.unwrap();
+        eventually("back to 50", || cfg.get().max == 50 && cfg.status().rejected.is_empty()).await;
+    }
+    // A deleted key returns to its default.
+    bucket.delete("max").await.unwrap();
+    eventually("default after delete", || cfg.get().max == 10).await;
+}
+
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+struct Required {
+    name: String,
+    #[kv(default)]
+    other: u8,
+}
+
+#[tokio::test]
+async fn deleting_a_required_key_keeps_the_last_value_and_reports() {
+    let (_server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("req")).await.unwrap();
+    // Empty bucket: the required key is missing and start fails, naming it.
+    let err = LiveConfig::<Required>::builder(store.clone(), "req").start().await.unwrap_err();
+    assert!(err.to_string().contains("key `name` in bucket `req`: missing required value"), "{err}");
+    bucket.put("name", "\"svc\"".into()).await.unwrap();
+    let cfg = LiveConfig::<Required>::builder(store.clone(), "req").start().await.unwrap();
+    let rev = bucket.purge("name").await.unwrap();
+    eventually("purge seen", || cfg.status().seen_revision >= rev).await;
+    assert_eq!(cfg.get().name, "svc");
+    assert!(cfg.status().rejected.iter().any(|e| e.key == "name"));
+    // A fallback lets a service start on an invalid bucket.
+    bucket.put("other", "\"x\"".into()).await.unwrap();
+    let fallback = Required { name: "fallback".into(), other: 0 };
+    let cfg2 = LiveConfig::<Required>::builder(store.clone(), "req")
+        .on_invalid(OnInvalid::Fallback(fallback))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(cfg2.get().name, "fallback");
+    bucket.put("name", "\"fixed\"".into()).await.unwrap();
+    bucket.put("other", "3".into()).await.unwrap();
+    eventually("valid state applies", || cfg2.get().name == "fixed" && cfg2.get().other == 3).await;
+}
+
+#[tokio::test]
+async fn update_reads_its_own_write_and_refuses_invalid_configs() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    let other = handle(&store).await;
+    let snap = cfg.update(|c| c.max = 99).await.unwrap();
+    assert_eq!(snap.max, 99);
+    assert_eq!(cfg.get().max, 99, "read your writes");
+    eventually("other handle sees it", || other.get().max == 99).await;
+    let before = cfg.bucket().entry("max").await.unwrap().unwrap().revision;
+    let err = cfg.update(|c| c.min = 500).await.unwrap_err();
+    assert!(matches!(err, Error::Decode(_)), "{err}");
+    assert!(err.to_string().contains("min 500 > max 99"), "{err}");
+    let err = cfg.update(|c| c.max = 5000).await.unwrap_err();
+    assert!(err.to_string().contains("5000 is above 1000"), "{err}");
+    assert_eq!(cfg.bucket().entry("max").await.unwrap().unwrap().revision, before, "nothing was sent");
+    // Typed set of one key.
+    cfg.set("log_level", "debug").await.unwrap();
+    assert_eq!(cfg.get().log_level, "debug");
+    let err = cfg.set("nope", 1).await.unwrap_err();
+    assert!(err.to_string().contains("unknown key `nope`"), "{err}");
+    let err = cfg.set("max", "lots").await.unwrap_err();
+    assert!(err.to_string().contains("expected u32"), "{err}");
+}
+
+#[tokio::test]
+async fn subscribers_see_old_new_and_changed_keys() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    let mut sub = cfg.subscribe();
+    cfg.update(|c| {
+        c.a = 1;
+        c.b = 1;
+    })
+    .await
+    .unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(5), sub.changed()).await.unwrap().unwrap();
+    assert_eq!(change.keys, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!((change.old.a, change.new.a), (0, 1));
+    // A slow subscriber skips to the newest state, with every key changed since it looked.
+    cfg.update(|c| c.a = 2).await.unwrap();
+    cfg.update(|c| c.max = 3).await.unwrap();
+    let change = sub.changed().await.unwrap();
+    assert_eq!(change.keys, vec!["a".to_string(), "max".to_string()]);
+    assert_eq!((change.new.a, change.new.max), (2, 3));
+    drop(cfg);
+    let end = tokio::time::timeout(Duration::from_secs(5), sub.changed()).await.unwrap();
+    assert!(matches!(end, Err(Error::Closed(_))), "dropping the last handle stops the watcher");
+}
+
+#[tokio::test]
+async fn torn_reads_never_happen() {
+    let (_server, store) = server().await;
+    let writer = handle(&store).await;
+    let reader = handle(&store).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = {
+        let stop = stop.clone();
+        let reader = reader.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let s = reader.get();
+                assert_eq!(s.a, s.b, "torn read: a={} b={}", s.a, s.b);
+                n += 1;
+            }
+            n
+        })
+    };
+    for i in 1..=2000u64 {
+        writer.update(|c| {
+            c.a = i;
+            c.b = i;
+        })
+        .await
+        .unwrap();
+    }
+    eventually("reader caught up", || reader.get().a == 2000).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = reads.join().expect("a reader saw a torn snapshot");
+    assert!(n > 1000, "reader loop ran {n} times");
+}
+
+async fn lost_updates(store: Arc<dyn Store>) {
+    let handles: Vec<LiveConfig<Cfg>> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(LiveConfig::<Cfg>::builder_shared(store.clone(), "cfg").create_if_missing().max_attempts(1000).start().await.unwrap());
+        }
+        v
+    };
+    let tasks: Vec<_> = handles
+        .iter()
+        .cloned()
+        .map(|h| {
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    h.update(|c| c.counter += 1).await.unwrap();
+                }
+                h.status().conflicts
+            })
+        })
+        .collect();
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    assert_eq!(bucket.get("counter").await.unwrap().unwrap(), "200");
+    for h in &handles {
+        eventually("all handles at 200", || h.get().counter == 200).await;
+    }
+    println!("lost-update test: 200 increments, {conflicts} conflicts retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_lose_nothing_nats() {
+    let (_server, store) = server().await;
+    lost_updates(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_lose_nothing_memory() {
+    lost_updates(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn a_conflict_after_max_attempts_names_key_and_revisions() {
+    let store = MemoryStore::new();
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().max_attempts(2).start().await.unwrap();
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    let mut n = 0;
+    let err = cfg
+        .update(|c| {
+            n += 1;
+            // Another writer sneaks in before every attempt's write.
+            let bucket = bucket.clone();
+            let v = 100 + n;
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(bucket.put("a", v.to_string().into()))
+            })
+            .join()
+            .unwrap()
+            .unwrap();
+            c.a = 7;
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Conflict { key, expected, current, attempts, .. } => {
+            assert_eq!((key.as_str(), *attempts), ("a", 2));
+            assert!(current.unwrap() > *expected);
+        }
+        other => panic!("expected Conflict, got {other}"),
+    }
+    assert!(err.to_string().contains("conflict on key `a` in bucket `cfg`"), "{err}");
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn a_write_during_start_is_never_lost() {
+    let (_server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    for round in 0..20u64 {
+        let writer = {
+            let bucket = bucket.clone();
+            tokio::spawn(async move { bucket.put("a", round.to_string().into()).await.unwrap() })
+        };
+        let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").start().await.unwrap();
+        writer.await.unwrap();
+        eventually("write made during start is visible", || cfg.get().a == round).await;
+    }
+}
+
+#[tokio::test]
+async fn stale_multi_key_update_changes_nothing() {
+    let (server, store) = server().await;
+    let cfg = handle(&store).await;
+    cfg.update(|c| {
+        c.a = 1;
+        c.b = 1;
+    })
+    .await
+    .unwrap();
+    let raw = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let kv = raw.get_key_value("cfg").await.unwrap();
+    let a_rev = kv.entry("a").await.unwrap().unwrap().revision;
+    let b_rev = kv.entry("b").await.unwrap().unwrap().revision;
+    // A raw writer moves `b` on; a batch expecting the old `b` must change neither key.
+    kv.put("b", "5".into()).await.unwrap();
+    let err = cfg
+        .bucket()
+        .write_atomic(vec![WriteOp::put("a", "9".into()).expect_revision(a_rev), WriteOp::put("b", "9".into()).expect_revision(b_rev)])
+        .await
+        .unwrap_err();
+    assert!(err.is_wrong_revision(), "{err}");
+    assert_eq!(kv.get("a").await.unwrap().unwrap(), "1");
+    assert_eq!(kv.get("b").await.unwrap().unwrap(), "5");
+    assert_eq!(kv.entry("a").await.unwrap().unwrap().revision, a_rev);
+}
+
+#[tokio::test]
+async fn prefixes_separate_environments() {
+    let store = MemoryStore::new();
+    let prod = LiveConfig::<Cfg>::builder(store.clone(), "cfg").prefix("prod.").create_if_missing().start().await.unwrap();
+    let dev = LiveConfig::<Cfg>::builder(store.clone(), "cfg").prefix("dev.").create_if_missing().start().await.unwrap();
+    prod.update(|c| c.max = 1).await.unwrap();
+    dev.update(|c| c.max = 2).await.unwrap();
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    assert_eq!(bucket.get("prod.max").await.unwrap().unwrap(), "1");
+    assert_eq!((prod.get().max, dev.get().max), (1, 2));
+    assert!(prod.status().unknown_keys.is_empty());
+    let err = LiveConfig::<Cfg>::builder(store, "cfg").prefix("prod").start().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidPrefix(_)), "{err}");
+}
+
+#[tokio::test]
+async fn published_schema_is_readable_json_that_never_collides() {
+    let (_server, store) = server().await;
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").prefix("svc.").create_if_missing().start().await.unwrap();
+    let rev = cfg.publish_schema().await.unwrap();
+    assert_eq!(cfg.publish_schema().await.unwrap(), rev, "unchanged schema is not rewritten");
+    let raw = cfg.bucket().get("svc.__kvconfig.schema").await.unwrap().unwrap();
+    let schema: kv_config::Schema = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(schema, Cfg::schema());
+    assert_eq!(schema.name, "Cfg");
+    assert!(!schema.version.is_empty());
+    eventually("seen", || cfg.status().seen_revision >= rev).await;
+    assert!(cfg.status().unknown_keys.is_empty(), "the schema key is not an unknown field");
+}
+
+#[tokio::test]
+async fn server_kill_and_restart_converges_without_replaying_old_values() {
+    let (mut server, store) = server().await;
+    let handles = [handle(&store).await, handle(&store).await];
+    let fresh = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let idle = LiveConfig::<Cfg>::builder(fresh.clone(), "cfg").start().await.unwrap();
+    for i in 1..=5 {
+        handles[0].update(|c| c.a = i).await.unwrap();
+    }
+    for h in handles.iter().chain([&idle]) {
+        eventually("a=5 everywhere", || h.get().a == 5).await;
+    }
+    server.kill();
+    eventually("status shows disconnected", || !handles[1].status().connected).await;
+    server.restart().await;
+    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let bucket = writer.open_bucket("cfg").await.unwrap();
+    bucket.put("a", "6".into()).await.unwrap();
+    let mut seen_values = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for h in handles.iter().chain([&idle]) {
+        while h.get().a != 6 {
+            seen_values.push(h.get().a);
+            assert!(Instant::now() < deadline, "a handle did not converge after the restart");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(h.status().connected);
+    }
+    assert!(seen_values.iter().all(|v| *v == 5), "an old value came back: {seen_values:?}");
+}
