@@ -18,7 +18,8 @@ pub fn derive(input: &syn::DeriveInput) -> TokenStream {
         (Ok(()), Some(ast)) => expand(&ast),
         (Err(err), _) => {
             let mut out = err.to_compile_error();
-            out.extend(dummy::impls(&input.ident, input.generics.params.is_empty()));
+            let is_struct = matches!(input.data, syn::Data::Struct(_));
+            out.extend(dummy::impls(&input.ident, is_struct && input.generics.params.is_empty()));
             out
         }
         (Ok(()), None) => unreachable!("an input without a model always reports an error"),

@@ -1,0 +1,9 @@
+use kv_config::KvConfig;
+
+#[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+struct App {
+    #[kv(rename = "a", rename = "b")]
+    port: u16,
+}
+
+fn main() {}

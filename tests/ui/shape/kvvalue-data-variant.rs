@@ -1,0 +1,9 @@
+use kv_config::KvValue;
+
+#[derive(KvValue)]
+enum Level {
+    Debug,
+    Custom(String),
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use kv_config::KvConfig;
+
+#[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+struct App;
+
+fn main() {}
