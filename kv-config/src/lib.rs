@@ -1,4 +1,78 @@
-//! kv-config
+//! Typed, live configuration shared through NATS JetStream Key/Value.
+//!
+//! Write `#[derive(KvConfig)]` on a config struct: every field becomes a key of a KV bucket
+//! (nested structs become dotted keys such as `server.port`), stored as JSON so the `nats` CLI or
+//! any client can read and write it. [`LiveConfig`] loads the struct in one pass over the bucket,
+//! keeps an [`arc_swap`] snapshot current through a KV watcher, and writes changes back with
+//! per-key revision checks, several keys in one atomic batch.
+//!
+//! ```
+//! use kv_config::{KvConfig, LiveConfig, store::MemoryStore};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(KvConfig, Clone, Serialize, Deserialize)]
+//! struct AppConfig {
+//!     /// Log filter.
+//!     #[kv(default = "info")]
+//!     log_level: String,
+//!     #[kv(nested)]
+//!     server: Server,
+//! }
+//!
+//! #[derive(KvConfig, Clone, Serialize, Deserialize)]
+//! struct Server {
+//!     #[kv(default = 8080)]
+//!     port: u16,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), kv_config::Error> {
+//! // `NatsStore::new(async_nats::connect(url).await?)` for a real server.
+//! let cfg = LiveConfig::<AppConfig>::builder(MemoryStore::new(), "app")
+//!     .create_if_missing()
+//!     .start()
+//!     .await?;
+//! assert_eq!(cfg.get().server.port, 8080); // one atomic load
+//! cfg.update(|c| c.server.port = 9090).await?; // compare-and-swap on `server.port`
+//! assert_eq!(cfg.get().server.port, 9090);
+//! # Ok(()) }
+//! ```
+//!
+//! # Attributes
+//!
+//! | attribute | where | meaning |
+//! |---|---|---|
+//! | `#[kv(rename_all = "kebab-case")]` | struct | key spelling of every field (serde's rule names) |
+//! | `#[kv(validate = path)]` | struct | `fn(&Self) -> Result<(), impl Display>` run after decoding, for rules across fields |
+//! | `#[kv(rename = "key")]` | field | this field's key |
+//! | `#[kv(default)]` / `#[kv(default = expr)]` | field | value when the key is missing (`Default::default()` / `expr`; a string literal converts with `Into`) |
+//! | `#[kv(nested)]` | field | the field's type derives `KvConfig`; its keys live under `field.` |
+//! | `#[kv(secret)]` | field | redacted in `Debug`, errors and admin output; its default is never published |
+//! | `#[kv(skip)]` | field | not a key; takes its default |
+//! | `#[kv(validate = path)]` | field | `fn(&T) -> Result<(), impl Display>` run on decode and before every write |
+//!
+//! `Option<T>` fields are optional (a missing key is `None`). The derive also implements `Debug`
+//! (with secrets redacted), so do not derive `Debug` yourself. Enums of unit variants stored in one
+//! key can `#[derive(KvValue)]` so the schema lists their names.
+//!
+//! # Values from other clients
+//!
+//! Values are JSON. A value that is not JSON is taken as a bare string where the field accepts a
+//! string, so `nats kv put app log_level debug` works. An invalid value never crashes a service
+//! or replaces the last good snapshot: it is logged with bucket, key and revision and shows in
+//! [`LiveConfig::status`], and that key keeps its last good value until a valid one arrives.
+//!
+//! # Atomic multi-key writes
+//!
+//! [`LiveConfig::update`] writes several changed keys as one JetStream atomic batch (nats-server
+//! 2.12+), all or nothing. Buckets that kv-config creates allow it; for an existing bucket run
+//! `nats stream edit KV_<bucket> --allow-batch` or [`store::Store::enable_atomic_writes`].
+//! Without it a multi-key update fails with
+//! [`StoreErrorKind::AtomicWritesDisabled`](store::StoreErrorKind::AtomicWritesDisabled); there is
+//! no silent non-atomic fallback.
+#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
+#![doc(test(attr(deny(warnings))))]
+
 mod config;
 mod error;
 mod live;
@@ -14,7 +88,9 @@ pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Status, Subscri
 pub use load::{load, Loaded};
 pub use schema::{FieldSchema, KvType, Schema, TypeDesc};
 pub use view::{RESERVED_PREFIX, SCHEMA_KEY};
+/// Used by derived code; not part of the public API.
 #[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
 pub mod __private {
     pub use crate::config::{Decoder, Encoder};
     pub use serde_json;

@@ -18,21 +18,21 @@ pub const SCHEMA_KEY: &str = "__kvconfig.schema";
 #[derive(Debug, Clone)]
 pub(crate) struct KeyState {
     /// `None` for a delete or purge marker.
-    pub value: Option<Bytes>,
-    pub revision: u64,
+    pub(crate) value: Option<Bytes>,
+    pub(crate) revision: u64,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct View {
-    pub latest: HashMap<String, KeyState>,
+    pub(crate) latest: HashMap<String, KeyState>,
     /// The highest revision processed.
-    pub seen: u64,
+    pub(crate) seen: u64,
 }
 
 impl View {
     /// Records an entry; returns the relative key if it changed anything. Entries at or below the
     /// revision already known for their key are ignored (async-nats may replay history).
-    pub fn apply(&mut self, prefix: &str, e: &Entry) -> Option<String> {
+    pub(crate) fn apply(&mut self, prefix: &str, e: &Entry) -> Option<String> {
         self.seen = self.seen.max(e.revision);
         let rel = e.key.strip_prefix(prefix)?;
         if rel.starts_with(RESERVED_PREFIX) {
@@ -47,19 +47,19 @@ impl View {
     }
 
     /// Live values only.
-    pub fn raw(&self) -> RawValues {
+    pub(crate) fn raw(&self) -> RawValues {
         self.latest
             .iter()
             .filter_map(|(k, s)| s.value.as_ref().map(|v| (k.clone(), RawValue { value: v.clone(), revision: s.revision })))
             .collect()
     }
 
-    pub fn revisions(&self) -> HashMap<String, u64> {
+    pub(crate) fn revisions(&self) -> HashMap<String, u64> {
         self.latest.iter().map(|(k, s)| (k.clone(), s.revision)).collect()
     }
 
     /// Keys with a live value that the schema does not know.
-    pub fn unknown_keys(&self, known: &HashSet<String>) -> Vec<String> {
+    pub(crate) fn unknown_keys(&self, known: &HashSet<String>) -> Vec<String> {
         let mut keys: Vec<String> = self
             .latest
             .iter()
@@ -73,9 +73,9 @@ impl View {
 
 /// A decoded config, the values in effect, and the store values that were refused.
 pub(crate) struct Decoded<T> {
-    pub config: T,
-    pub values: RawValues,
-    pub rejected: Vec<KeyError>,
+    pub(crate) config: T,
+    pub(crate) values: RawValues,
+    pub(crate) rejected: Vec<KeyError>,
 }
 
 /// Decodes the latest values. If some keys are invalid and there are last good values, those keys
