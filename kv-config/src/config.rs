@@ -259,6 +259,10 @@ impl Encoder {
     }
 }
 
+/// A field validator as derived code passes it.
+#[doc(hidden)]
+pub type Validator<'f, T> = &'f dyn Fn(&T) -> Result<(), String>;
+
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]
 pub struct Decoder<'a> {
@@ -307,7 +311,7 @@ impl Decoder<'_> {
         key: String,
         secret: bool,
         default: Option<&dyn Fn() -> T>,
-        validate: Option<&dyn Fn(&T) -> Result<(), String>>,
+        validate: Option<Validator<'_, T>>,
     ) -> Option<T> {
         let values = self.values;
         let (value, revision) = match values.get(&key) {
@@ -341,7 +345,7 @@ impl Decoder<'_> {
         key: &str,
         revision: Option<u64>,
         value: &T,
-        validate: Option<&dyn Fn(&T) -> Result<(), String>>,
+        validate: Option<Validator<'_, T>>,
     ) -> Option<()> {
         if let Some(check) = validate {
             if let Err(msg) = check(value) {

@@ -92,7 +92,7 @@ pub use view::{RESERVED_PREFIX, SCHEMA_KEY};
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
 pub mod __private {
-    pub use crate::config::{Decoder, Encoder};
+    pub use crate::config::{Decoder, Encoder, Validator};
     pub use serde_json;
     pub use crate::schema::{FieldSchema, KvType, TypeDesc};
     use std::marker::PhantomData;
