@@ -4,7 +4,7 @@
 //! Layout follows serde_derive and thiserror: `attr` parses `#[kv(...)]` into typed attributes,
 //! `ast` builds the field model, `check` holds the cross-field rules, `expand` and
 //! `enum_value` generate code, `dummy` emits impls that keep rustc quiet after an error.
-//! Every user mistake is collected in a [`ctxt::Ctxt`] so one build reports all of them.
+//! Every user mistake is collected in a `ctxt::Ctxt` so one build reports all of them.
 
 mod ast;
 mod attr;
