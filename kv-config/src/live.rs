@@ -29,6 +29,17 @@ pub struct Snapshot<T> {
     revision: u64,
 }
 
+impl<T: Clone> Clone for Snapshot<T> {
+    fn clone(&self) -> Self {
+        Snapshot {
+            config: self.config.clone(),
+            values: self.values.clone(),
+            revisions: self.revisions.clone(),
+            revision: self.revision,
+        }
+    }
+}
+
 impl<T> Deref for Snapshot<T> {
     type Target = T;
     fn deref(&self) -> &T {

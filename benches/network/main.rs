@@ -1,0 +1,597 @@
+//! Network benchmarks against a real nats-server that this binary starts itself: cold load,
+//! propagation, fan-out, write-back, conflicting writers and memory, each next to the raw
+//! async-nats code a user would otherwise write, measured in the same run.
+//!
+//! `cargo bench --bench network` prints a Markdown table (BENCHMARKS.md holds one full run);
+//! `cargo bench --bench network -- --quick` is a few-second smoke run with small sizes.
+
+mod shapes;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use kv_config::store::{BucketConfig, MemoryStore, NatsStore, Store};
+use kv_config::{KvConfig, LiveConfig};
+use kv_config_testing::NatsServer;
+use serde::{Deserialize, Serialize};
+use shapes::{Keys1000, Keys5000, Leaf100};
+use tokio::sync::mpsc;
+
+// ---------------------------------------------------------------------------------------------
+// Allocation counting, for the memory figures.
+
+struct Counting;
+static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ALLOCATED.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocated() -> isize {
+    ALLOCATED.load(Ordering::Relaxed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and the report.
+
+#[derive(Clone, Copy)]
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    assert!(!v.is_empty(), "no samples");
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stats { p50: at(0.5), p99: at(0.99), max: v[v.len() - 1] }
+}
+
+fn median(v: Vec<Duration>) -> Duration {
+    stats(v).p50
+}
+
+fn ms(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
+}
+
+#[derive(Default)]
+struct Report {
+    out: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str, header: &[&str]) {
+        self.out.push_str(&format!("\n### {title}\n\n| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
+    }
+    fn row(&mut self, cells: &[String]) {
+        self.out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        println!("  {}", cells.join("  "));
+    }
+    fn note(&mut self, text: &str) {
+        self.out.push_str(&format!("\n{text}\n"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers.
+
+async fn connect(url: &str) -> async_nats::Client {
+    async_nats::connect(url).await.expect("connect to the benchmark server")
+}
+
+fn value_100b(i: usize) -> Bytes {
+    Bytes::from(format!("\"{:0>98}\"", i))
+}
+
+async fn fill(kv: &kv::Store, keys: &[String]) {
+    futures_util::stream::iter(keys.iter().enumerate())
+        .map(|(i, k)| async move { kv.put(k, value_100b(i)).await.expect("fill put") })
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+fn keys_for(n: usize) -> Vec<String> {
+    if n == 100 {
+        (0..100).map(|i| format!("f{i}")).collect()
+    } else {
+        (0..n).map(|i| format!("g{}.f{}", i / 100, i % 100)).collect()
+    }
+}
+
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+struct Small {
+    #[kv(default = "info")]
+    log_level: String,
+    #[kv(default = 8080)]
+    port: u16,
+    #[kv(default)]
+    counter: u64,
+    #[kv(default = 30)]
+    timeout_s: u32,
+    #[kv(default)]
+    features: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Cold load.
+
+async fn time_start<T: KvConfig>(store: &NatsStore, bucket: &str) -> Duration {
+    let t = Instant::now();
+    let cfg = LiveConfig::<T>::builder(store.clone(), bucket).start().await.expect("LiveConfig start");
+    let d = t.elapsed();
+    drop(cfg);
+    d
+}
+
+async fn cold_load(url: &str, quick: bool, report: &mut Report) {
+    println!("cold load");
+    report.section(
+        "Cold load (start-up to first snapshot; median of runs)",
+        &["keys", "LiveConfig::start", "raw watch_with_history", "raw concurrent get (64)", "raw sequential get", "vs watch", "vs sequential"],
+    );
+    let sizes: &[usize] = if quick { &[100] } else { &[100, 1000, 5000] };
+    let runs = if quick { 1 } else { 5 };
+    let client = connect(url).await;
+    let js = jetstream::new(client.clone());
+    let store = NatsStore::new(client.clone());
+    for &n in sizes {
+        let bucket = format!("cold{n}");
+        let kv = js.create_key_value(kv::Config { bucket: bucket.clone(), ..Default::default() }).await.expect("bucket");
+        let keys = keys_for(n);
+        fill(&kv, &keys).await;
+        let (mut ours, mut watch, mut conc, mut seq) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            ours.push(match n {
+                100 => time_start::<Leaf100>(&store, &bucket).await,
+                1000 => time_start::<Keys1000>(&store, &bucket).await,
+                _ => time_start::<Keys5000>(&store, &bucket).await,
+            });
+            let t = Instant::now();
+            let mut w = kv.watch_with_history(">").await.expect("watch");
+            while let Some(e) = w.next().await {
+                if e.expect("entry").delta == 0 {
+                    break;
+                }
+            }
+            watch.push(t.elapsed());
+            let t = Instant::now();
+            let got: Vec<_> = futures_util::stream::iter(&keys)
+                .map(|k| kv.get(k))
+                .buffer_unordered(64)
+                .try_collect()
+                .await
+                .expect("concurrent gets");
+            assert_eq!(got.len(), n);
+            conc.push(t.elapsed());
+            let t = Instant::now();
+            for k in &keys {
+                kv.get(k).await.expect("get").expect("value");
+            }
+            seq.push(t.elapsed());
+        }
+        let (o, w, c, s) = (median(ours), median(watch), median(conc), median(seq));
+        report.row(&[n.to_string(), ms(o), ms(w), ms(c), ms(s), ratio(o, w), format!("{:.1}x faster", s.as_secs_f64() / o.as_secs_f64())]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Propagation and fan-out.
+
+/// Puts `counter = i` with a separate client and waits until `rx` reports it (from `receivers`
+/// receivers); returns the time from before the put to the last receiver.
+async fn put_and_wait(kv: &kv::Store, i: u64, rx: &mut mpsc::UnboundedReceiver<(u64, Instant)>, receivers: usize) -> Duration {
+    let t0 = Instant::now();
+    kv.put("counter", i.to_string().into()).await.expect("put");
+    let mut seen = 0;
+    let mut last = t0;
+    while seen < receivers {
+        let (v, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("change not seen in 10s").expect("channel");
+        if v == i {
+            seen += 1;
+            last = last.max(at);
+        }
+    }
+    last - t0
+}
+
+async fn live_receiver(url: &str, bucket: &str, tx: mpsc::UnboundedSender<(u64, Instant)>) -> LiveConfig<Small> {
+    let cfg = LiveConfig::<Small>::builder(NatsStore::new(connect(url).await), bucket).start().await.expect("start");
+    let mut sub = cfg.subscribe();
+    tokio::spawn(async move {
+        while let Ok(change) = sub.changed().await {
+            let _ = tx.send((change.new.counter, Instant::now()));
+        }
+    });
+    cfg
+}
+
+async fn raw_receiver(url: &str, bucket: &str, tx: mpsc::UnboundedSender<(u64, Instant)>) -> tokio::task::JoinHandle<()> {
+    let kv = jetstream::new(connect(url).await).get_key_value(bucket).await.expect("bucket");
+    let mut w = kv.watch("counter").await.expect("watch");
+    tokio::spawn(async move {
+        while let Some(Ok(e)) = w.next().await {
+            let v = std::str::from_utf8(&e.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let _ = tx.send((v, Instant::now()));
+        }
+    })
+}
+
+async fn propagation(url: &str, quick: bool, report: &mut Report) {
+    println!("propagation");
+    let js = jetstream::new(connect(url).await);
+    let kv = js.create_key_value(kv::Config { bucket: "prop".into(), history: 1, ..Default::default() }).await.expect("bucket");
+    let (ltx, mut lrx) = mpsc::unbounded_channel();
+    let (rtx, mut rrx) = mpsc::unbounded_channel();
+    let live = live_receiver(url, "prop", ltx).await;
+    let raw = raw_receiver(url, "prop", rtx).await;
+    let total: u64 = if quick { 50 } else { 2000 };
+    let block = if quick { 25 } else { 100 };
+    let (mut ours, mut theirs) = (vec![], vec![]);
+    let mut i = 0;
+    while i < total {
+        for _ in 0..block {
+            i += 1;
+            ours.push(put_and_wait(&kv, i, &mut lrx, 1).await);
+        }
+        while rrx.try_recv().is_ok() {}
+        for _ in 0..block {
+            i += 1;
+            theirs.push(put_and_wait(&kv, i, &mut rrx, 1).await);
+        }
+        while lrx.try_recv().is_ok() {}
+    }
+    let (o, r) = (stats(ours), stats(theirs));
+    report.section(
+        "Propagation: put by a separate client until the change is seen (one change at a time)",
+        &["receiver", "changes", "p50", "p99", "max"],
+    );
+    report.row(&["LiveConfig (subscriber woken after the swap)".into(), (total / 2).to_string(), ms(o.p50), ms(o.p99), ms(o.max)]);
+    report.row(&["raw async-nats `kv.watch`".into(), (total / 2).to_string(), ms(r.p50), ms(r.p99), ms(r.max)]);
+    report.note(&format!(
+        "p50 difference: {:+.0} µs (target ≤ +50 µs); p99 ratio: {} (target ≤ 1.5x).",
+        (o.p50.as_secs_f64() - r.p50.as_secs_f64()) * 1e6,
+        ratio(o.p99, r.p99)
+    ));
+    drop(live);
+    raw.abort();
+}
+
+async fn fanout(url: &str, quick: bool, report: &mut Report) {
+    println!("fan-out");
+    let js = jetstream::new(connect(url).await);
+    let kv = js.create_key_value(kv::Config { bucket: "fan".into(), ..Default::default() }).await.expect("bucket");
+    let handles_n = if quick { 5 } else { 100 };
+    let changes = if quick { 5 } else { 100 };
+    let (ltx, mut lrx) = mpsc::unbounded_channel();
+    let mut handles = Vec::new();
+    for _ in 0..handles_n {
+        handles.push(live_receiver(url, "fan", ltx.clone()).await);
+    }
+    let mut ours = Vec::new();
+    for i in 1..=changes {
+        ours.push(put_and_wait(&kv, i, &mut lrx, handles_n).await);
+    }
+    drop(handles);
+    let (rtx, mut rrx) = mpsc::unbounded_channel();
+    let mut raws = Vec::new();
+    for _ in 0..handles_n {
+        raws.push(raw_receiver(url, "fan", rtx.clone()).await);
+    }
+    let mut theirs = Vec::new();
+    for i in changes + 1..=2 * changes {
+        theirs.push(put_and_wait(&kv, i, &mut rrx, handles_n).await);
+    }
+    raws.iter().for_each(|r| r.abort());
+    let (o, r) = (stats(ours), stats(theirs));
+    report.section(
+        &format!("Fan-out: {handles_n} receivers on separate connections, time until the last has the change"),
+        &["receivers", "changes", "p50", "p99", "max"],
+    );
+    report.row(&[format!("{handles_n} LiveConfig handles"), changes.to_string(), ms(o.p50), ms(o.p99), ms(o.max)]);
+    report.row(&[format!("{handles_n} raw watchers"), changes.to_string(), ms(r.p50), ms(r.p99), ms(r.max)]);
+    report.note(&format!("p50 ratio {}, p99 ratio {}.", ratio(o.p50, r.p50), ratio(o.p99, r.p99)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Write-back.
+
+static BATCH: AtomicU64 = AtomicU64::new(0);
+
+/// The atomic batch a user would hand-build with async-nats 0.51 (it has no batch API).
+async fn raw_batch(client: &async_nats::Client, js: &jetstream::Context, bucket: &str, ops: &[(String, Bytes, u64)]) -> u64 {
+    use async_nats::header::*;
+    let id = format!("raw{}", BATCH.fetch_add(1, Ordering::Relaxed));
+    let last = ops.len() - 1;
+    for (i, (key, value, rev)) in ops.iter().enumerate() {
+        let mut h = HeaderMap::new();
+        h.insert(NATS_BATCH_ID, id.as_str());
+        h.insert(NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+        h.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, rev.to_string().as_str());
+        let subject = format!("$KV.{bucket}.{key}");
+        if i < last {
+            client.publish_with_headers(subject, h, value.clone()).await.expect("batch publish");
+        } else {
+            h.insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
+            return js.publish_with_headers(subject, h, value.clone()).await.expect("commit").await.expect("commit ack").sequence;
+        }
+    }
+    unreachable!()
+}
+
+/// A raw watcher that reports the highest revision it has seen.
+async fn revision_watch(kv: &kv::Store) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let mut w = kv.watch_all().await.expect("watch");
+    tokio::spawn(async move {
+        while let Some(Ok(e)) = w.next().await {
+            tx.send_replace(e.revision);
+        }
+    });
+    rx
+}
+
+async fn write_back(url: &str, quick: bool, report: &mut Report) {
+    println!("write-back");
+    report.section(
+        "Write-back (round trip until the call returns; kv-config's `update` returns once its own snapshot shows the write)",
+        &["operation", "kv-config p50", "kv-config p99", "raw p50", "raw p99", "raw + observe p50", "ratio vs raw+observe (p50)"],
+    );
+    let client = connect(url).await;
+    let js = jetstream::new(client.clone());
+    let store = NatsStore::new(client.clone());
+
+    // Single key: update vs kv.update (CAS) and kv.update + own watcher observes it.
+    let cfg = LiveConfig::<Small>::builder(store.clone(), "wb1").create_if_missing().start().await.expect("start");
+    let kv = js.get_key_value("wb1").await.expect("bucket");
+    let mut seen = revision_watch(&kv).await;
+    let n = if quick { 20 } else { 1000 };
+    let (mut ours, mut raw, mut raw_obs) = (vec![], vec![], vec![]);
+    let mut rev = kv.entry("counter").await.expect("entry").map_or(0, |e| e.revision);
+    for i in 0..n {
+        let t = Instant::now();
+        cfg.update(|c| c.counter = i).await.expect("update");
+        ours.push(t.elapsed());
+        rev = kv.entry("counter").await.expect("entry").map_or(rev, |e| e.revision);
+        let t = Instant::now();
+        rev = kv.update("counter", (i + 1).to_string().into(), rev).await.expect("raw update");
+        raw.push(t.elapsed());
+        seen.wait_for(|s| *s >= rev).await.expect("observe");
+        let t = Instant::now();
+        rev = kv.update("counter", (i + 2).to_string().into(), rev).await.expect("raw update");
+        seen.wait_for(|s| *s >= rev).await.expect("observe");
+        raw_obs.push(t.elapsed());
+        // Let the handle catch up before its next update (it would retry otherwise).
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while cfg.status().seen_revision < rev {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("handle caught up");
+    }
+    let (o, r, ro) = (stats(ours), stats(raw), stats(raw_obs));
+    report.row(&["update 1 key".into(), ms(o.p50), ms(o.p99), ms(r.p50), ms(r.p99), ms(ro.p50), ratio(o.p50, ro.p50)]);
+    drop(cfg);
+
+    // N keys atomically: update vs a hand-built batch.
+    let cfg = LiveConfig::<Leaf100>::builder(store.clone(), "wbn").create_if_missing().start().await.expect("start");
+    let kv = js.get_key_value("wbn").await.expect("bucket");
+    let mut seen = revision_watch(&kv).await;
+    for &keys in &[2usize, 10, 100] {
+        let iters = if quick { 3 } else { 300 / (keys / 2).max(1) + 20 };
+        let (mut ours, mut raw, mut raw_obs) = (vec![], vec![], vec![]);
+        for it in 0..iters {
+            let t = Instant::now();
+            cfg.update(|c| set_fields(c, keys, &format!("o{it}"))).await.expect("atomic update");
+            ours.push(t.elapsed());
+            for (samples, observe) in [(&mut raw, false), (&mut raw_obs, true)] {
+                let mut ops = Vec::with_capacity(keys);
+                for k in 0..keys {
+                    let key = format!("f{k}");
+                    let rev = kv.entry(&key).await.expect("entry").map_or(0, |e| e.revision);
+                    ops.push((key, Bytes::from(format!("\"r{it}{observe}\"")), rev));
+                }
+                let t = Instant::now();
+                let last = raw_batch(&client, &js, "wbn", &ops).await;
+                if observe {
+                    seen.wait_for(|s| *s >= last).await.expect("observe");
+                }
+                samples.push(t.elapsed());
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    while cfg.status().seen_revision < last {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await
+                .expect("handle caught up");
+            }
+        }
+        let (o, r, ro) = (stats(ours), stats(raw), stats(raw_obs));
+        report.row(&[format!("atomic update, {keys} keys"), ms(o.p50), ms(o.p99), ms(r.p50), ms(r.p99), ms(ro.p50), format!("{} (vs raw batch: {})", ratio(o.p50, ro.p50), ratio(o.p50, r.p50))]);
+    }
+}
+
+fn set_fields(c: &mut Leaf100, n: usize, v: &str) {
+    // Field access by index through the encoded form keeps this generic over 100 fields.
+    let mut enc = c.encode().expect("encode");
+    for k in 0..n {
+        enc.insert(format!("f{k}"), Bytes::from(serde_json::to_vec(v).expect("json")));
+    }
+    let raw = enc.into_iter().map(|(k, v)| (k, kv_config::RawValue { value: v, revision: 0 })).collect();
+    *c = Leaf100::decode(&raw, &kv_config::Source::default()).expect("decode");
+}
+
+async fn conflicting(url: &str, quick: bool, report: &mut Report) {
+    println!("conflicting writers");
+    let per_writer = if quick { 10 } else { 250 };
+    report.section(
+        &format!("Contention: 4 writers on separate connections increment one key, {per_writer} increments each"),
+        &["writers", "increments/s", "conflicts retried", "conflict rate (conflicts / attempts)", "final value"],
+    );
+    // kv-config: update(|c| c.counter += 1).
+    let setup = NatsStore::new(connect(url).await);
+    setup.create_bucket(&BucketConfig::new("contend")).await.expect("bucket");
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let store = NatsStore::new(connect(url).await);
+        handles.push(LiveConfig::<Small>::builder(store, "contend").max_attempts(10_000).start().await.expect("start"));
+    }
+    let t = Instant::now();
+    let tasks: Vec<_> = handles
+        .iter()
+        .cloned()
+        .map(|h| {
+            tokio::spawn(async move {
+                for _ in 0..per_writer {
+                    h.update(|c| c.counter += 1).await.expect("update");
+                }
+                h.status().conflicts
+            })
+        })
+        .collect();
+    let mut conflicts = 0;
+    for task in tasks {
+        conflicts += task.await.expect("writer");
+    }
+    let elapsed = t.elapsed();
+    let total = 4 * per_writer;
+    let value = setup.open_bucket("contend").await.expect("bucket").get("counter").await.expect("get").expect("value");
+    report.row(&[
+        "4 × LiveConfig::update".into(),
+        format!("{:.0}", total as f64 / elapsed.as_secs_f64()),
+        conflicts.to_string(),
+        format!("{:.0}%", 100.0 * conflicts as f64 / (conflicts + total) as f64),
+        String::from_utf8_lossy(&value).into_owned(),
+    ]);
+    // Raw: entry + update(rev), retry on a wrong revision.
+    let kv = jetstream::new(connect(url).await).create_key_value(kv::Config { bucket: "contendraw".into(), ..Default::default() }).await.expect("bucket");
+    kv.put("counter", "0".into()).await.expect("put");
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let kv = jetstream::new(connect(url).await).get_key_value("contendraw").await.expect("bucket");
+        let conflicts = conflicts.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_writer {
+                loop {
+                    let e = kv.entry("counter").await.expect("entry").expect("value");
+                    let v: u64 = std::str::from_utf8(&e.value).expect("utf8").parse().expect("number");
+                    match kv.update("counter", (v + 1).to_string().into(), e.revision).await {
+                        Ok(_) => break,
+                        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => panic!("raw update: {err}"),
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("raw writer");
+    }
+    let elapsed = t.elapsed();
+    let c = conflicts.load(Ordering::Relaxed);
+    let value = kv.get("counter").await.expect("get").expect("value");
+    report.row(&[
+        "4 × raw entry + update".into(),
+        format!("{:.0}", total as f64 / elapsed.as_secs_f64()),
+        c.to_string(),
+        format!("{:.0}%", 100.0 * c as f64 / (c + total) as f64),
+        String::from_utf8_lossy(&value).into_owned(),
+    ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Memory.
+
+async fn memory(url: &str, report: &mut Report) {
+    println!("memory");
+    report.section("Memory for the 1,000-key config (100-byte values), bytes allocated and retained", &["what", "bytes"]);
+    let client = connect(url).await;
+    let js = jetstream::new(client.clone());
+    let kv = js.create_key_value(kv::Config { bucket: "mem".into(), ..Default::default() }).await.expect("bucket");
+    fill(&kv, &keys_for(1000)).await;
+    let store = NatsStore::new(client);
+    // Warm up connection-level state once so it is not charged to the first handle.
+    drop(LiveConfig::<Keys1000>::builder(store.clone(), "mem").start().await.expect("start"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = allocated();
+    let handle = LiveConfig::<Keys1000>::builder(store.clone(), "mem").start().await.expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let per_handle = allocated() - before;
+    let snap = handle.get_arc();
+    let before = allocated();
+    let copy = (*snap).clone();
+    let per_snapshot = allocated() - before;
+    let before = allocated();
+    let config_only = snap.config().clone();
+    let config_bytes = allocated() - before;
+    let payload: usize = 1000 * (100 + 8);
+    report.row(&["one LiveConfig handle on an open NATS connection (snapshot, watch state, consumer)".into(), per_handle.to_string()]);
+    report.row(&["one snapshot (config + values in effect + revisions)".into(), per_snapshot.to_string()]);
+    report.row(&["the decoded config struct alone".into(), config_bytes.to_string()]);
+    report.row(&["raw payload for reference (1,000 × (100 B value + key))".into(), payload.to_string()]);
+    drop((copy, config_only, handle));
+    // The same handle on the embedded store, for comparison.
+    let mem = MemoryStore::new();
+    let b = mem.create_bucket(&BucketConfig::new("mem")).await.expect("bucket");
+    for (i, k) in keys_for(1000).iter().enumerate() {
+        b.put(k, value_100b(i)).await.expect("put");
+    }
+    let before = allocated();
+    let handle = LiveConfig::<Keys1000>::builder(mem, "mem").start().await.expect("start");
+    report.row(&["one LiveConfig handle on MemoryStore".into(), (allocated() - before).to_string()]);
+    drop(handle);
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let server = NatsServer::start().await;
+    let url = server.url();
+    println!("kv-config network benchmarks{} against nats-server at {url}", if quick { " (quick mode)" } else { "" });
+    let mut report = Report::default();
+    let t = Instant::now();
+    cold_load(&url, quick, &mut report).await;
+    propagation(&url, quick, &mut report).await;
+    fanout(&url, quick, &mut report).await;
+    write_back(&url, quick, &mut report).await;
+    conflicting(&url, quick, &mut report).await;
+    memory(&url, &mut report).await;
+    println!("\n{}\n\n(total {:.1} s)", report.out, t.elapsed().as_secs_f64());
+}

@@ -1,0 +1,338 @@
+//! Generated shapes for the network benchmarks: 100, 1,000 and 5,000 leaf keys.
+use kv_config::KvConfig;
+use serde::{Deserialize, Serialize};
+
+/// 100 string keys `f0`..`f99`.
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+pub struct Leaf100 {
+    #[kv(default)]
+    f0: String,
+    #[kv(default)]
+    f1: String,
+    #[kv(default)]
+    f2: String,
+    #[kv(default)]
+    f3: String,
+    #[kv(default)]
+    f4: String,
+    #[kv(default)]
+    f5: String,
+    #[kv(default)]
+    f6: String,
+    #[kv(default)]
+    f7: String,
+    #[kv(default)]
+    f8: String,
+    #[kv(default)]
+    f9: String,
+    #[kv(default)]
+    f10: String,
+    #[kv(default)]
+    f11: String,
+    #[kv(default)]
+    f12: String,
+    #[kv(default)]
+    f13: String,
+    #[kv(default)]
+    f14: String,
+    #[kv(default)]
+    f15: String,
+    #[kv(default)]
+    f16: String,
+    #[kv(default)]
+    f17: String,
+    #[kv(default)]
+    f18: String,
+    #[kv(default)]
+    f19: String,
+    #[kv(default)]
+    f20: String,
+    #[kv(default)]
+    f21: String,
+    #[kv(default)]
+    f22: String,
+    #[kv(default)]
+    f23: String,
+    #[kv(default)]
+    f24: String,
+    #[kv(default)]
+    f25: String,
+    #[kv(default)]
+    f26: String,
+    #[kv(default)]
+    f27: String,
+    #[kv(default)]
+    f28: String,
+    #[kv(default)]
+    f29: String,
+    #[kv(default)]
+    f30: String,
+    #[kv(default)]
+    f31: String,
+    #[kv(default)]
+    f32: String,
+    #[kv(default)]
+    f33: String,
+    #[kv(default)]
+    f34: String,
+    #[kv(default)]
+    f35: String,
+    #[kv(default)]
+    f36: String,
+    #[kv(default)]
+    f37: String,
+    #[kv(default)]
+    f38: String,
+    #[kv(default)]
+    f39: String,
+    #[kv(default)]
+    f40: String,
+    #[kv(default)]
+    f41: String,
+    #[kv(default)]
+    f42: String,
+    #[kv(default)]
+    f43: String,
+    #[kv(default)]
+    f44: String,
+    #[kv(default)]
+    f45: String,
+    #[kv(default)]
+    f46: String,
+    #[kv(default)]
+    f47: String,
+    #[kv(default)]
+    f48: String,
+    #[kv(default)]
+    f49: String,
+    #[kv(default)]
+    f50: String,
+    #[kv(default)]
+    f51: String,
+    #[kv(default)]
+    f52: String,
+    #[kv(default)]
+    f53: String,
+    #[kv(default)]
+    f54: String,
+    #[kv(default)]
+    f55: String,
+    #[kv(default)]
+    f56: String,
+    #[kv(default)]
+    f57: String,
+    #[kv(default)]
+    f58: String,
+    #[kv(default)]
+    f59: String,
+    #[kv(default)]
+    f60: String,
+    #[kv(default)]
+    f61: String,
+    #[kv(default)]
+    f62: String,
+    #[kv(default)]
+    f63: String,
+    #[kv(default)]
+    f64: String,
+    #[kv(default)]
+    f65: String,
+    #[kv(default)]
+    f66: String,
+    #[kv(default)]
+    f67: String,
+    #[kv(default)]
+    f68: String,
+    #[kv(default)]
+    f69: String,
+    #[kv(default)]
+    f70: String,
+    #[kv(default)]
+    f71: String,
+    #[kv(default)]
+    f72: String,
+    #[kv(default)]
+    f73: String,
+    #[kv(default)]
+    f74: String,
+    #[kv(default)]
+    f75: String,
+    #[kv(default)]
+    f76: String,
+    #[kv(default)]
+    f77: String,
+    #[kv(default)]
+    f78: String,
+    #[kv(default)]
+    f79: String,
+    #[kv(default)]
+    f80: String,
+    #[kv(default)]
+    f81: String,
+    #[kv(default)]
+    f82: String,
+    #[kv(default)]
+    f83: String,
+    #[kv(default)]
+    f84: String,
+    #[kv(default)]
+    f85: String,
+    #[kv(default)]
+    f86: String,
+    #[kv(default)]
+    f87: String,
+    #[kv(default)]
+    f88: String,
+    #[kv(default)]
+    f89: String,
+    #[kv(default)]
+    f90: String,
+    #[kv(default)]
+    f91: String,
+    #[kv(default)]
+    f92: String,
+    #[kv(default)]
+    f93: String,
+    #[kv(default)]
+    f94: String,
+    #[kv(default)]
+    f95: String,
+    #[kv(default)]
+    f96: String,
+    #[kv(default)]
+    f97: String,
+    #[kv(default)]
+    f98: String,
+    #[kv(default)]
+    f99: String,
+}
+
+/// 1,000 keys: `g0.f0` .. `g9.f99`.
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+pub struct Keys1000 {
+    #[kv(nested)]
+    g0: Leaf100,
+    #[kv(nested)]
+    g1: Leaf100,
+    #[kv(nested)]
+    g2: Leaf100,
+    #[kv(nested)]
+    g3: Leaf100,
+    #[kv(nested)]
+    g4: Leaf100,
+    #[kv(nested)]
+    g5: Leaf100,
+    #[kv(nested)]
+    g6: Leaf100,
+    #[kv(nested)]
+    g7: Leaf100,
+    #[kv(nested)]
+    g8: Leaf100,
+    #[kv(nested)]
+    g9: Leaf100,
+}
+
+/// 5,000 keys: `g0.f0` .. `g49.f99`.
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+pub struct Keys5000 {
+    #[kv(nested)]
+    g0: Leaf100,
+    #[kv(nested)]
+    g1: Leaf100,
+    #[kv(nested)]
+    g2: Leaf100,
+    #[kv(nested)]
+    g3: Leaf100,
+    #[kv(nested)]
+    g4: Leaf100,
+    #[kv(nested)]
+    g5: Leaf100,
+    #[kv(nested)]
+    g6: Leaf100,
+    #[kv(nested)]
+    g7: Leaf100,
+    #[kv(nested)]
+    g8: Leaf100,
+    #[kv(nested)]
+    g9: Leaf100,
+    #[kv(nested)]
+    g10: Leaf100,
+    #[kv(nested)]
+    g11: Leaf100,
+    #[kv(nested)]
+    g12: Leaf100,
+    #[kv(nested)]
+    g13: Leaf100,
+    #[kv(nested)]
+    g14: Leaf100,
+    #[kv(nested)]
+    g15: Leaf100,
+    #[kv(nested)]
+    g16: Leaf100,
+    #[kv(nested)]
+    g17: Leaf100,
+    #[kv(nested)]
+    g18: Leaf100,
+    #[kv(nested)]
+    g19: Leaf100,
+    #[kv(nested)]
+    g20: Leaf100,
+    #[kv(nested)]
+    g21: Leaf100,
+    #[kv(nested)]
+    g22: Leaf100,
+    #[kv(nested)]
+    g23: Leaf100,
+    #[kv(nested)]
+    g24: Leaf100,
+    #[kv(nested)]
+    g25: Leaf100,
+    #[kv(nested)]
+    g26: Leaf100,
+    #[kv(nested)]
+    g27: Leaf100,
+    #[kv(nested)]
+    g28: Leaf100,
+    #[kv(nested)]
+    g29: Leaf100,
+    #[kv(nested)]
+    g30: Leaf100,
+    #[kv(nested)]
+    g31: Leaf100,
+    #[kv(nested)]
+    g32: Leaf100,
+    #[kv(nested)]
+    g33: Leaf100,
+    #[kv(nested)]
+    g34: Leaf100,
+    #[kv(nested)]
+    g35: Leaf100,
+    #[kv(nested)]
+    g36: Leaf100,
+    #[kv(nested)]
+    g37: Leaf100,
+    #[kv(nested)]
+    g38: Leaf100,
+    #[kv(nested)]
+    g39: Leaf100,
+    #[kv(nested)]
+    g40: Leaf100,
+    #[kv(nested)]
+    g41: Leaf100,
+    #[kv(nested)]
+    g42: Leaf100,
+    #[kv(nested)]
+    g43: Leaf100,
+    #[kv(nested)]
+    g44: Leaf100,
+    #[kv(nested)]
+    g45: Leaf100,
+    #[kv(nested)]
+    g46: Leaf100,
+    #[kv(nested)]
+    g47: Leaf100,
+    #[kv(nested)]
+    g48: Leaf100,
+    #[kv(nested)]
+    g49: Leaf100,
+}
