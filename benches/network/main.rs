@@ -160,10 +160,10 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
     println!("cold load");
     report.section(
         "Cold load (start-up to first snapshot; median of runs)",
-        &["keys", "LiveConfig::start", "raw watch_with_history", "raw concurrent get (64)", "raw sequential get", "vs watch", "vs sequential"],
+        &["keys", "LiveConfig::start", "of which open_bucket", "kv_config::load on an open bucket", "raw watch_with_history", "raw concurrent get (64)", "raw sequential get", "start vs watch", "load vs watch", "start vs sequential"],
     );
     let sizes: &[usize] = if quick { &[100] } else { &[100, 1000, 5000] };
-    let runs = if quick { 1 } else { 5 };
+    let runs = if quick { 1 } else { 9 };
     let client = connect(url).await;
     let js = jetstream::new(client.clone());
     let store = NatsStore::new(client.clone());
@@ -172,8 +172,18 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
         let kv = js.create_key_value(kv::Config { bucket: bucket.clone(), ..Default::default() }).await.expect("bucket");
         let keys = keys_for(n);
         fill(&kv, &keys).await;
-        let (mut ours, mut watch, mut conc, mut seq) = (vec![], vec![], vec![], vec![]);
+        let (mut ours, mut watch, mut conc, mut seq, mut open, mut load) = (vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..runs {
+            let t = Instant::now();
+            let b = store.open_bucket(&bucket).await.expect("open");
+            open.push(t.elapsed());
+            let t = Instant::now();
+            match n {
+                100 => drop(kv_config::load::<Leaf100>(&*b, "").await.expect("load")),
+                1000 => drop(kv_config::load::<Keys1000>(&*b, "").await.expect("load")),
+                _ => drop(kv_config::load::<Keys5000>(&*b, "").await.expect("load")),
+            }
+            load.push(t.elapsed());
             ours.push(match n {
                 100 => time_start::<Leaf100>(&store, &bucket).await,
                 1000 => time_start::<Keys1000>(&store, &bucket).await,
@@ -202,8 +212,8 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
             }
             seq.push(t.elapsed());
         }
-        let (o, w, c, s) = (median(ours), median(watch), median(conc), median(seq));
-        report.row(&[n.to_string(), ms(o), ms(w), ms(c), ms(s), ratio(o, w), format!("{:.1}x faster", s.as_secs_f64() / o.as_secs_f64())]);
+        let (o, w, c, s, op, l) = (median(ours), median(watch), median(conc), median(seq), median(open), median(load));
+        report.row(&[n.to_string(), ms(o), ms(op), ms(l), ms(w), ms(c), ms(s), ratio(o, w), ratio(l, w), format!("{:.1}x faster", s.as_secs_f64() / o.as_secs_f64())]);
     }
 }
 

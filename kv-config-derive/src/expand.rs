@@ -221,7 +221,8 @@ fn decode_field(i: usize, f: &Field) -> TokenStream {
     } else {
         quote!(::core::option::Option::None)
     };
+    let name = &f.key;
     quote! {
-        let #var: ::core::option::Option<#ty> = __kv_d.leaf::<#ty>(#key, #secret, #default, #validate);
+        let #var: ::core::option::Option<#ty> = __kv_d.leaf::<#ty>(__kv_prefix, #name, #secret, #default, #validate);
     }
 }

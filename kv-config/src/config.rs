@@ -86,11 +86,17 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
     /// Decodes from raw values, running field validators and the struct-level check. Every
     /// problem (all missing keys, all type errors) is collected into one [`DecodeError`].
     fn decode(values: &RawValues, source: &Source) -> Result<Self, DecodeError> {
-        let mut d = Decoder { values, source, errors: Vec::new() };
-        match Self::__kv_decode("", &mut d) {
-            Some(v) if d.errors.is_empty() => Ok(v),
-            _ => Err(DecodeError { type_name: Self::__KV_NAME, bucket: source.bucket.clone(), errors: d.errors }),
-        }
+        decode_counting(values, source).map(|(v, _)| v)
+    }
+}
+
+/// Decodes and also returns how many of `values` the schema used: when that equals
+/// `values.len()`, no key in the bucket is unknown to the schema.
+pub(crate) fn decode_counting<T: KvConfig>(values: &RawValues, source: &Source) -> Result<(T, usize), DecodeError> {
+    let mut d = Decoder { values, source, errors: Vec::new(), key: String::new(), hits: 0 };
+    match T::__kv_decode("", &mut d) {
+        Some(v) if d.errors.is_empty() => Ok((v, d.hits)),
+        _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: source.bucket.clone(), errors: d.errors }),
     }
 }
 
@@ -269,6 +275,8 @@ pub struct Decoder<'a> {
     values: &'a RawValues,
     source: &'a Source,
     errors: Vec<KeyError>,
+    key: String,
+    hits: usize,
 }
 
 /// Parses bytes as `T`: JSON first, then (for types that accept a string) the bare text.
@@ -308,34 +316,55 @@ impl Decoder<'_> {
     #[doc(hidden)]
     pub fn leaf<T: DeserializeOwned>(
         &mut self,
-        key: String,
+        prefix: &str,
+        name: &str,
+        secret: bool,
+        default: Option<&dyn Fn() -> T>,
+        validate: Option<Validator<'_, T>>,
+    ) -> Option<T> {
+        // One reused buffer for the key: decoding allocates nothing per key on the happy path.
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        key.push_str(prefix);
+        key.push_str(name);
+        let out = self.leaf_at(&key, secret, default, validate);
+        self.key = key;
+        out
+    }
+
+    fn leaf_at<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
         secret: bool,
         default: Option<&dyn Fn() -> T>,
         validate: Option<Validator<'_, T>>,
     ) -> Option<T> {
         let values = self.values;
-        let (value, revision) = match values.get(&key) {
+        let (value, revision) = match values.get(key) {
             None => match default {
                 Some(d) => (d(), None),
                 None => {
-                    self.error(&key, None, Problem::Missing);
+                    self.error(key, None, Problem::Missing);
                     return None;
                 }
             },
-            Some(raw) => match parse_value::<T>(&raw.value) {
-                Ok(v) => (v, Some(raw.revision)),
-                Err(msg) => {
-                    let msg = if secret {
-                        format!("(value redacted) expected {}", std::any::type_name::<T>())
-                    } else {
-                        msg
-                    };
-                    self.error(&key, Some(raw.revision), Problem::Invalid(msg));
-                    return None;
+            Some(raw) => {
+                self.hits += 1;
+                match parse_value::<T>(&raw.value) {
+                    Ok(v) => (v, Some(raw.revision)),
+                    Err(msg) => {
+                        let msg = if secret {
+                            format!("(value redacted) expected {}", std::any::type_name::<T>())
+                        } else {
+                            msg
+                        };
+                        self.error(key, Some(raw.revision), Problem::Invalid(msg));
+                        return None;
+                    }
                 }
-            },
+            }
         };
-        self.validate(&key, revision, &value, validate)?;
+        self.validate(key, revision, &value, validate)?;
         Some(value)
     }
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
@@ -17,15 +17,18 @@ use crate::config::{KeyError, KvConfig, RawValue, RawValues, Source};
 use crate::error::{Error, Result};
 use crate::schema::Schema;
 use crate::store::{Bucket, BucketConfig, Store, StoreErrorKind, WatchStart, WriteOp};
-use crate::view::{decode_latest, View, SCHEMA_KEY};
+use crate::view::{decode_latest, unknown_keys, View, SCHEMA_KEY};
 
 /// One immutable version of the config: the decoded value plus the revisions it was built from.
 ///
 /// Derefs to `T`, so `cfg.get().port` reads a field.
 pub struct Snapshot<T> {
     config: T,
-    values: RawValues,
-    revisions: HashMap<String, u64>,
+    /// The values in effect (shared with the watcher's view until the next change).
+    values: Arc<RawValues>,
+    /// Latest revisions where they differ from `values`: delete markers and refused values. A
+    /// write expects these, so it can replace a refused value.
+    overrides: HashMap<String, u64>,
     revision: u64,
 }
 
@@ -33,8 +36,8 @@ impl<T: Clone> Clone for Snapshot<T> {
     fn clone(&self) -> Self {
         Snapshot {
             config: self.config.clone(),
-            values: self.values.clone(),
-            revisions: self.revisions.clone(),
+            values: Arc::new(RawValues::clone(&self.values)),
+            overrides: self.overrides.clone(),
             revision: self.revision,
         }
     }
@@ -67,6 +70,15 @@ impl<T> Snapshot<T> {
     /// The revision of the value in effect for a key (relative to the prefix), if it has one.
     pub fn key_revision(&self, key: &str) -> Option<u64> {
         self.values.get(key).map(|v| v.revision)
+    }
+
+    /// The revision a write of `key` must expect: the key's latest revision in the bucket when
+    /// this snapshot was taken (0 = never written).
+    fn expected_revision(&self, key: &str) -> u64 {
+        match self.overrides.get(key) {
+            Some(rev) => *rev,
+            None => self.values.get(key).map_or(0, |v| v.revision),
+        }
     }
 
     /// Keys whose value in effect differs between two snapshots, sorted.
@@ -145,6 +157,20 @@ struct State {
     warned_unknown: HashSet<String>,
 }
 
+/// Latest revisions that differ from the values in effect: markers, and refused values (only
+/// looked for when something was refused, so the common path stays O(markers)).
+fn overrides(view: &View, values: &RawValues, any_rejected: bool) -> HashMap<String, u64> {
+    let mut out = view.markers.clone();
+    if any_rejected {
+        for (k, v) in view.values.iter() {
+            if values.get(k).map(|x| x.revision) != Some(v.revision) {
+                out.insert(k.clone(), v.revision);
+            }
+        }
+    }
+    out
+}
+
 struct Shared<T> {
     snapshot: ArcSwap<Snapshot<T>>,
     state: Mutex<State>,
@@ -152,7 +178,7 @@ struct Shared<T> {
     swaps: watch::Sender<u64>,
     bucket: Arc<dyn Bucket>,
     source: Source,
-    known: HashSet<String>,
+    known: OnceLock<HashSet<String>>,
     max_attempts: u32,
     write_timeout: Duration,
     task: Mutex<Option<AbortHandle>>,
@@ -285,30 +311,27 @@ impl<T: KvConfig> Builder<T> {
             }
             Err(e) => return Err(e.into()),
         };
-        let schema = T::schema();
         if self.seed_defaults {
-            seed(&*bucket, &prefix, &schema).await?;
+            seed(&*bucket, &prefix, &T::schema()).await?;
         }
         let source = Source::new(self.bucket.clone(), prefix.clone());
         let (watch, view) = watch_initial(&*bucket, &prefix).await?;
         let pattern = pattern_for(&prefix);
-        let known: HashSet<String> = schema.fields.iter().map(|f| f.key.clone()).collect();
-        let (config, values, rejected, last_error) = match decode_latest::<T>(view.raw(), None, &source) {
-            Ok(d) => (d.config, d.values, d.rejected, None),
+        let decoded = match decode_latest::<T>(&view.values, None, &source) {
+            Ok(d) => Ok(d),
             Err(e) => match self.on_invalid {
                 OnInvalid::Fail => return Err(e.into()),
                 OnInvalid::Fallback(config) => {
                     tracing::warn!(bucket = %source.bucket, error = %e, "invalid config at start; using the fallback");
-                    let rejected = e.errors().to_vec();
-                    (config, RawValues::new(), rejected, Some(e.to_string()))
+                    Err((config, e))
                 }
             },
         };
-        let unknown = view.unknown_keys(&known);
-        for k in &unknown {
-            tracing::warn!(bucket = %source.bucket, key = %format!("{prefix}{k}"), "key not in the schema of `{}`; ignored", schema.name);
-        }
-        let snapshot = Snapshot { config, values, revisions: view.revisions(), revision: view.seen };
+        let (config, values, rejected, last_error, has_unknown) = match decoded {
+            Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown),
+            Err((config, e)) => (config, Arc::new(RawValues::new()), e.errors().to_vec(), Some(e.to_string()), true),
+        };
+        let snapshot = Snapshot { overrides: overrides(&view, &values, true), config, values, revision: view.seen };
         let status = Status {
             bucket: source.bucket.clone(),
             connected: bucket.is_connected(),
@@ -316,23 +339,27 @@ impl<T: KvConfig> Builder<T> {
             seen_revision: view.seen,
             rejected,
             last_error,
-            unknown_keys: unknown.clone(),
+            unknown_keys: Vec::new(),
             swaps: 1,
             conflicts: 0,
         };
         let seen = view.seen;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            state: Mutex::new(State { view, status, warned_unknown: unknown.into_iter().collect() }),
+            state: Mutex::new(State { view, status, warned_unknown: HashSet::new() }),
             applied: watch::channel(seen).0,
             swaps: watch::channel(0).0,
             bucket: bucket.clone(),
             source,
-            known,
+            known: OnceLock::new(),
             max_attempts: self.max_attempts,
             write_timeout: self.write_timeout,
             task: Mutex::new(None),
         });
+        if has_unknown {
+            let mut st = shared.state();
+            shared.note_unknown(&mut st);
+        }
         let task = tokio::spawn(run(Arc::downgrade(&shared), watch, bucket, pattern));
         *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
         Ok(LiveConfig { shared })
@@ -361,7 +388,7 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
 /// until caught up. The watch stays open for live changes.
 pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str) -> Result<(crate::store::Watch, View)> {
     let mut watch = bucket.watch(&pattern_for(prefix), WatchStart::LatestPerKey).await?;
-    let mut view = View::default();
+    let mut view = View::with_capacity(watch.initial_pending().min(1 << 20) as usize);
     if watch.initial_pending() > 0 {
         loop {
             match watch.next().await {
@@ -434,58 +461,69 @@ impl<T: KvConfig> Shared<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn on_entry(&self, entry: &crate::store::Entry) {
-        let mut st = self.state();
-        if let Some(key) = st.view.apply(&self.source.prefix, entry) {
-            if !self.known.contains(&key) && entry.is_put() && st.warned_unknown.insert(key.clone()) {
-                tracing::warn!(bucket = %self.source.bucket, key = %entry.key, revision = entry.revision, "key not in the schema; ignored");
+    /// The schema's keys, built on first use (only needed when the bucket has unknown keys).
+    fn known(&self) -> &HashSet<String> {
+        self.known.get_or_init(|| T::schema().fields.into_iter().map(|f| f.key).collect())
+    }
+
+    /// Records (and warns once about) keys in the bucket that the schema does not know.
+    fn note_unknown(&self, st: &mut State) {
+        let unknown = unknown_keys(&st.view.values, self.known());
+        for key in &unknown {
+            if st.warned_unknown.insert(key.clone()) {
+                tracing::warn!(bucket = %self.source.bucket, key = %format!("{}{key}", self.source.prefix), "key not in the schema of `{}`; ignored", T::__KV_NAME);
             }
         }
+        st.status.unknown_keys = unknown;
+    }
+
+    fn on_entry(&self, entry: &crate::store::Entry) {
+        let mut st = self.state();
+        st.view.apply(&self.source.prefix, entry);
         if entry.delta != 0 {
             return;
         }
         // Caught up: swap once for the whole burst, so a multi-key write is never seen half-done.
         let seen = st.view.seen;
-        let current = self.snapshot.load();
-        let latest = st.view.raw();
-        if latest == current.values && st.view.revisions() == current.revisions {
-            st.status.seen_revision = seen;
-            drop(st);
-            self.applied.send_replace(seen);
-            return;
-        }
-        match decode_latest::<T>(latest, Some(&current.values), &self.source) {
-            Ok(decoded) => {
-                for e in &decoded.rejected {
-                    tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
+        st.status.seen_revision = seen;
+        if st.view.take_dirty() {
+            let current = self.snapshot.load_full();
+            match decode_latest::<T>(&st.view.values, Some(&current.values), &self.source) {
+                Ok(decoded) => {
+                    for e in &decoded.rejected {
+                        tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
+                    }
+                    if let Some(first) = decoded.rejected.first() {
+                        st.status.last_error = Some(first.to_string());
+                    }
+                    if decoded.has_unknown || !st.status.unknown_keys.is_empty() {
+                        self.note_unknown(&mut st);
+                    }
+                    // A dirty view with nothing refused always changes the values in effect.
+                    let any_rejected = !decoded.rejected.is_empty();
+                    let changed = !any_rejected || decoded.values != current.values;
+                    st.status.rejected = decoded.rejected;
+                    st.status.revision = seen;
+                    let snapshot = Snapshot {
+                        overrides: overrides(&st.view, &decoded.values, any_rejected),
+                        config: decoded.config,
+                        values: decoded.values,
+                        revision: seen,
+                    };
+                    self.snapshot.store(Arc::new(snapshot));
+                    if changed {
+                        st.status.swaps += 1;
+                        self.swaps.send_modify(|n| *n += 1);
+                    }
                 }
-                if let Some(first) = decoded.rejected.first() {
-                    st.status.last_error = Some(first.to_string());
-                }
-                let changed = decoded.values != current.values;
-                st.status.rejected = decoded.rejected;
-                st.status.seen_revision = seen;
-                st.status.unknown_keys = st.view.unknown_keys(&self.known);
-                let snapshot = Snapshot { config: decoded.config, values: decoded.values, revisions: st.view.revisions(), revision: seen };
-                drop(current);
-                self.snapshot.store(Arc::new(snapshot));
-                st.status.revision = seen;
-                if changed {
-                    st.status.swaps += 1;
-                }
-                drop(st);
-                if changed {
-                    self.swaps.send_modify(|n| *n += 1);
+                Err(e) => {
+                    tracing::warn!(bucket = %self.source.bucket, revision = seen, error = %e, "change refused; keeping the last good snapshot");
+                    st.status.rejected = e.errors().to_vec();
+                    st.status.last_error = Some(e.to_string());
                 }
             }
-            Err(e) => {
-                tracing::warn!(bucket = %self.source.bucket, revision = seen, error = %e, "change refused; keeping the last good snapshot");
-                st.status.rejected = e.errors().to_vec();
-                st.status.last_error = Some(e.to_string());
-                st.status.seen_revision = seen;
-                drop(st);
-            }
         }
+        drop(st);
         self.applied.send_replace(seen);
     }
 
@@ -578,8 +616,8 @@ impl<T: KvConfig> LiveConfig<T> {
     /// Sets one key (relative to the prefix, e.g. `server.port`) to a typed value, with the same
     /// validation and revision check as [`update`](Self::update).
     pub async fn set<V: serde::Serialize>(&self, key: &str, value: V) -> Result<Arc<Snapshot<T>>> {
-        if !self.shared.known.contains(key) {
-            let mut known: Vec<&str> = self.shared.known.iter().map(String::as_str).collect();
+        if !self.shared.known().contains(key) {
+            let mut known: Vec<&str> = self.shared.known().iter().map(String::as_str).collect();
             known.sort_unstable();
             return Err(Error::UnknownKey { key: key.to_string(), type_name: T::__KV_NAME.to_string(), known: known.join(", ") });
         }
@@ -624,13 +662,13 @@ impl<T: KvConfig> LiveConfig<T> {
             let mut ops = Vec::new();
             for (k, v) in &new_enc {
                 if old_enc.get(k) != Some(v) {
-                    let rev = base.revisions.get(k).copied().unwrap_or(0);
+                    let rev = base.expected_revision(k);
                     ops.push(WriteOp::put(format!("{prefix}{k}"), v.clone()).expect_revision(rev));
                 }
             }
             for k in old_enc.keys().filter(|k| !new_enc.contains_key(*k)) {
                 if base.values.contains_key(k) {
-                    let rev = base.revisions.get(k).copied().unwrap_or(0);
+                    let rev = base.expected_revision(k);
                     ops.push(WriteOp::delete(format!("{prefix}{k}")).expect_revision(rev));
                 }
             }

@@ -4,7 +4,7 @@ use crate::config::{KvConfig, Source};
 use crate::error::Result;
 use crate::live::{check_prefix, watch_initial};
 use crate::store::Bucket;
-use crate::view::decode_latest;
+use crate::view::{decode_latest, unknown_keys};
 
 /// A config read once from a bucket.
 #[derive(Debug, Clone)]
@@ -44,9 +44,12 @@ pub async fn load<T: KvConfig>(bucket: &dyn Bucket, prefix: &str) -> Result<Load
     check_prefix(prefix)?;
     let (_watch, view) = watch_initial(bucket, prefix).await?;
     let source = Source::new(bucket.name(), prefix);
-    let decoded = decode_latest::<T>(view.raw(), None, &source)?;
-    let known = T::schema().fields.into_iter().map(|f| f.key).collect();
-    let unknown_keys = view.unknown_keys(&known);
+    let decoded = decode_latest::<T>(&view.values, None, &source)?;
+    let unknown_keys = if decoded.has_unknown {
+        unknown_keys(&view.values, &T::schema().fields.into_iter().map(|f| f.key).collect())
+    } else {
+        Vec::new()
+    };
     for key in &unknown_keys {
         tracing::warn!(bucket = bucket.name(), key = %format!("{prefix}{key}"), "key not in the schema of `{}`; ignored", T::__KV_NAME);
     }

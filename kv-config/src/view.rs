@@ -2,10 +2,9 @@
 //! config with a per-key fallback to the last good values.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use bytes::Bytes;
-
-use crate::config::{DecodeError, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
+use crate::config::{decode_counting, DecodeError, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
 use crate::store::Entry;
 
 /// Keys under this first token belong to kv-config itself (the published schema); the derive
@@ -15,85 +14,100 @@ pub const RESERVED_PREFIX: &str = "__kvconfig.";
 /// The key (relative to the config's prefix) the schema is published under.
 pub const SCHEMA_KEY: &str = "__kvconfig.schema";
 
-#[derive(Debug, Clone)]
-pub(crate) struct KeyState {
-    /// `None` for a delete or purge marker.
-    pub(crate) value: Option<Bytes>,
-    pub(crate) revision: u64,
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct View {
-    pub(crate) latest: HashMap<String, KeyState>,
+    /// Live values by relative key; shared with the snapshot in effect, copied on the next write.
+    pub(crate) values: Arc<RawValues>,
+    /// Deleted or purged keys and the revision of their marker.
+    pub(crate) markers: HashMap<String, u64>,
     /// The highest revision processed.
     pub(crate) seen: u64,
+    /// Something changed since the last [`take_dirty`](View::take_dirty).
+    dirty: bool,
 }
 
 impl View {
-    /// Records an entry; returns the relative key if it changed anything. Entries at or below the
-    /// revision already known for their key are ignored (async-nats may replay history).
-    pub(crate) fn apply(&mut self, prefix: &str, e: &Entry) -> Option<String> {
+    /// Records an entry; returns `true` if it changed anything. Entries at or below the revision
+    /// already known for their key are ignored (async-nats may replay history after a reconnect).
+    pub(crate) fn apply(&mut self, prefix: &str, e: &Entry) -> bool {
         self.seen = self.seen.max(e.revision);
-        let rel = e.key.strip_prefix(prefix)?;
+        let Some(rel) = e.key.strip_prefix(prefix) else { return false };
         if rel.starts_with(RESERVED_PREFIX) {
-            return None;
+            return false;
         }
-        if self.latest.get(rel).is_some_and(|k| k.revision >= e.revision) {
-            return None;
+        if self.revision_of(rel) >= e.revision {
+            return false;
         }
-        let value = e.is_put().then(|| e.value.clone());
-        self.latest.insert(rel.to_string(), KeyState { value, revision: e.revision });
-        Some(rel.to_string())
+        let values = Arc::make_mut(&mut self.values);
+        if e.is_put() {
+            self.markers.remove(rel);
+            let value = RawValue { value: e.value.clone(), revision: e.revision };
+            match values.get_mut(rel) {
+                Some(slot) => *slot = value,
+                None => {
+                    values.insert(rel.to_string(), value);
+                }
+            }
+        } else {
+            values.remove(rel);
+            self.markers.insert(rel.to_string(), e.revision);
+        }
+        self.dirty = true;
+        true
     }
 
-    /// Live values only.
-    pub(crate) fn raw(&self) -> RawValues {
-        self.latest
-            .iter()
-            .filter_map(|(k, s)| s.value.as_ref().map(|v| (k.clone(), RawValue { value: v.clone(), revision: s.revision })))
-            .collect()
+    /// A view sized for `n` keys.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        View { values: Arc::new(RawValues::with_capacity(n)), ..View::default() }
     }
 
-    pub(crate) fn revisions(&self) -> HashMap<String, u64> {
-        self.latest.iter().map(|(k, s)| (k.clone(), s.revision)).collect()
+    /// The latest revision of a key, markers included (0 = never seen).
+    pub(crate) fn revision_of(&self, rel: &str) -> u64 {
+        match self.values.get(rel) {
+            Some(v) => v.revision,
+            None => self.markers.get(rel).copied().unwrap_or(0),
+        }
     }
 
-    /// Keys with a live value that the schema does not know.
-    pub(crate) fn unknown_keys(&self, known: &HashSet<String>) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .latest
-            .iter()
-            .filter(|(k, s)| s.value.is_some() && !known.contains(*k))
-            .map(|(k, _)| k.clone())
-            .collect();
-        keys.sort();
-        keys
+    pub(crate) fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
     }
+}
+
+/// Keys with a live value that the schema does not know, sorted.
+pub(crate) fn unknown_keys(values: &RawValues, known: &HashSet<String>) -> Vec<String> {
+    let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(*k)).cloned().collect();
+    keys.sort();
+    keys
 }
 
 /// A decoded config, the values in effect, and the store values that were refused.
 pub(crate) struct Decoded<T> {
     pub(crate) config: T,
-    pub(crate) values: RawValues,
+    pub(crate) values: Arc<RawValues>,
     pub(crate) rejected: Vec<KeyError>,
+    /// `false` when every value in effect belongs to the schema (no unknown keys).
+    pub(crate) has_unknown: bool,
 }
 
 /// Decodes the latest values. If some keys are invalid and there are last good values, those keys
 /// keep their last good value and are reported; a struct-level failure refuses the whole state.
 pub(crate) fn decode_latest<T: KvConfig>(
-    latest: RawValues,
+    latest: &Arc<RawValues>,
     good: Option<&RawValues>,
     source: &Source,
 ) -> Result<Decoded<T>, DecodeError> {
-    let err = match T::decode(&latest, source) {
-        Ok(config) => return Ok(Decoded { config, values: latest, rejected: Vec::new() }),
+    let err = match decode_counting::<T>(latest, source) {
+        Ok((config, hits)) => {
+            return Ok(Decoded { config, values: Arc::clone(latest), rejected: Vec::new(), has_unknown: hits < latest.len() })
+        }
         Err(err) => err,
     };
     let Some(good) = good else { return Err(err) };
     if err.errors().iter().any(|e| matches!(e.problem, Problem::Struct(_))) {
         return Err(err);
     }
-    let mut candidate = latest;
+    let mut candidate = RawValues::clone(latest);
     for e in err.errors() {
         let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
         let nested = format!("{rel}.");
@@ -102,8 +116,11 @@ pub(crate) fn decode_latest<T: KvConfig>(
             candidate.insert(k.clone(), v.clone());
         }
     }
-    match T::decode(&candidate, source) {
-        Ok(config) => Ok(Decoded { config, values: candidate, rejected: err.into_iter().collect() }),
+    match decode_counting::<T>(&candidate, source) {
+        Ok((config, hits)) => {
+            let has_unknown = hits < candidate.len();
+            Ok(Decoded { config, values: Arc::new(candidate), rejected: err.into_iter().collect(), has_unknown })
+        }
         Err(_) => Err(err),
     }
 }
