@@ -274,3 +274,39 @@ suite!(
     atomic_needs_enabling,
     per_key_ttl_expires,
 );
+
+#[tokio::test]
+async fn nats_without_jetstream_says_to_start_with_js() {
+    let server = NatsServer::start_without_jetstream().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let err = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::JetStreamNotEnabled, "{err}");
+    assert!(err.to_string().contains("-js"), "{err}");
+}
+
+#[tokio::test]
+async fn nats_errors_while_the_server_is_down_are_transient() {
+    let mut server = NatsServer::start().await;
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(Duration::from_millis(500)))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let store = NatsStore::new(client);
+    let b = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    b.put("k", "1".into()).await.unwrap();
+    server.kill();
+    let err = b.put("k", "2".into()).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    server.restart().await;
+    // The same store works again once the client has reconnected.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match b.put("k", "3".into()).await {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "no recovery: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.get("k").await.unwrap().unwrap(), "3");
+}

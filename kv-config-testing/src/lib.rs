@@ -83,6 +83,7 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     extra: Vec<String>,
     starts: u32,
+    jetstream: bool,
 }
 
 impl fmt::Debug for NatsServer {
@@ -113,9 +114,19 @@ impl NatsServer {
             .prefix("kv-config-nats-")
             .tempdir()
             .map_err(|e| HarnessError(format!("cannot create a temp dir: {e}")))?;
-        let mut server = NatsServer { bin, child: None, port: port.unwrap_or(0), dir, extra, starts: 0 };
+        let mut server = NatsServer { bin, child: None, port: port.unwrap_or(0), dir, extra, starts: 0, jetstream: true };
         server.spawn().await?;
         Ok(server)
+    }
+
+    /// Starts a server without JetStream (to test the error a client gets there).
+    pub async fn start_without_jetstream() -> NatsServer {
+        let bin = find_nats_server().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new().prefix("kv-config-nats-").tempdir().expect("temp dir");
+        let mut server =
+            NatsServer { bin, child: None, port: 0, dir, extra: Vec::new(), starts: 0, jetstream: false };
+        server.spawn().await.unwrap_or_else(|e| panic!("{e}"));
+        server
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -180,8 +191,10 @@ impl NatsServer {
         let log = self.log_path();
         let port = if self.port == 0 { "-1".to_string() } else { self.port.to_string() };
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
-            .arg(self.store_dir())
+        if self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(self.store_dir());
+        }
+        cmd.args(["-a", "127.0.0.1", "-p", &port])
             .arg("-l")
             .arg(&log)
             .args(&self.extra)

@@ -124,3 +124,38 @@ pub(crate) fn decode_latest<T: KvConfig>(
         Err(_) => Err(err),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Operation;
+    use std::time::SystemTime;
+
+    fn entry(key: &str, value: &str, revision: u64, operation: Operation) -> Entry {
+        Entry {
+            bucket: "b".into(),
+            key: key.into(),
+            value: value.as_bytes().to_vec().into(),
+            revision,
+            delta: 0,
+            created: SystemTime::UNIX_EPOCH,
+            operation,
+        }
+    }
+
+    #[test]
+    fn replayed_old_revisions_are_ignored() {
+        let mut v = View::default();
+        assert!(v.apply("p.", &entry("p.a", "1", 5, Operation::Put)));
+        assert!(!v.apply("p.", &entry("p.a", "0", 3, Operation::Put)), "older put replayed");
+        assert!(v.apply("p.", &entry("p.a", "", 7, Operation::Delete)));
+        assert!(!v.apply("p.", &entry("p.a", "1", 5, Operation::Put)), "put older than a delete marker");
+        assert_eq!(v.revision_of("a"), 7);
+        assert!(v.values.get("a").is_none());
+        assert!(!v.apply("p.", &entry("q.a", "1", 9, Operation::Put)), "outside the prefix");
+        assert!(!v.apply("p.", &entry("p.__kvconfig.schema", "{}", 10, Operation::Put)), "reserved key");
+        assert_eq!(v.seen, 10);
+        assert!(v.take_dirty());
+        assert!(!v.take_dirty());
+    }
+}

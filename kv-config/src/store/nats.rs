@@ -488,7 +488,9 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
     }
     let lower = text.to_ascii_lowercase();
     let kind = kind.unwrap_or_else(|| {
-        if lower.contains("wrong last sequence") {
+        if lower.contains("jetstream unavailable") || lower.contains("jetstream not enabled") {
+            StoreErrorKind::JetStreamNotEnabled
+        } else if lower.contains("wrong last sequence") {
             StoreErrorKind::WrongRevision { expected: 0, current: None }
         } else if lower.contains("permission") || lower.contains("authorization") {
             StoreErrorKind::PermissionDenied
