@@ -69,7 +69,9 @@ impl fmt::Display for StoreErrorKind {
             ),
             Self::InvalidRequest => f.write_str("invalid request"),
             Self::PermissionDenied => f.write_str("permission denied"),
-            Self::Timeout => f.write_str("timed out waiting for the server"),
+            Self::Timeout => f.write_str(
+                "timed out waiting for the server (is it up? may this user publish and subscribe to the subject?)",
+            ),
             Self::Connection => f.write_str("not connected to the server"),
             Self::Other => f.write_str("server error"),
         }
