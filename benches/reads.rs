@@ -11,22 +11,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use kv_config::store::MemoryStore;
-use kv_config::{KvConfig, LiveConfig};
-use serde::{Deserialize, Serialize};
+use kv_config::LiveConfig;
 
-#[derive(KvConfig, Clone, Serialize, Deserialize)]
-struct Cfg {
-    #[kv(default = "info")]
-    log_level: String,
-    #[kv(default = 8080)]
-    port: u16,
-    #[kv(default)]
-    counter: u64,
-    #[kv(default = 30)]
-    timeout_s: u32,
-    #[kv(default)]
-    features: Vec<String>,
-}
+#[path = "common/small.rs"]
+mod small;
+use small::Small as Cfg;
 
 fn initial() -> Cfg {
     Cfg { log_level: "info".into(), port: 8080, counter: 0, timeout_s: 30, features: vec![] }

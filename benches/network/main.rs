@@ -6,6 +6,8 @@
 //! `cargo bench --bench network -- --quick` is a few-second smoke run with small sizes.
 
 mod shapes;
+#[path = "../common/small.rs"]
+mod small;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
@@ -13,14 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use kv_config::store::{BucketConfig, MemoryStore, NatsStore, Store};
 use kv_config::{KvConfig, LiveConfig};
 use kv_config_testing::NatsServer;
-use serde::{Deserialize, Serialize};
 use shapes::{Keys1000, Keys5000, Leaf100};
+use small::Small;
 use tokio::sync::mpsc;
 
 // ---------------------------------------------------------------------------------------------
@@ -131,19 +132,6 @@ fn keys_for(n: usize) -> Vec<String> {
     }
 }
 
-#[derive(KvConfig, Clone, Serialize, Deserialize)]
-struct Small {
-    #[kv(default = "info")]
-    log_level: String,
-    #[kv(default = 8080)]
-    port: u16,
-    #[kv(default)]
-    counter: u64,
-    #[kv(default = 30)]
-    timeout_s: u32,
-    #[kv(default)]
-    features: Vec<String>,
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. Cold load.
@@ -404,13 +392,7 @@ async fn write_back(url: &str, quick: bool, report: &mut Report) {
         seen.wait_for(|s| *s >= rev).await.expect("observe");
         raw_obs.push(t.elapsed());
         // Let the handle catch up before its next update (it would retry otherwise).
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while cfg.status().seen_revision < rev {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("handle caught up");
+        caught_up(&cfg, rev).await;
     }
     let (o, r, ro) = (stats(ours), stats(raw), stats(raw_obs));
     report.row(&["update 1 key".into(), ms(o.p50), ms(o.p99), ms(r.p50), ms(r.p99), ms(ro.p50), ratio(o.p50, ro.p50)]);
@@ -440,18 +422,23 @@ async fn write_back(url: &str, quick: bool, report: &mut Report) {
                     seen.wait_for(|s| *s >= last).await.expect("observe");
                 }
                 samples.push(t.elapsed());
-                tokio::time::timeout(Duration::from_secs(5), async {
-                    while cfg.status().seen_revision < last {
-                        tokio::task::yield_now().await;
-                    }
-                })
-                .await
-                .expect("handle caught up");
+                caught_up(&cfg, last).await;
             }
         }
         let (o, r, ro) = (stats(ours), stats(raw), stats(raw_obs));
         report.row(&[format!("atomic update, {keys} keys"), ms(o.p50), ms(o.p99), ms(r.p50), ms(r.p99), ms(ro.p50), format!("{} (vs raw batch: {})", ratio(o.p50, ro.p50), ratio(o.p50, r.p50))]);
     }
+}
+
+/// Waits (untimed) until a handle has seen `revision`, so its next update does not conflict.
+async fn caught_up<T: KvConfig>(cfg: &LiveConfig<T>, revision: u64) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while cfg.status().seen_revision < revision {
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+    })
+    .await
+    .expect("handle caught up");
 }
 
 fn set_fields(c: &mut Leaf100, n: usize, v: &str) {
