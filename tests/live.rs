@@ -208,6 +208,12 @@ async fn subscribers_see_old_new_and_changed_keys() {
     let change = sub.changed().await.unwrap();
     assert_eq!(change.keys, vec!["a".to_string(), "max".to_string()]);
     assert_eq!((change.new.a, change.new.max), (2, 3));
+    // The same as a Stream.
+    let mut changes = Box::pin(cfg.changes());
+    cfg.update(|c| c.b = 9).await.unwrap();
+    let change = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut changes)).await.unwrap().unwrap();
+    assert_eq!((change.keys, change.new.b), (vec!["b".to_string()], 9));
+    drop(changes);
     drop(cfg);
     let end = tokio::time::timeout(Duration::from_secs(5), sub.changed()).await.unwrap();
     assert!(matches!(end, Err(Error::Closed(_))), "dropping the last handle stops the watcher");
