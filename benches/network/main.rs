@@ -486,13 +486,7 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     let elapsed = t.elapsed();
     let total = 4 * per_writer;
     let value = setup.open_bucket("contend").await.expect("bucket").get("counter").await.expect("get").expect("value");
-    report.row(&[
-        "4 × LiveConfig::update".into(),
-        format!("{:.0}", total as f64 / elapsed.as_secs_f64()),
-        conflicts.to_string(),
-        format!("{:.0}%", 100.0 * conflicts as f64 / (conflicts + total) as f64),
-        String::from_utf8_lossy(&value).into_owned(),
-    ]);
+    contention_row(report, "4 × LiveConfig::update", total, conflicts, elapsed, &value);
     // Raw: entry + update(rev), retry on a wrong revision.
     let kv = jetstream::new(connect(url).await).create_key_value(kv::Config { bucket: "contendraw".into(), ..Default::default() }).await.expect("bucket");
     kv.put("counter", "0".into()).await.expect("put");
@@ -524,12 +518,16 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     let elapsed = t.elapsed();
     let c = conflicts.load(Ordering::Relaxed);
     let value = kv.get("counter").await.expect("get").expect("value");
+    contention_row(report, "4 × raw entry + update", total, c, elapsed, &value);
+}
+
+fn contention_row(report: &mut Report, label: &str, total: u64, conflicts: u64, elapsed: Duration, value: &[u8]) {
     report.row(&[
-        "4 × raw entry + update".into(),
+        label.to_string(),
         format!("{:.0}", total as f64 / elapsed.as_secs_f64()),
-        c.to_string(),
-        format!("{:.0}%", 100.0 * c as f64 / (c + total) as f64),
-        String::from_utf8_lossy(&value).into_owned(),
+        conflicts.to_string(),
+        format!("{:.0}%", 100.0 * conflicts as f64 / (conflicts + total) as f64),
+        String::from_utf8_lossy(value).into_owned(),
     ]);
 }
 
