@@ -310,3 +310,38 @@ async fn nats_errors_while_the_server_is_down_are_transient() {
     }
     assert_eq!(b.get("k").await.unwrap().unwrap(), "3");
 }
+
+#[tokio::test]
+async fn nats_denied_writes_are_permission_denied() {
+    let server = NatsServer::start_with_config(
+        r#"
+        accounts {
+          APP {
+            jetstream: enabled
+            users: [
+              { user: admin, password: admin }
+              { user: reader, password: reader, permissions: { publish: { deny: ["$KV.>"] } } }
+            ]
+          }
+        }
+        "#,
+    )
+    .await;
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into());
+    let admin = NatsStore::connect(server.url(), admin).await.unwrap();
+    admin.create_bucket(&BucketConfig::new("cfg")).await.unwrap().put("a", "1".into()).await.unwrap();
+
+    let reader = async_nats::ConnectOptions::with_user_and_password("reader".into(), "reader".into());
+    let reader = NatsStore::connect(server.url(), reader).await.unwrap();
+    // A short JetStream timeout keeps the test quick: the denied publish is never acknowledged.
+    let reader = NatsStore::with_context(
+        reader.client().clone(),
+        async_nats::jetstream::ContextBuilder::new().timeout(Duration::from_millis(500)).build(reader.client().clone()),
+    )
+    .with_permission_log(reader.permission_log().clone());
+    let bucket = reader.open_bucket("cfg").await.unwrap();
+    assert_eq!(bucket.get("a").await.unwrap().unwrap(), "1", "reads are allowed");
+    let err = bucket.put("a", "2".into()).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("Permissions Violation") && err.to_string().contains("`cfg`"), "{err}");
+}

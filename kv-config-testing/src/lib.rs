@@ -119,6 +119,19 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Starts a server (JetStream on) with a configuration file holding `config`, e.g. accounts and
+    /// users with permissions. Listen address, port and store directory still come from the harness.
+    pub async fn start_with_config(config: &str) -> NatsServer {
+        let bin = find_nats_server().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::Builder::new().prefix("kv-config-nats-").tempdir().expect("temp dir");
+        let path = dir.path().join("server.conf");
+        std::fs::write(&path, config).expect("write server.conf");
+        let extra = vec!["-c".to_string(), path.display().to_string()];
+        let mut server = NatsServer { bin, child: None, port: 0, dir, extra, starts: 0, jetstream: true };
+        server.spawn().await.unwrap_or_else(|e| panic!("{e}"));
+        server
+    }
+
     /// Starts a server without JetStream (to test the error a client gets there).
     pub async fn start_without_jetstream() -> NatsServer {
         let bin = find_nats_server().unwrap_or_else(|e| panic!("{e}"));

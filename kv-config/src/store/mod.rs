@@ -36,7 +36,7 @@ use futures_util::Stream;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use memory::MemoryStore;
-pub use nats::NatsStore;
+pub use nats::{NatsStore, PermissionLog};
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,7 +1,8 @@
 //! [`NatsStore`]: buckets in NATS JetStream Key/Value, through async-nats.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use async_nats::HeaderMap;
@@ -37,18 +38,125 @@ const KV_ROLLUP: &str = "Nats-Rollup";
 pub struct NatsStore {
     client: async_nats::Client,
     js: jetstream::Context,
+    perms: PermissionLog,
+}
+
+/// Permission violations the server reported on a connection.
+///
+/// nats-server reports a denied publish or subscribe asynchronously (`-ERR 'Permissions Violation
+/// ...'`) and async-nats hands it to the connection's event callback, not to the request that
+/// caused it, which just times out. Give the events to a `PermissionLog` shared with the store
+/// ([`NatsStore::connect`] does it for you) and a request that fails after a violation on its
+/// connection returns [`StoreErrorKind::PermissionDenied`] with the server's message.
+///
+/// ```
+/// use kv_config::store::PermissionLog;
+/// let log = PermissionLog::new();
+/// let event = async_nats::Event::ServerError(async_nats::ServerError::Other(
+///     "Permissions Violation for Publish to \"$KV.cfg.a\"".into(),
+/// ));
+/// assert!(log.record(&event));
+/// assert!(!log.record(&async_nats::Event::Connected));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PermissionLog {
+    last: Arc<Mutex<Option<(Instant, String)>>>,
+}
+
+impl PermissionLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `event` if it is a permission violation; returns whether it was one.
+    pub fn record(&self, event: &async_nats::Event) -> bool {
+        match event {
+            async_nats::Event::ServerError(async_nats::ServerError::Other(msg))
+                if msg.to_ascii_lowercase().contains("permissions violation") =>
+            {
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), msg.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Turns a timeout-like error into `PermissionDenied` if a violation was reported since `started`.
+    fn refine(&self, err: StoreError, started: Instant) -> StoreError {
+        if !matches!(err.kind(), StoreErrorKind::Timeout | StoreErrorKind::JetStreamNotEnabled | StoreErrorKind::Other) {
+            return err;
+        }
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match last {
+            Some((at, msg)) if at >= started => {
+                let mut out = StoreError::new(StoreErrorKind::PermissionDenied).detail(msg);
+                if let Some(b) = err.bucket_name() {
+                    out = out.bucket(b);
+                }
+                if let Some(k) = err.key_name() {
+                    out = out.key(k);
+                }
+                out
+            }
+            _ => err,
+        }
+    }
 }
 
 impl NatsStore {
     /// A store on this connection (JetStream's default domain and API prefix).
     pub fn new(client: async_nats::Client) -> Self {
         let js = jetstream::new(client.clone());
-        NatsStore { client, js }
+        NatsStore { client, js, perms: PermissionLog::default() }
     }
 
-    /// A store on an existing JetStream context (e.g. one with a domain).
+    /// A store on an existing JetStream context (e.g. one with a domain or other timeouts).
     pub fn with_context(client: async_nats::Client, js: jetstream::Context) -> Self {
-        NatsStore { client, js }
+        NatsStore { client, js, perms: PermissionLog::default() }
+    }
+
+    /// Connects with `options` and reports the server's permission violations as
+    /// [`StoreErrorKind::PermissionDenied`] (this sets the options' event callback, which logs
+    /// every other connection event through `tracing`).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), kv_config::store::StoreError> {
+    /// let options = async_nats::ConnectOptions::with_user_and_password("app".into(), "secret".into());
+    /// let store = kv_config::store::NatsStore::connect("nats://127.0.0.1:4222", options).await?;
+    /// # drop(store);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(addrs: impl async_nats::ToServerAddrs, options: async_nats::ConnectOptions) -> StoreResult<Self> {
+        let perms = PermissionLog::new();
+        let log = perms.clone();
+        let client = options
+            .event_callback(move |event| {
+                let log = log.clone();
+                async move {
+                    if log.record(&event) {
+                        tracing::warn!(%event, "nats-server reported a permission violation");
+                    } else {
+                        tracing::info!(%event, "nats connection event");
+                    }
+                }
+            })
+            .connect(addrs)
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(NatsStore::new(client).with_permission_log(perms))
+    }
+
+    /// The log of permission violations this store consults.
+    pub fn permission_log(&self) -> &PermissionLog {
+        &self.perms
+    }
+
+    /// Uses `log` (fed from your own event callback) to recognise permission violations.
+    pub fn with_permission_log(mut self, log: PermissionLog) -> Self {
+        self.perms = log;
+        self
     }
 
     /// The connection.
@@ -58,89 +166,121 @@ impl NatsStore {
 
     fn wrap(&self, kv: kv::Store) -> Arc<dyn Bucket> {
         let subject_prefix = kv.put_prefix.clone().unwrap_or_else(|| kv.prefix.clone());
-        Arc::new(NatsBucket { name: kv.name.clone(), subject_prefix, client: self.client.clone(), js: self.js.clone(), kv })
+        Arc::new(NatsBucket {
+            name: kv.name.clone(),
+            subject_prefix,
+            client: self.client.clone(),
+            js: self.js.clone(),
+            perms: self.perms.clone(),
+            kv,
+        })
     }
 }
 
 #[async_trait]
 impl Store for NatsStore {
     async fn create_bucket(&self, config: &BucketConfig) -> StoreResult<Arc<dyn Bucket>> {
-        if !is_valid_bucket_name(&config.name) {
-            return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(config.name.clone()));
+        let started = Instant::now();
+        let result: StoreResult<Arc<dyn Bucket>> = async {
+            if !is_valid_bucket_name(&config.name) {
+                return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(config.name.clone()));
+            }
+            match self.open_bucket(&config.name).await {
+                Ok(bucket) => return Ok(bucket),
+                Err(e) if *e.kind() == StoreErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let created = self
+                .js
+                .create_key_value(kv::Config {
+                    bucket: config.name.clone(),
+                    description: config.description.clone(),
+                    history: i64::from(config.history.clamp(1, 64)),
+                    max_age: config.max_age.unwrap_or_default(),
+                    max_value_size: config.max_value_size.map_or(-1, |m| m.min(i32::MAX as u32) as i32),
+                    storage: match config.storage {
+                        StorageKind::File => StorageType::File,
+                        StorageKind::Memory => StorageType::Memory,
+                    },
+                    num_replicas: config.replicas.max(1),
+                    limit_markers: config.key_ttl,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {}
+                // Someone else created it at the same moment: use theirs.
+                Err(e) if e.to_string().contains("already in use") => return self.open_bucket(&config.name).await,
+                Err(e) => return Err(classify(&e).bucket(config.name.clone())),
+            }
+            if config.atomic_writes {
+                self.enable_atomic_writes(&config.name).await?;
+            }
+            self.open_bucket(&config.name).await
         }
-        match self.open_bucket(&config.name).await {
-            Ok(bucket) => return Ok(bucket),
-            Err(e) if *e.kind() == StoreErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let created = self
-            .js
-            .create_key_value(kv::Config {
-                bucket: config.name.clone(),
-                description: config.description.clone(),
-                history: i64::from(config.history.clamp(1, 64)),
-                max_age: config.max_age.unwrap_or_default(),
-                max_value_size: config.max_value_size.map_or(-1, |m| m.min(i32::MAX as u32) as i32),
-                storage: match config.storage {
-                    StorageKind::File => StorageType::File,
-                    StorageKind::Memory => StorageType::Memory,
-                },
-                num_replicas: config.replicas.max(1),
-                limit_markers: config.key_ttl,
-                ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(_) => {}
-            // Someone else created it at the same moment: use theirs.
-            Err(e) if e.to_string().contains("already in use") => return self.open_bucket(&config.name).await,
-            Err(e) => return Err(classify(&e).bucket(config.name.clone())),
-        }
-        if config.atomic_writes {
-            self.enable_atomic_writes(&config.name).await?;
-        }
-        self.open_bucket(&config.name).await
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn open_bucket(&self, name: &str) -> StoreResult<Arc<dyn Bucket>> {
-        if !is_valid_bucket_name(name) {
-            return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(name));
+        let started = Instant::now();
+        let result: StoreResult<Arc<dyn Bucket>> = async {
+            if !is_valid_bucket_name(name) {
+                return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(name));
+            }
+            match self.js.get_key_value(name).await {
+                Ok(kv) => Ok(self.wrap(kv)),
+                Err(e) => Err(classify(&e).bucket(name)),
+            }
         }
-        match self.js.get_key_value(name).await {
-            Ok(kv) => Ok(self.wrap(kv)),
-            Err(e) => Err(classify(&e).bucket(name)),
-        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn bucket_names(&self) -> StoreResult<Vec<String>> {
-        let names: Vec<String> = self
-            .js
-            .stream_names()
-            .try_collect()
-            .await
-            .map_err(|e| classify(&e))?;
-        let mut names: Vec<String> =
-            names.into_iter().filter_map(|n| n.strip_prefix("KV_").map(str::to_string)).collect();
-        names.sort();
-        Ok(names)
+        let started = Instant::now();
+        let result: StoreResult<Vec<String>> = async {
+            let names: Vec<String> = self
+                .js
+                .stream_names()
+                .try_collect()
+                .await
+                .map_err(|e| classify(&e))?;
+            let mut names: Vec<String> =
+                names.into_iter().filter_map(|n| n.strip_prefix("KV_").map(str::to_string)).collect();
+            names.sort();
+            Ok(names)
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn delete_bucket(&self, name: &str) -> StoreResult<()> {
-        self.js.delete_key_value(name).await.map(|_| ()).map_err(|e| classify(&e).bucket(name))
+        let started = Instant::now();
+        let result: StoreResult<()> = async {
+            self.js.delete_key_value(name).await.map(|_| ()).map_err(|e| classify(&e).bucket(name))
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn enable_atomic_writes(&self, name: &str) -> StoreResult<()> {
-        let mut stream = self
-            .js
-            .get_stream(format!("KV_{name}"))
-            .await
-            .map_err(|e| classify(&e).bucket(name))?;
-        let mut config = stream.info().await.map_err(|e| classify(&e).bucket(name))?.config.clone();
-        if config.allow_atomic_publish {
-            return Ok(());
+        let started = Instant::now();
+        let result: StoreResult<()> = async {
+            let mut stream = self
+                .js
+                .get_stream(format!("KV_{name}"))
+                .await
+                .map_err(|e| classify(&e).bucket(name))?;
+            let mut config = stream.info().await.map_err(|e| classify(&e).bucket(name))?.config.clone();
+            if config.allow_atomic_publish {
+                return Ok(());
+            }
+            config.allow_atomic_publish = true;
+            self.js.update_stream(config).await.map(|_| ()).map_err(|e| classify(&e).bucket(name))
         }
-        config.allow_atomic_publish = true;
-        self.js.update_stream(config).await.map(|_| ()).map_err(|e| classify(&e).bucket(name))
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 }
 
@@ -149,6 +289,7 @@ struct NatsBucket {
     subject_prefix: String,
     client: async_nats::Client,
     js: jetstream::Context,
+    perms: PermissionLog,
     kv: kv::Store,
 }
 
@@ -265,172 +406,212 @@ impl Bucket for NatsBucket {
     }
 
     async fn info(&self) -> StoreResult<BucketInfo> {
-        let mut stream = self.kv.stream.clone();
-        let info = stream.info().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
-        let c = &info.config;
-        Ok(BucketInfo {
-            config: BucketConfig {
-                name: self.name.clone(),
-                description: c.description.clone().unwrap_or_default(),
-                history: c.max_messages_per_subject.clamp(1, 64) as u8,
-                max_age: (!c.max_age.is_zero()).then_some(c.max_age),
-                max_value_size: (c.max_message_size > 0).then_some(c.max_message_size as u32),
-                replicas: c.num_replicas,
-                storage: match c.storage {
-                    StorageType::Memory => StorageKind::Memory,
-                    StorageType::File => StorageKind::File,
+        let started = Instant::now();
+        let result: StoreResult<BucketInfo> = async {
+            let mut stream = self.kv.stream.clone();
+            let info = stream.info().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
+            let c = &info.config;
+            Ok(BucketInfo {
+                config: BucketConfig {
+                    name: self.name.clone(),
+                    description: c.description.clone().unwrap_or_default(),
+                    history: c.max_messages_per_subject.clamp(1, 64) as u8,
+                    max_age: (!c.max_age.is_zero()).then_some(c.max_age),
+                    max_value_size: (c.max_message_size > 0).then_some(c.max_message_size as u32),
+                    replicas: c.num_replicas,
+                    storage: match c.storage {
+                        StorageType::Memory => StorageKind::Memory,
+                        StorageType::File => StorageKind::File,
+                    },
+                    key_ttl: if c.allow_message_ttl { c.subject_delete_marker_ttl } else { None },
+                    atomic_writes: c.allow_atomic_publish,
                 },
-                key_ttl: if c.allow_message_ttl { c.subject_delete_marker_ttl } else { None },
-                atomic_writes: c.allow_atomic_publish,
-            },
-            messages: info.state.messages,
-            bytes: info.state.bytes,
-            last_revision: info.state.last_sequence,
-        })
+                messages: info.state.messages,
+                bytes: info.state.bytes,
+                last_revision: info.state.last_sequence,
+            })
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn entry(&self, key: &str) -> StoreResult<Option<Entry>> {
-        self.check_key(key)?;
-        match self.kv.entry(key).await {
-            Ok(e) => Ok(e.map(|e| self.to_entry(e))),
-            Err(e) => Err(self.err(&e, key)),
+        let started = Instant::now();
+        let result: StoreResult<Option<Entry>> = async {
+            self.check_key(key)?;
+            match self.kv.entry(key).await {
+                Ok(e) => Ok(e.map(|e| self.to_entry(e))),
+                Err(e) => Err(self.err(&e, key)),
+            }
         }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn entry_at(&self, key: &str, revision: u64) -> StoreResult<Option<Entry>> {
-        self.check_key(key)?;
-        let subject = format!("{}{}", self.kv.prefix, key);
-        // Not kv::Store::entry_for_revision: it prints to stdout when the revision is another key's.
-        match self.kv.stream.get_raw_message(revision).await {
-            Ok(msg) if msg.subject.as_str() == subject => Ok(Some(Entry {
-                bucket: self.name.clone(),
-                key: key.to_string(),
-                operation: operation_of(Some(&msg.headers)),
-                value: msg.payload,
-                revision: msg.sequence,
-                delta: 0,
-                created: SystemTime::from(msg.time),
-            })),
-            Ok(_) => Ok(None),
-            Err(e) if e.to_string().contains("no message found") => Ok(None),
-            Err(e) => Err(self.err(&e, key)),
+        let started = Instant::now();
+        let result: StoreResult<Option<Entry>> = async {
+            self.check_key(key)?;
+            let subject = format!("{}{}", self.kv.prefix, key);
+            // Not kv::Store::entry_for_revision: it prints to stdout when the revision is another key's.
+            match self.kv.stream.get_raw_message(revision).await {
+                Ok(msg) if msg.subject.as_str() == subject => Ok(Some(Entry {
+                    bucket: self.name.clone(),
+                    key: key.to_string(),
+                    operation: operation_of(Some(&msg.headers)),
+                    value: msg.payload,
+                    revision: msg.sequence,
+                    delta: 0,
+                    created: SystemTime::from(msg.time),
+                })),
+                Ok(_) => Ok(None),
+                Err(e) if e.to_string().contains("no message found") => Ok(None),
+                Err(e) => Err(self.err(&e, key)),
+            }
         }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn history(&self, key: &str) -> StoreResult<Vec<Entry>> {
-        self.check_key(key)?;
-        let history = self.kv.history(key).await.map_err(|e| self.err(&e, key))?;
-        let entries: Vec<kv::Entry> = history.try_collect().await.map_err(|e| self.err(&e, key))?;
-        Ok(entries.into_iter().map(|e| self.to_entry(e)).collect())
+        let started = Instant::now();
+        let result: StoreResult<Vec<Entry>> = async {
+            self.check_key(key)?;
+            let history = self.kv.history(key).await.map_err(|e| self.err(&e, key))?;
+            let entries: Vec<kv::Entry> = history.try_collect().await.map_err(|e| self.err(&e, key))?;
+            Ok(entries.into_iter().map(|e| self.to_entry(e)).collect())
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn keys(&self) -> StoreResult<Vec<String>> {
-        let keys = self.kv.keys().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
-        let mut keys: Vec<String> = keys.try_collect().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
+        let started = Instant::now();
+        let result: StoreResult<Vec<String>> = async {
+            let keys = self.kv.keys().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
+            let mut keys: Vec<String> = keys.try_collect().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
+            keys.sort();
+            keys.dedup();
+            Ok(keys)
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
-        use jetstream::consumer::{push::OrderedConfig, DeliverPolicy, ReplayPolicy};
-        let deliver_policy = match start {
-            WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
-            WatchStart::New => DeliverPolicy::New,
-            WatchStart::FromRevision(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-        };
-        // Our own ordered consumer rather than kv::Store::watch*: its cached info tells how many
-        // entries are pending at the start, which is the only "loaded" signal for an empty match.
-        let consumer = self
-            .kv
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                description: Some("kv-config watch".to_string()),
-                filter_subject: format!("{}{}", self.kv.prefix, pattern),
-                replay_policy: ReplayPolicy::Instant,
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| self.err(&e, pattern))?;
-        let initial = consumer.cached_info().num_pending;
-        let messages = consumer.messages().await.map_err(|e| self.err(&e, pattern))?;
-        let bucket = self.name.clone();
-        let prefix = self.kv.prefix.clone();
-        let stream = messages.map(move |msg| {
-            let msg = msg.map_err(|e| classify(&e).bucket(bucket.clone()))?;
-            let info = msg.info().map_err(|e| {
-                StoreError::new(StoreErrorKind::Other).bucket(bucket.clone()).detail(format!("bad message metadata: {e}"))
-            })?;
-            let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
-            // The server's pending count can read 0 between the messages of an atomic batch; the
-            // batch headers cannot: only the commit message ends a batch.
-            let in_open_batch = msg.headers.as_ref().is_some_and(|h| {
-                h.get(async_nats::header::NATS_BATCH_ID).is_some()
-                    && h.get(async_nats::header::NATS_BATCH_COMMIT).is_none()
+        let started = Instant::now();
+        let result: StoreResult<Watch> = async {
+            use jetstream::consumer::{push::OrderedConfig, DeliverPolicy, ReplayPolicy};
+            let deliver_policy = match start {
+                WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
+                WatchStart::New => DeliverPolicy::New,
+                WatchStart::FromRevision(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            };
+            // Our own ordered consumer rather than kv::Store::watch*: its cached info tells how many
+            // entries are pending at the start, which is the only "loaded" signal for an empty match.
+            let consumer = self
+                .kv
+                .stream
+                .create_consumer(OrderedConfig {
+                    deliver_subject: self.client.new_inbox(),
+                    description: Some("kv-config watch".to_string()),
+                    filter_subject: format!("{}{}", self.kv.prefix, pattern),
+                    replay_policy: ReplayPolicy::Instant,
+                    deliver_policy,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.err(&e, pattern))?;
+            let initial = consumer.cached_info().num_pending;
+            let messages = consumer.messages().await.map_err(|e| self.err(&e, pattern))?;
+            let bucket = self.name.clone();
+            let prefix = self.kv.prefix.clone();
+            let stream = messages.map(move |msg| {
+                let msg = msg.map_err(|e| classify(&e).bucket(bucket.clone()))?;
+                let info = msg.info().map_err(|e| {
+                    StoreError::new(StoreErrorKind::Other).bucket(bucket.clone()).detail(format!("bad message metadata: {e}"))
+                })?;
+                let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
+                // The server's pending count can read 0 between the messages of an atomic batch; the
+                // batch headers cannot: only the commit message ends a batch.
+                let in_open_batch = msg.headers.as_ref().is_some_and(|h| {
+                    h.get(async_nats::header::NATS_BATCH_ID).is_some()
+                        && h.get(async_nats::header::NATS_BATCH_COMMIT).is_none()
+                });
+                let delta = if in_open_batch { info.pending.max(1) } else { info.pending };
+                Ok(Entry {
+                    bucket: bucket.clone(),
+                    operation: operation_of(msg.headers.as_ref()),
+                    value: msg.payload.clone(),
+                    revision: info.stream_sequence,
+                    delta,
+                    created: SystemTime::from(info.published),
+                    key,
+                })
             });
-            let delta = if in_open_batch { info.pending.max(1) } else { info.pending };
-            Ok(Entry {
-                bucket: bucket.clone(),
-                operation: operation_of(msg.headers.as_ref()),
-                value: msg.payload.clone(),
-                revision: info.stream_sequence,
-                delta,
-                created: SystemTime::from(info.published),
-                key,
-            })
-        });
-        Ok(Watch::new(initial, stream))
+            Ok(Watch::new(initial, stream))
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn write(&self, op: WriteOp) -> StoreResult<u64> {
-        let headers = self.headers(&op)?;
-        let subject = format!("{}{}", self.subject_prefix, op.key);
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, Self::payload(&op))
-            .await
-            .map_err(|e| self.write_error(&e, &op))?
-            .await
-            .map_err(|e| self.write_error(&e, &op))?;
-        Ok(ack.sequence)
+        let started = Instant::now();
+        let result: StoreResult<u64> = async {
+            let headers = self.headers(&op)?;
+            let subject = format!("{}{}", self.subject_prefix, op.key);
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, Self::payload(&op))
+                .await
+                .map_err(|e| self.write_error(&e, &op))?
+                .await
+                .map_err(|e| self.write_error(&e, &op))?;
+            Ok(ack.sequence)
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 
     async fn write_atomic(&self, ops: Vec<WriteOp>) -> StoreResult<u64> {
-        check_batch(&self.name, &ops)?;
-        let batch_id = self.client.new_inbox().rsplit('.').next().unwrap_or("kvc").to_string();
-        let last = ops.len() - 1;
-        // Intermediate messages go out as core publishes (the server stages them), the last one
-        // carries the commit and is acknowledged for the whole batch.
-        for (i, op) in ops.iter().enumerate() {
-            let mut headers = self.headers(op)?;
-            headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
-            headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-            let subject = format!("{}{}", self.subject_prefix, op.key);
-            if i < last {
-                self.client
-                    .publish_with_headers(subject, headers, Self::payload(op))
-                    .await
-                    .map_err(|e| self.err(&e, &op.key))?;
-            } else {
-                headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
-                let ack = self
-                    .js
-                    .publish_with_headers(subject, headers, Self::payload(op))
-                    .await
-                    .map_err(|e| self.err(&e, &op.key))?
-                    .await;
-                return match ack {
-                    Ok(ack) => Ok(ack.sequence),
-                    Err(e) => {
-                        let err = classify(&e).bucket(self.name.clone());
-                        Err(self.batch_error(err, &ops).await)
-                    }
-                };
+        let started = Instant::now();
+        let result: StoreResult<u64> = async {
+            check_batch(&self.name, &ops)?;
+            let batch_id = self.client.new_inbox().rsplit('.').next().unwrap_or("kvc").to_string();
+            let last = ops.len() - 1;
+            // Intermediate messages go out as core publishes (the server stages them), the last one
+            // carries the commit and is acknowledged for the whole batch.
+            for (i, op) in ops.iter().enumerate() {
+                let mut headers = self.headers(op)?;
+                headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
+                headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
+                let subject = format!("{}{}", self.subject_prefix, op.key);
+                if i < last {
+                    self.client
+                        .publish_with_headers(subject, headers, Self::payload(op))
+                        .await
+                        .map_err(|e| self.err(&e, &op.key))?;
+                } else {
+                    headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
+                    let ack = self
+                        .js
+                        .publish_with_headers(subject, headers, Self::payload(op))
+                        .await
+                        .map_err(|e| self.err(&e, &op.key))?
+                        .await;
+                    return match ack {
+                        Ok(ack) => Ok(ack.sequence),
+                        Err(e) => {
+                            let err = classify(&e).bucket(self.name.clone());
+                            Err(self.batch_error(err, &ops).await)
+                        }
+                    };
+                }
             }
+            unreachable!("check_batch guarantees at least one operation")
         }
-        unreachable!("check_batch guarantees at least one operation")
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
     }
 }
 
