@@ -157,6 +157,11 @@ struct State {
     warned_unknown: HashSet<String>,
 }
 
+/// An encoded config as raw values (revision 0: not from the bucket), for validation by decoding.
+fn to_raw(encoded: &crate::Encoded) -> RawValues {
+    encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0 })).collect()
+}
+
 /// Latest revisions that differ from the values in effect: markers, and refused values (only
 /// looked for when something was refused, so the common path stays O(markers)).
 fn overrides(view: &View, values: &RawValues, any_rejected: bool) -> HashMap<String, u64> {
@@ -624,8 +629,7 @@ impl<T: KvConfig> LiveConfig<T> {
         let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| crate::EncodeError { key: key.to_string(), message: e.to_string() })?);
         let source = self.shared.source.clone();
         self.modify(|base| {
-            let mut raw: RawValues =
-                base.encode()?.into_iter().map(|(k, v)| (k, RawValue { value: v, revision: 0 })).collect();
+            let mut raw = to_raw(&base.encode()?);
             raw.insert(key.to_string(), RawValue { value: bytes.clone(), revision: 0 });
             Ok(T::decode(&raw, &source)?)
         })
@@ -656,8 +660,7 @@ impl<T: KvConfig> LiveConfig<T> {
             let next = make(&base.config)?;
             let new_enc = next.encode()?;
             // Refuse an invalid config before anything is sent.
-            let raw: RawValues = new_enc.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0 })).collect();
-            T::decode(&raw, &shared.source)?;
+            T::decode(&to_raw(&new_enc), &shared.source)?;
             let old_enc = base.config.encode()?;
             let mut ops = Vec::new();
             for (k, v) in &new_enc {
@@ -675,10 +678,7 @@ impl<T: KvConfig> LiveConfig<T> {
             if ops.is_empty() {
                 return Ok(base);
             }
-            let expected: Vec<(String, u64)> = ops
-                .iter()
-                .map(|o| (o.key.clone(), match o.expect { crate::store::Expect::Revision(r) => r, crate::store::Expect::Any => 0 }))
-                .collect();
+            let first_key = ops[0].key.clone();
             let result = if ops.len() == 1 {
                 shared.bucket.write(ops.remove(0)).await
             } else {
@@ -693,7 +693,7 @@ impl<T: KvConfig> LiveConfig<T> {
                 }
                 Err(e) if e.is_wrong_revision() => {
                     shared.state().status.conflicts += 1;
-                    let key = e.key_name().map(str::to_string).unwrap_or_else(|| expected[0].0.clone());
+                    let key = e.key_name().map_or(first_key, str::to_string);
                     let (expected_rev, current) = match e.kind() {
                         StoreErrorKind::WrongRevision { expected, current } => (*expected, *current),
                         _ => (0, None),
