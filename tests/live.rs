@@ -430,3 +430,21 @@ async fn server_kill_and_restart_converges_without_replaying_old_values() {
     }
     assert!(seen_values.iter().all(|v| *v == 5), "an old value came back: {seen_values:?}");
 }
+
+#[tokio::test]
+async fn one_shot_load_defaults_unknown_keys_and_prefixes() {
+    let (_server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("once")).await.unwrap();
+    // Empty bucket: all defaults (and no hang: an empty watch is caught up at once).
+    let loaded = kv_config::load::<Cfg>(&*bucket, "").await.unwrap();
+    assert!(loaded.config == Cfg { log_level: "info".into(), min: 0, max: 10, counter: 0, a: 0, b: 0 });
+    bucket.put("prod.max", "20".into()).await.unwrap();
+    bucket.put("prod.log_level", "debug".into()).await.unwrap();
+    bucket.put("prod.retired_flag", "true".into()).await.unwrap();
+    bucket.put("dev.max", "1".into()).await.unwrap();
+    let loaded = kv_config::load::<Cfg>(&*bucket, "prod.").await.unwrap();
+    assert_eq!((loaded.config.max, loaded.config.log_level.as_str()), (20, "debug"));
+    assert_eq!(loaded.unknown_keys, vec!["retired_flag".to_string()], "reported, not fatal");
+    let err = kv_config::load::<Cfg>(&*bucket, "prod").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidPrefix(_)), "{err}");
+}
