@@ -51,7 +51,7 @@ fn check_conflicts(cx: &Ctxt, input: &Input) {
         if let (Some(_), Some(span)) = (a.nested, a.secret) {
             cx.error_at(span, "#[kv(secret)] conflicts with #[kv(nested)]: mark the nested struct's fields secret instead");
         }
-        if let Some(skip) = a.skip {
+        if a.skip.is_some() {
             let others = [
                 a.rename.as_ref().map(|l| ("rename", l.span())),
                 a.nested.map(|s| ("nested", s)),
@@ -61,7 +61,6 @@ fn check_conflicts(cx: &Ctxt, input: &Input) {
             for (name, span) in others.into_iter().flatten() {
                 cx.error_at(span, format!("#[kv({name})] conflicts with #[kv(skip)]: a skipped field has no key"));
             }
-            let _ = skip;
         }
     }
 }

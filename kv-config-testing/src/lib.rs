@@ -109,12 +109,27 @@ impl NatsServer {
 
     /// Starts a server, returning an error instead of panicking.
     pub async fn try_start(extra: Vec<String>, port: Option<u16>) -> Result<NatsServer, HarnessError> {
+        Self::launch(extra, port, true, None).await
+    }
+
+    /// The one way a server is started: temp dir, optional config file, spawn.
+    async fn launch(
+        mut extra: Vec<String>,
+        port: Option<u16>,
+        jetstream: bool,
+        config: Option<&str>,
+    ) -> Result<NatsServer, HarnessError> {
         let bin = find_nats_server()?;
         let dir = tempfile::Builder::new()
             .prefix("kv-config-nats-")
             .tempdir()
             .map_err(|e| HarnessError(format!("cannot create a temp dir: {e}")))?;
-        let mut server = NatsServer { bin, child: None, port: port.unwrap_or(0), dir, extra, starts: 0, jetstream: true };
+        if let Some(config) = config {
+            let path = dir.path().join("server.conf");
+            std::fs::write(&path, config).map_err(|e| HarnessError(format!("cannot write server.conf: {e}")))?;
+            extra.extend(["-c".to_string(), path.display().to_string()]);
+        }
+        let mut server = NatsServer { bin, child: None, port: port.unwrap_or(0), dir, extra, starts: 0, jetstream };
         server.spawn().await?;
         Ok(server)
     }
@@ -122,24 +137,12 @@ impl NatsServer {
     /// Starts a server (JetStream on) with a configuration file holding `config`, e.g. accounts and
     /// users with permissions. Listen address, port and store directory still come from the harness.
     pub async fn start_with_config(config: &str) -> NatsServer {
-        let bin = find_nats_server().unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::Builder::new().prefix("kv-config-nats-").tempdir().expect("temp dir");
-        let path = dir.path().join("server.conf");
-        std::fs::write(&path, config).expect("write server.conf");
-        let extra = vec!["-c".to_string(), path.display().to_string()];
-        let mut server = NatsServer { bin, child: None, port: 0, dir, extra, starts: 0, jetstream: true };
-        server.spawn().await.unwrap_or_else(|e| panic!("{e}"));
-        server
+        Self::launch(Vec::new(), None, true, Some(config)).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts a server without JetStream (to test the error a client gets there).
     pub async fn start_without_jetstream() -> NatsServer {
-        let bin = find_nats_server().unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::Builder::new().prefix("kv-config-nats-").tempdir().expect("temp dir");
-        let mut server =
-            NatsServer { bin, child: None, port: 0, dir, extra: Vec::new(), starts: 0, jetstream: false };
-        server.spawn().await.unwrap_or_else(|e| panic!("{e}"));
-        server
+        Self::launch(Vec::new(), None, false, None).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `nats://127.0.0.1:PORT`.

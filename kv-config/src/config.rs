@@ -395,9 +395,4 @@ impl Decoder<'_> {
             }
         }
     }
-
-    #[doc(hidden)]
-    pub fn has_errors(&self) -> bool {
-        !self.errors.is_empty()
-    }
 }
