@@ -249,6 +249,35 @@ async fn per_key_ttl_expires(f: Fixture) {
     b.create("lease", "you".into()).await.unwrap();
 }
 
+async fn headers_travel_with_writes(f: Fixture) {
+    use kv_config::store::{AUTHOR_HEADER, REASON_HEADER};
+    let b = f.store.create_bucket(&BucketConfig::new("t").history(5)).await.unwrap();
+    let mut watch = b.watch(">", WatchStart::New).await.unwrap();
+    let op = WriteOp::put("a", "1".into()).header(AUTHOR_HEADER, "ops@host").header(REASON_HEADER, "raise the limit");
+    let r1 = b.write(op).await.unwrap();
+    b.write_atomic(vec![
+        WriteOp::put("a", "2".into()).header(AUTHOR_HEADER, "bot"),
+        WriteOp::put("b", "3".into()),
+    ])
+    .await
+    .unwrap();
+    let audit = vec![(AUTHOR_HEADER.to_string(), "ops@host".to_string()), (REASON_HEADER.to_string(), "raise the limit".to_string())];
+    let seen = next_entry(&mut watch).await;
+    assert_eq!((seen.revision, &seen.headers), (r1, &audit), "watch");
+    assert_eq!(b.entry_at("a", r1).await.unwrap().unwrap().headers, audit, "entry_at");
+    let history = b.history("a").await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].headers, audit, "history");
+    assert_eq!(history[1].headers, vec![(AUTHOR_HEADER.to_string(), "bot".to_string())]);
+    assert_eq!(b.entry("a").await.unwrap().unwrap().headers, history[1].headers, "entry");
+    assert!(b.entry("b").await.unwrap().unwrap().headers.is_empty(), "NATS's own batch headers are not user headers");
+    for (name, value) in [("Nats-Msg-Id", "x"), ("bad:name", "x"), ("ok", "line\nbreak")] {
+        let err = b.write(WriteOp::put("a", "9".into()).header(name, value)).await.unwrap_err();
+        assert_eq!(*err.kind(), StoreErrorKind::InvalidRequest, "{name}: {err}");
+    }
+    assert_eq!(b.get("a").await.unwrap().as_deref(), Some(&b"2"[..]), "refused writes changed nothing");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -273,6 +302,7 @@ suite!(
     atomic_batch_all_or_nothing,
     atomic_needs_enabling,
     per_key_ttl_expires,
+    headers_travel_with_writes,
 );
 
 #[tokio::test]

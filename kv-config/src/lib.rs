@@ -77,6 +77,7 @@ mod config;
 mod error;
 mod live;
 mod load;
+mod redact;
 mod schema;
 pub mod store;
 mod view;

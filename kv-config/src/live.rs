@@ -399,7 +399,7 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str) -> Result<(
             match watch.next().await {
                 Some(Ok(entry)) => {
                     view.apply(prefix, &entry);
-                    if entry.delta == 0 {
+                    if entry.delta == 0 && !entry.batch_continues {
                         break;
                     }
                 }
@@ -485,7 +485,7 @@ impl<T: KvConfig> Shared<T> {
     fn on_entry(&self, entry: &crate::store::Entry) {
         let mut st = self.state();
         st.view.apply(&self.source.prefix, entry);
-        if entry.delta != 0 {
+        if entry.delta != 0 || entry.batch_continues {
             return;
         }
         // Caught up: swap once for the whole burst, so a multi-key write is never seen half-done.

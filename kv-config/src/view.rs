@@ -140,6 +140,8 @@ mod tests {
             delta: 0,
             created: SystemTime::UNIX_EPOCH,
             operation,
+            headers: Vec::new(),
+            batch_continues: false,
         }
     }
 

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{
-    check_batch, is_valid_bucket_name, is_valid_key, key_matches, Bucket, BucketConfig, BucketInfo,
-    Entry, Expect, Operation, Store, StoreError, StoreErrorKind, StoreResult, Watch, WatchStart,
+    check_batch, check_headers, is_valid_bucket_name, is_valid_key, key_matches, Bucket, BucketConfig, BucketInfo,
+    Entry, Expect, Headers, Operation, Store, StoreError, StoreErrorKind, StoreResult, Watch, WatchStart,
     WriteKind, WriteOp,
 };
 
@@ -110,6 +110,7 @@ struct Msg {
     key: String,
     value: Bytes,
     op: Operation,
+    headers: Headers,
     created: SystemTime,
     stored: Instant,
 }
@@ -163,6 +164,7 @@ impl MemBucket {
         if !is_valid_key(&op.key) {
             return Err(self.err(StoreErrorKind::InvalidKey, &op.key));
         }
+        check_headers(&self.name, op)?;
         if let WriteKind::Put(value) = &op.kind {
             if let Some(max) = st.config.max_value_size {
                 if value.len() > max as usize {
@@ -200,7 +202,7 @@ impl MemBucket {
                 WriteKind::Delete => (Bytes::new(), Operation::Delete),
                 WriteKind::Purge => (Bytes::new(), Operation::Purge),
             };
-            let seq = st.store(&op.key, value.clone(), operation);
+            let seq = st.store(&op.key, value.clone(), operation, op.headers.clone());
             if let Some(ttl) = op.ttl {
                 self.schedule_expiry(op.key.clone(), seq, ttl);
             }
@@ -221,7 +223,7 @@ impl MemBucket {
                         return;
                     }
                     // Like a NATS limit marker: the value goes, a purge marker tells watchers.
-                    let new = st.store(&key, Bytes::new(), Operation::Purge);
+                    let new = st.store(&key, Bytes::new(), Operation::Purge, Headers::new());
                     let entry = st.entry(&bucket.name, new, 0);
                     st.notify(&[entry]);
                 }
@@ -231,7 +233,7 @@ impl MemBucket {
 }
 
 impl State {
-    fn store(&mut self, key: &str, value: Bytes, op: Operation) -> u64 {
+    fn store(&mut self, key: &str, value: Bytes, op: Operation, headers: Headers) -> u64 {
         self.seq += 1;
         let seq = self.seq;
         if op == Operation::Purge {
@@ -240,7 +242,7 @@ impl State {
         }
         self.msgs.insert(
             seq,
-            Msg { key: key.to_string(), value, op, created: SystemTime::now(), stored: Instant::now() },
+            Msg { key: key.to_string(), value, op, headers, created: SystemTime::now(), stored: Instant::now() },
         );
         self.last.insert(key.to_string(), seq);
         let history = self.config.history.max(1) as usize;
@@ -278,6 +280,8 @@ impl State {
             delta,
             created: m.created,
             operation: m.op,
+            headers: m.headers.clone(),
+            batch_continues: false,
         }
     }
 

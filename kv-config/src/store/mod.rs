@@ -82,7 +82,22 @@ pub struct Entry {
     pub created: SystemTime,
     /// Put, delete or purge.
     pub operation: Operation,
+    /// Headers the writer attached with [`WriteOp::header`] (e.g. kv-config's audit headers
+    /// `KvConfig-Author` and `KvConfig-Reason`), sorted by name. NATS's own headers (`Nats-*`,
+    /// `KV-*`) are not included. Filled by `entry`, `entry_at`, `history` and watches.
+    pub headers: Headers,
+    /// `true` when this entry belongs to an atomic batch whose commit message comes later in the
+    /// stream (it may lie outside a filtered watch). Used to never show half a batch.
+    pub batch_continues: bool,
 }
+
+/// Headers of a write or an entry, as `(name, value)` pairs.
+pub type Headers = Vec<(String, String)>;
+
+/// Audit header naming who made a change (set by kv-config's writers when asked).
+pub const AUTHOR_HEADER: &str = "KvConfig-Author";
+/// Audit header giving why a change was made.
+pub const REASON_HEADER: &str = "KvConfig-Reason";
 
 impl Entry {
     /// `true` for a live value (not a delete or purge marker).
@@ -249,22 +264,24 @@ pub struct WriteOp {
     pub expect: Expect,
     /// Per-key TTL (whole seconds, at least one; the bucket needs [`BucketConfig::key_ttl`]).
     pub ttl: Option<Duration>,
+    /// Extra headers stored with the message (see [`Entry::headers`]).
+    pub headers: Headers,
 }
 
 impl WriteOp {
     /// A put of `value`.
     pub fn put(key: impl Into<String>, value: Bytes) -> Self {
-        WriteOp { key: key.into(), kind: WriteKind::Put(value), expect: Expect::Any, ttl: None }
+        WriteOp { key: key.into(), kind: WriteKind::Put(value), expect: Expect::Any, ttl: None, headers: Headers::new() }
     }
 
     /// A delete marker.
     pub fn delete(key: impl Into<String>) -> Self {
-        WriteOp { key: key.into(), kind: WriteKind::Delete, expect: Expect::Any, ttl: None }
+        WriteOp { key: key.into(), kind: WriteKind::Delete, expect: Expect::Any, ttl: None, headers: Headers::new() }
     }
 
     /// A purge.
     pub fn purge(key: impl Into<String>) -> Self {
-        WriteOp { key: key.into(), kind: WriteKind::Purge, expect: Expect::Any, ttl: None }
+        WriteOp { key: key.into(), kind: WriteKind::Purge, expect: Expect::Any, ttl: None, headers: Headers::new() }
     }
 
     /// Requires the key's last revision to be `revision` (0 = never stored).
@@ -276,6 +293,19 @@ impl WriteOp {
     /// Sets a per-key TTL.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// Adds a header stored with the message, e.g. [`AUTHOR_HEADER`]. Names must be printable
+    /// ASCII without `:`; names starting with `Nats-` or `KV-` are reserved for the server.
+    ///
+    /// ```
+    /// use kv_config::store::{WriteOp, AUTHOR_HEADER};
+    /// let op = WriteOp::put("a", "1".into()).header(AUTHOR_HEADER, "ops@host");
+    /// assert_eq!(op.headers, vec![(AUTHOR_HEADER.to_string(), "ops@host".to_string())]);
+    /// ```
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
 }
@@ -504,6 +534,41 @@ pub fn key_matches(pattern: &str, key: &str) -> bool {
         }
     }
     keys.next().is_none()
+}
+
+/// Checks the extra headers of a write: printable ASCII names without `:`, not reserved by NATS,
+/// values without line breaks.
+pub(crate) fn check_headers(bucket: &str, op: &WriteOp) -> StoreResult<()> {
+    for (name, value) in &op.headers {
+        let lower = name.to_ascii_lowercase();
+        let problem = if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            Some("a header name is printable ASCII without `:`")
+        } else if lower.starts_with("nats-") || lower.starts_with("kv-") {
+            Some("header names starting with `Nats-` or `KV-` are reserved for the server")
+        } else if value.contains(['\r', '\n']) {
+            Some("a header value holds no line break")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(StoreError::new(StoreErrorKind::InvalidRequest)
+                .bucket(bucket)
+                .key(op.key.clone())
+                .detail(format!("header `{}`: {problem}", crate::redact::bound(name, 64))));
+        }
+    }
+    Ok(())
+}
+
+/// The user headers of a stored message: everything but NATS's own.
+pub(crate) fn user_headers<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Headers {
+    pairs
+        .filter(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            !lower.starts_with("nats-") && !lower.starts_with("kv-")
+        })
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 pub(crate) fn check_batch(bucket: &str, ops: &[WriteOp]) -> StoreResult<()> {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
-    check_batch, is_valid_bucket_name, is_valid_key, Bucket, BucketConfig, BucketInfo, Entry,
+    check_batch, check_headers, user_headers, Headers, is_valid_bucket_name, is_valid_key, Bucket, BucketConfig, BucketInfo, Entry,
     Expect, Operation, StorageKind, Store, StoreError, StoreErrorKind, StoreResult, Watch,
     WatchStart, WriteKind, WriteOp,
 };
@@ -314,7 +314,11 @@ impl NatsBucket {
 
     fn headers(&self, op: &WriteOp) -> StoreResult<HeaderMap> {
         self.check_key(&op.key)?;
+        check_headers(&self.name, op)?;
         let mut headers = HeaderMap::new();
+        for (name, value) in &op.headers {
+            headers.append(name.as_str(), value.as_str());
+        }
         match op.kind {
             WriteKind::Put(_) => {}
             WriteKind::Delete => headers.insert(KV_OPERATION, "DEL"),
@@ -358,25 +362,34 @@ impl NatsBucket {
         }
     }
 
-    fn to_entry(&self, e: kv::Entry) -> Entry {
+    /// An entry from a raw stream message (headers included).
+    fn raw_entry(&self, msg: jetstream::message::StreamMessage) -> Entry {
+        let key = msg.subject.strip_prefix(self.kv.prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
         Entry {
             bucket: self.name.clone(),
-            key: e.key,
-            value: e.value,
-            revision: e.revision,
-            delta: e.delta,
-            created: SystemTime::from(e.created),
-            operation: map_op(e.operation),
+            key,
+            operation: operation_of(Some(&msg.headers)),
+            headers: headers_of(Some(&msg.headers)),
+            batch_continues: false,
+            value: msg.payload,
+            revision: msg.sequence,
+            delta: 0,
+            created: SystemTime::from(msg.time),
         }
     }
 }
 
-fn map_op(op: kv::Operation) -> Operation {
-    match op {
-        kv::Operation::Put => Operation::Put,
-        kv::Operation::Delete => Operation::Delete,
-        kv::Operation::Purge => Operation::Purge,
-    }
+/// How long reading a key's history may take.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The user headers of a message (not NATS's own), sorted by name.
+fn headers_of(headers: Option<&HeaderMap>) -> Headers {
+    let Some(headers) = headers else { return Headers::new() };
+    let mut out = user_headers(
+        headers.iter().flat_map(|(name, values)| values.iter().map(move |v| (name.as_ref(), v.as_str()))),
+    );
+    out.sort();
+    out
 }
 
 fn operation_of(headers: Option<&HeaderMap>) -> Operation {
@@ -439,8 +452,10 @@ impl Bucket for NatsBucket {
         let started = Instant::now();
         let result: StoreResult<Option<Entry>> = async {
             self.check_key(key)?;
-            match self.kv.entry(key).await {
-                Ok(e) => Ok(e.map(|e| self.to_entry(e))),
+            let subject = format!("{}{}", self.kv.prefix, key);
+            match self.kv.stream.direct_get_last_for_subject(subject).await {
+                Ok(msg) => Ok(Some(self.raw_entry(msg))),
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
                 Err(e) => Err(self.err(&e, key)),
             }
         }
@@ -455,15 +470,7 @@ impl Bucket for NatsBucket {
             let subject = format!("{}{}", self.kv.prefix, key);
             // Not kv::Store::entry_for_revision: it prints to stdout when the revision is another key's.
             match self.kv.stream.get_raw_message(revision).await {
-                Ok(msg) if msg.subject.as_str() == subject => Ok(Some(Entry {
-                    bucket: self.name.clone(),
-                    key: key.to_string(),
-                    operation: operation_of(Some(&msg.headers)),
-                    value: msg.payload,
-                    revision: msg.sequence,
-                    delta: 0,
-                    created: SystemTime::from(msg.time),
-                })),
+                Ok(msg) if msg.subject.as_str() == subject => Ok(Some(self.raw_entry(msg))),
                 Ok(_) => Ok(None),
                 Err(e) if e.to_string().contains("no message found") => Ok(None),
                 Err(e) => Err(self.err(&e, key)),
@@ -477,9 +484,23 @@ impl Bucket for NatsBucket {
         let started = Instant::now();
         let result: StoreResult<Vec<Entry>> = async {
             self.check_key(key)?;
-            let history = self.kv.history(key).await.map_err(|e| self.err(&e, key))?;
-            let entries: Vec<kv::Entry> = history.try_collect().await.map_err(|e| self.err(&e, key))?;
-            Ok(entries.into_iter().map(|e| self.to_entry(e)).collect())
+            // Our own watch (not kv::Store::history) so entries keep their headers.
+            let mut watch = self.watch(key, WatchStart::FromRevision(1)).await?;
+            let mut out = Vec::with_capacity(watch.initial_pending() as usize);
+            if watch.initial_pending() > 0 {
+                while let Some(item) = tokio::time::timeout(HISTORY_TIMEOUT, watch.next())
+                    .await
+                    .map_err(|_| StoreError::new(StoreErrorKind::Timeout).bucket(self.name.clone()).key(key))?
+                {
+                    let entry = item?;
+                    let done = entry.delta == 0;
+                    out.push(entry);
+                    if done {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
         }
         .await;
         result.map_err(|e| self.perms.refine(e, started))
@@ -534,17 +555,18 @@ impl Bucket for NatsBucket {
                 let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
                 // The server's pending count can read 0 between the messages of an atomic batch; the
                 // batch headers cannot: only the commit message ends a batch.
-                let in_open_batch = msg.headers.as_ref().is_some_and(|h| {
+                let batch_continues = msg.headers.as_ref().is_some_and(|h| {
                     h.get(async_nats::header::NATS_BATCH_ID).is_some()
                         && h.get(async_nats::header::NATS_BATCH_COMMIT).is_none()
                 });
-                let delta = if in_open_batch { info.pending.max(1) } else { info.pending };
                 Ok(Entry {
                     bucket: bucket.clone(),
                     operation: operation_of(msg.headers.as_ref()),
+                    headers: headers_of(msg.headers.as_ref()),
+                    batch_continues,
                     value: msg.payload.clone(),
                     revision: info.stream_sequence,
-                    delta,
+                    delta: info.pending,
                     created: SystemTime::from(info.published),
                     key,
                 })
