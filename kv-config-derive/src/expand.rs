@@ -53,6 +53,12 @@ fn expand(input: &Input) -> TokenStream {
             })?;
         }
     });
+    let has_own_check = input.attrs.validate.is_some()
+        || leaf_fields(input).any(|(_, f)| f.attrs.nested.is_some() && f.attrs.validate.is_some());
+    let nested_checks = leaf_fields(input).filter(|(_, f)| f.attrs.nested.is_some()).map(|(_, f)| {
+        let ty = f.ty;
+        quote!(|| <#ty as ::kv_config::KvConfig>::__KV_CROSS_CHECKS)
+    });
     let debug_fields = input.fields.iter().filter(|f| f.attrs.skip.is_none()).map(|f| {
         let member = f.ident;
         let label = member.to_string();
@@ -70,6 +76,7 @@ fn expand(input: &Input) -> TokenStream {
             impl ::kv_config::KvConfig for #ident {
                 const __KV_NAME: &'static str = #name;
                 const __KV_VERSION: &'static str = ::core::env!("CARGO_PKG_VERSION");
+                const __KV_CROSS_CHECKS: bool = #has_own_check #(#nested_checks)*;
 
                 fn __kv_fields(
                     __kv_prefix: &str,

@@ -62,6 +62,11 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
     const __KV_NAME: &'static str;
     #[doc(hidden)]
     const __KV_VERSION: &'static str;
+    /// `true` when a validator reads more than one key (a struct-level `validate`, or a `validate`
+    /// on a nested field): writes then carry a guard so concurrent writers cannot combine into a
+    /// state the validators refuse.
+    #[doc(hidden)]
+    const __KV_CROSS_CHECKS: bool = false;
     #[doc(hidden)]
     fn __kv_fields(prefix: &str, out: &mut Vec<FieldSchema>);
     #[doc(hidden)]
@@ -93,7 +98,7 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
 /// Decodes and also returns how many of `values` the schema used: when that equals
 /// `values.len()`, no key in the bucket is unknown to the schema.
 pub(crate) fn decode_counting<T: KvConfig>(values: &RawValues, source: &Source) -> Result<(T, usize), DecodeError> {
-    let mut d = Decoder { values, source, errors: Vec::new(), key: String::new(), hits: 0 };
+    let mut d = Decoder { values, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new() };
     match T::__kv_decode("", &mut d) {
         Some(v) if d.errors.is_empty() => Ok((v, d.hits)),
         _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: source.bucket.clone(), errors: d.errors }),
@@ -277,6 +282,25 @@ pub struct Decoder<'a> {
     errors: Vec<KeyError>,
     key: String,
     hits: usize,
+    /// The text of every secret value decoded so far, scrubbed from struct-level messages.
+    secrets: Vec<String>,
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// Runs user code (a validator, a `Deserialize` impl) so that a panic becomes an error message.
+fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R, String>) -> Result<R, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => Err(format!("{what} panicked: {}", panic_message(&*payload))),
+    }
 }
 
 /// Parses bytes as `T`: JSON first, then (for types that accept a string) the bare text.
@@ -305,6 +329,14 @@ pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> 
 
 impl Decoder<'_> {
     fn error(&mut self, key: &str, revision: Option<u64>, problem: Problem) {
+        // Every message is bounded (a refused 1 MiB value is not echoed) and scrubbed of secrets.
+        let clean = |m: String| crate::redact::bound(&crate::redact::scrub(&m, &self.secrets), crate::redact::MAX_MESSAGE);
+        let problem = match problem {
+            Problem::Invalid(m) => Problem::Invalid(clean(m)),
+            Problem::Rejected(m) => Problem::Rejected(clean(m)),
+            Problem::Struct(m) => Problem::Struct(clean(m)),
+            Problem::Missing => Problem::Missing,
+        };
         self.errors.push(KeyError {
             bucket: self.source.bucket.clone(),
             key: format!("{}{key}", self.source.prefix),
@@ -350,7 +382,10 @@ impl Decoder<'_> {
             },
             Some(raw) => {
                 self.hits += 1;
-                match parse_value::<T>(&raw.value) {
+                if secret {
+                    self.note_secret(&raw.value);
+                }
+                match guarded("the Deserialize impl", || parse_value::<T>(&raw.value)) {
                     Ok(v) => (v, Some(raw.revision)),
                     Err(msg) => {
                         let msg = if secret {
@@ -364,8 +399,38 @@ impl Decoder<'_> {
                 }
             }
         };
-        self.validate(key, revision, &value, validate)?;
+        self.check_leaf(key, revision, &value, validate, secret)?;
         Some(value)
+    }
+
+    /// Remembers a secret's text (raw, and unquoted when it is a JSON string) for scrubbing.
+    fn note_secret(&mut self, raw: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            if let Ok(serde_json::Value::String(inner)) = serde_json::from_str::<serde_json::Value>(text) {
+                self.secrets.push(inner);
+            }
+            self.secrets.push(text.to_string());
+        }
+    }
+
+    /// Runs a field validator; a secret field's message is never shown (it may quote the value).
+    fn check_leaf<T>(
+        &mut self,
+        key: &str,
+        revision: Option<u64>,
+        value: &T,
+        validate: Option<Validator<'_, T>>,
+        secret: bool,
+    ) -> Option<()> {
+        let Some(check) = validate else { return Some(()) };
+        match guarded("the validator", || check(value)) {
+            Ok(()) => Some(()),
+            Err(msg) => {
+                let msg = if secret { "the value of this secret field was refused (message redacted)".to_string() } else { msg };
+                self.error(key, revision, Problem::Rejected(msg));
+                None
+            }
+        }
     }
 
     #[doc(hidden)]
@@ -376,18 +441,12 @@ impl Decoder<'_> {
         value: &T,
         validate: Option<Validator<'_, T>>,
     ) -> Option<()> {
-        if let Some(check) = validate {
-            if let Err(msg) = check(value) {
-                self.error(key, revision, Problem::Rejected(msg));
-                return None;
-            }
-        }
-        Some(())
+        self.check_leaf(key, revision, value, validate, false)
     }
 
     #[doc(hidden)]
     pub fn check_struct<T>(&mut self, prefix: &str, value: &T, check: &dyn Fn(&T) -> Result<(), String>) -> Option<()> {
-        match check(value) {
+        match guarded("the struct check", || check(value)) {
             Ok(()) => Some(()),
             Err(msg) => {
                 self.error(prefix.trim_end_matches('.'), None, Problem::Struct(msg));

@@ -1,8 +1,8 @@
 //! Keeping values out of messages: every value quoted in an error, a status or a log line goes
 //! through here, so it is bounded in size and secrets never appear.
 
-/// How many bytes of a value an error message quotes at most.
-pub(crate) const MAX_QUOTED: usize = 120;
+/// How long one problem message may be (a refused value quoted in it is cut to fit).
+pub(crate) const MAX_MESSAGE: usize = 240;
 
 /// `text` cut to at most `max` bytes (on a character boundary), saying how long it was.
 pub(crate) fn bound(text: &str, max: usize) -> String {

@@ -19,7 +19,7 @@ pub enum StoreErrorKind {
     },
     /// The key breaks the NATS key rules (`[-/_=.a-zA-Z0-9]`, no empty token).
     InvalidKey,
-    /// The bucket name breaks the NATS bucket rules (`[-_a-zA-Z0-9]`).
+    /// The bucket name breaks the NATS bucket rules (`[-_a-zA-Z0-9]`, at most 64 characters here).
     InvalidBucketName,
     /// The value is larger than the bucket or the server allows.
     ValueTooLarge,
@@ -33,8 +33,14 @@ pub enum StoreErrorKind {
     InvalidRequest,
     /// The account or user may not do this.
     PermissionDenied,
-    /// The server did not answer in time.
+    /// The server did not answer in time. For a write this is definite: kv-config checked that
+    /// nothing was applied (see [`OutcomeUnknown`](Self::OutcomeUnknown) for when it could not).
     Timeout,
+    /// A write went unanswered and the server stayed unreachable for the whole write deadline
+    /// (10 s), so kv-config could not learn whether it was applied. Single writes carry a message
+    /// id: resending the same write within two minutes is deduplicated by the server. Not
+    /// transient: a blind retry of a non-idempotent change could apply it twice.
+    OutcomeUnknown,
     /// No connection to the server.
     Connection,
     /// Anything else the server reported.
@@ -44,7 +50,7 @@ pub enum StoreErrorKind {
 impl fmt::Display for StoreErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotFound => f.write_str("bucket not found"),
+            Self::NotFound => f.write_str("bucket not found (deleted, never created, or the server's store was wiped)"),
             Self::AlreadyExists => f.write_str("already exists"),
             Self::WrongRevision { expected, current: Some(current) } => {
                 write!(f, "wrong revision: expected {expected}, current is {current}")
@@ -55,7 +61,7 @@ impl fmt::Display for StoreErrorKind {
             Self::InvalidKey => {
                 f.write_str("invalid key: use [-/_=.a-zA-Z0-9] with no empty token and no leading or trailing dot")
             }
-            Self::InvalidBucketName => f.write_str("invalid bucket name: use [-_a-zA-Z0-9]"),
+            Self::InvalidBucketName => f.write_str("invalid bucket name: use 1 to 64 characters of [-_a-zA-Z0-9]"),
             Self::ValueTooLarge => f.write_str("value too large for the bucket or the server"),
             Self::JetStreamNotEnabled => {
                 f.write_str("JetStream is not enabled on the server: start nats-server with `-js`")
@@ -73,6 +79,7 @@ impl fmt::Display for StoreErrorKind {
                 "timed out waiting for the server (is it up? may this user publish and subscribe to the subject?)",
             ),
             Self::Connection => f.write_str("not connected to the server"),
+            Self::OutcomeUnknown => f.write_str("the write's outcome is unknown: the server did not answer"),
             Self::Other => f.write_str("server error"),
         }
     }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{
-    check_batch, check_headers, is_valid_bucket_name, is_valid_key, key_matches, Bucket, BucketConfig, BucketInfo,
-    Entry, Expect, Headers, Operation, Store, StoreError, StoreErrorKind, StoreResult, Watch, WatchStart,
+    check_batch, invalid_bucket_name, check_headers, is_valid_bucket_name, is_valid_key, key_matches, Bucket, BucketConfig, BucketInfo,
+    Entry, Expect, Headers, Operation, Probe, Store, StoreError, StoreErrorKind, StoreResult, Watch, WatchStart,
     WriteKind, WriteOp,
 };
 
@@ -49,14 +49,17 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn create_bucket(&self, config: &BucketConfig) -> StoreResult<Arc<dyn Bucket>> {
         if !is_valid_bucket_name(&config.name) {
-            return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(config.name.clone()));
+            return Err(invalid_bucket_name(&config.name.clone()));
         }
         let mut buckets = self.buckets();
         if let Some(existing) = buckets.get(&config.name) {
             return Ok(existing.clone());
         }
+        static INCARNATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let incarnation = INCARNATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bucket = Arc::new_cyclic(|me| MemBucket {
             name: config.name.clone(),
+            incarnation,
             me: me.clone(),
             state: Mutex::new(State {
                 config: config.clone(),
@@ -132,6 +135,7 @@ struct State {
 
 struct MemBucket {
     name: String,
+    incarnation: u64,
     me: Weak<MemBucket>,
     state: Mutex<State>,
 }
@@ -379,6 +383,12 @@ impl Bucket for MemBucket {
         st.watchers.push(Watcher { pattern: pattern.to_string(), tx });
         let live = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
         Ok(Watch::new(n, futures_util::StreamExt::chain(futures_util::stream::iter(initial), live)))
+    }
+
+    async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
+        let st = self.live_state()?;
+        let next = st.msgs.range(after.saturating_add(1)..).find(|(_, m)| key_matches(pattern, &m.key)).map(|(s, _)| *s);
+        Ok(Probe { incarnation: self.incarnation, last_revision: st.seq, next })
     }
 
     async fn write(&self, op: WriteOp) -> StoreResult<u64> {

@@ -321,6 +321,20 @@ pub enum WatchStart {
     FromRevision(u64),
 }
 
+/// What [`Bucket::probe`] found: the server is there, which incarnation of the bucket it holds,
+/// and whether a watch of a pattern has something newer to deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Identifies this incarnation of the bucket: a bucket deleted and created again under the
+    /// same name (or a server restarted with an empty store) has another id, and its revisions
+    /// start again at 1.
+    pub incarnation: u64,
+    /// The bucket's last revision (any key).
+    pub last_revision: u64,
+    /// The revision of the first entry matching the pattern after the revision asked about.
+    pub next: Option<u64>,
+}
+
 /// A live stream of entries from [`Bucket::watch`].
 ///
 /// Errors (a missed heartbeat, a reconnect) are items, not the end: keep polling.
@@ -406,6 +420,11 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
 
     /// Watches keys matching `pattern` (NATS wildcards `*` and `>`; `>` = all).
     async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch>;
+
+    /// Asks the server, in one or two short requests, which incarnation of the bucket it holds and
+    /// the first revision after `after` of a key matching `pattern`. A watcher uses it to tell a
+    /// quiet bucket from a silent server, a stalled watch, or a bucket deleted or replaced.
+    async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe>;
 
     /// One write with its revision check and TTL.
     async fn write(&self, op: WriteOp) -> StoreResult<u64>;
@@ -508,9 +527,35 @@ pub fn is_valid_key(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
 }
 
-/// `true` if `name` is a valid bucket name: `[-_a-zA-Z0-9]+`.
+/// The longest bucket name kv-config accepts. NATS limits a stream name (`KV_<bucket>`) to 255
+/// bytes and the subjects and consumer names built from it get longer still; 64 leaves room.
+pub const MAX_BUCKET_NAME: usize = 64;
+
+/// `true` if `name` is a valid bucket name: 1 to [`MAX_BUCKET_NAME`] characters of `[-_a-zA-Z0-9]`.
+///
+/// ```
+/// use kv_config::store::is_valid_bucket_name;
+/// assert!(is_valid_bucket_name("app-config_2"));
+/// assert!(!is_valid_bucket_name("app.config"));
+/// assert!(!is_valid_bucket_name(&"x".repeat(300)));
+/// ```
 pub fn is_valid_bucket_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty()
+        && name.len() <= MAX_BUCKET_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The error for an invalid bucket name, saying what is wrong with it.
+pub(crate) fn invalid_bucket_name(name: &str) -> StoreError {
+    let why = if name.is_empty() {
+        "the name is empty".to_string()
+    } else if name.len() > MAX_BUCKET_NAME {
+        format!("the name is {} characters long", name.len())
+    } else {
+        let bad: String = name.chars().filter(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')).take(5).collect();
+        format!("the name holds {bad:?}")
+    };
+    StoreError::new(StoreErrorKind::InvalidBucketName).bucket(crate::redact::bound(name, 80)).detail(why)
 }
 
 /// `true` if `key` matches the NATS subject `pattern` (`*` = one token, `>` = the rest).

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
-    check_batch, check_headers, user_headers, Headers, is_valid_bucket_name, is_valid_key, Bucket, BucketConfig, BucketInfo, Entry,
-    Expect, Operation, StorageKind, Store, StoreError, StoreErrorKind, StoreResult, Watch,
+    check_batch, invalid_bucket_name, check_headers, user_headers, Headers, is_valid_bucket_name, is_valid_key, Bucket, BucketConfig, BucketInfo, Entry,
+    Expect, Operation, Probe, StorageKind, Store, StoreError, StoreErrorKind, StoreResult, Watch,
     WatchStart, WriteKind, WriteOp,
 };
 
@@ -58,9 +58,17 @@ pub struct NatsStore {
 /// assert!(log.record(&event));
 /// assert!(!log.record(&async_nats::Event::Connected));
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PermissionLog {
     last: Arc<Mutex<Option<(Instant, String)>>>,
+    /// Bumped on every violation, so a request waiting for its answer can fail at once.
+    tick: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for PermissionLog {
+    fn default() -> Self {
+        PermissionLog { last: Arc::default(), tick: Arc::new(tokio::sync::watch::Sender::new(0)) }
+    }
 }
 
 impl PermissionLog {
@@ -76,9 +84,31 @@ impl PermissionLog {
                 if msg.to_ascii_lowercase().contains("permissions violation") =>
             {
                 *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), msg.clone()));
+                self.tick.send_modify(|n| *n += 1);
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Resolves with the server's message as soon as a violation names one of `subjects` (quoted,
+    /// as nats-server writes them); never resolves otherwise. Subscribes at once, so a violation
+    /// caused by a publish made after this call is not missed.
+    fn watch_for(&self, subjects: Vec<String>) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.tick.subscribe();
+        let last = self.last.clone();
+        async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                let msg = last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, m)| m.clone());
+                if let Some(msg) = msg {
+                    if subjects.iter().any(|s| msg.contains(&format!("\"{s}\""))) {
+                        return msg;
+                    }
+                }
+            }
         }
     }
 
@@ -183,7 +213,7 @@ impl Store for NatsStore {
         let started = Instant::now();
         let result: StoreResult<Arc<dyn Bucket>> = async {
             if !is_valid_bucket_name(&config.name) {
-                return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(config.name.clone()));
+                return Err(invalid_bucket_name(&config.name.clone()));
             }
             match self.open_bucket(&config.name).await {
                 Ok(bucket) => return Ok(bucket),
@@ -226,7 +256,7 @@ impl Store for NatsStore {
         let started = Instant::now();
         let result: StoreResult<Arc<dyn Bucket>> = async {
             if !is_valid_bucket_name(name) {
-                return Err(StoreError::new(StoreErrorKind::InvalidBucketName).bucket(name));
+                return Err(invalid_bucket_name(&name));
             }
             match self.js.get_key_value(name).await {
                 Ok(kv) => Ok(self.wrap(kv)),
@@ -577,29 +607,72 @@ impl Bucket for NatsBucket {
         result.map_err(|e| self.perms.refine(e, started))
     }
 
-    async fn write(&self, op: WriteOp) -> StoreResult<u64> {
+    async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
         let started = Instant::now();
-        let result: StoreResult<u64> = async {
-            let headers = self.headers(&op)?;
-            let subject = format!("{}{}", self.subject_prefix, op.key);
-            let ack = self
-                .js
-                .publish_with_headers(subject, headers, Self::payload(&op))
-                .await
-                .map_err(|e| self.write_error(&e, &op))?
-                .await
-                .map_err(|e| self.write_error(&e, &op))?;
-            Ok(ack.sequence)
+        let result: StoreResult<Probe> = async {
+            let info = self.kv.stream.get_info().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
+            let incarnation = info.created.unix_timestamp_nanos().max(0) as u64;
+            let last_revision = info.state.last_sequence;
+            let next = if last_revision > after {
+                let subject = format!("{}{}", self.kv.prefix, pattern);
+                match self.kv.stream.direct_get_next_for_subject(subject, Some(after + 1)).await {
+                    Ok(msg) => Some(msg.sequence),
+                    Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => None,
+                    Err(e) => return Err(self.err(&e, pattern)),
+                }
+            } else {
+                None
+            };
+            Ok(Probe { incarnation, last_revision, next })
         }
         .await;
         result.map_err(|e| self.perms.refine(e, started))
     }
 
+    async fn write(&self, op: WriteOp) -> StoreResult<u64> {
+        let started = Instant::now();
+        let mut headers = self.headers(&op)?;
+        // A unique message id makes a resend after an unanswered publish safe: the server
+        // deduplicates it and answers with the revision of the first copy.
+        let msg_id = unique_id(&self.client);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        let subject = format!("{}{}", self.subject_prefix, op.key);
+        let denied = self.perms.watch_for(vec![subject.clone()]);
+        let deadline = started + WRITE_DEADLINE;
+        let attempts = async {
+            let mut pause = Duration::from_millis(50);
+            loop {
+                let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, async {
+                    self.js.publish_with_headers(subject.clone(), headers.clone(), Self::payload(&op)).await?.await
+                })
+                .await;
+                let err = match attempt {
+                    Ok(Ok(ack)) => return Ok(ack.sequence),
+                    Ok(Err(e)) => self.write_error(&e, &op),
+                    Err(_) => StoreError::new(StoreErrorKind::Timeout).bucket(self.name.clone()).key(op.key.clone()),
+                };
+                if !self.may_resend(&err).await || Instant::now() + pause >= deadline {
+                    return Err(self.unresolved(err, &op.key));
+                }
+                tracing::debug!(bucket = %self.name, key = %op.key, error = %err, "write unanswered; resending (deduplicated by message id)");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        };
+        let result = tokio::select! {
+            r = attempts => r,
+            msg = denied => Err(StoreError::new(StoreErrorKind::PermissionDenied).bucket(self.name.clone()).key(op.key.clone()).detail(msg)),
+        };
+        result.map_err(|e| self.perms.refine(e, started))
+    }
+
     async fn write_atomic(&self, ops: Vec<WriteOp>) -> StoreResult<u64> {
         let started = Instant::now();
-        let result: StoreResult<u64> = async {
-            check_batch(&self.name, &ops)?;
-            let batch_id = self.client.new_inbox().rsplit('.').next().unwrap_or("kvc").to_string();
+        check_batch(&self.name, &ops)?;
+        let subjects: Vec<String> = ops.iter().map(|op| format!("{}{}", self.subject_prefix, op.key)).collect();
+        let denied = self.perms.watch_for(subjects.clone());
+        let batch_id = unique_id(&self.client);
+        let send = async {
             let last = ops.len() - 1;
             // Intermediate messages go out as core publishes (the server stages them), the last one
             // carries the commit and is acknowledged for the whole batch.
@@ -607,37 +680,126 @@ impl Bucket for NatsBucket {
                 let mut headers = self.headers(op)?;
                 headers.insert(async_nats::header::NATS_BATCH_ID, batch_id.as_str());
                 headers.insert(async_nats::header::NATS_BATCH_SEQUENCE, (i + 1).to_string().as_str());
-                let subject = format!("{}{}", self.subject_prefix, op.key);
                 if i < last {
                     self.client
-                        .publish_with_headers(subject, headers, Self::payload(op))
+                        .publish_with_headers(subjects[i].clone(), headers, Self::payload(op))
                         .await
                         .map_err(|e| self.err(&e, &op.key))?;
-                } else {
-                    headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
-                    let ack = self
-                        .js
-                        .publish_with_headers(subject, headers, Self::payload(op))
-                        .await
-                        .map_err(|e| self.err(&e, &op.key))?
-                        .await;
-                    return match ack {
-                        Ok(ack) => Ok(ack.sequence),
-                        Err(e) => {
-                            let err = classify(&e).bucket(self.name.clone());
+                    continue;
+                }
+                headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
+                let ack = tokio::time::timeout(ATTEMPT_TIMEOUT * 2, async {
+                    self.js.publish_with_headers(subjects[i].clone(), headers, Self::payload(op)).await?.await
+                })
+                .await;
+                return match ack {
+                    Ok(Ok(ack)) => Ok(ack.sequence),
+                    Ok(Err(e)) => {
+                        let err = classify(&e).bucket(self.name.clone());
+                        if err.is_transient() || *err.kind() == StoreErrorKind::JetStreamNotEnabled {
+                            self.resolve_batch(&batch_id, op, err, started + WRITE_DEADLINE).await
+                        } else {
                             Err(self.batch_error(err, &ops).await)
                         }
-                    };
-                }
+                    }
+                    Err(_) => {
+                        let err = StoreError::new(StoreErrorKind::Timeout).bucket(self.name.clone()).key(op.key.clone());
+                        self.resolve_batch(&batch_id, op, err, started + WRITE_DEADLINE).await
+                    }
+                };
             }
             unreachable!("check_batch guarantees at least one operation")
-        }
-        .await;
+        };
+        let result = tokio::select! {
+            r = send => r,
+            msg = denied => Err(StoreError::new(StoreErrorKind::PermissionDenied).bucket(self.name.clone()).detail(msg)),
+        };
         result.map_err(|e| self.perms.refine(e, started))
     }
 }
 
+/// How long one publish waits for its acknowledgement before it is resent.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a write keeps trying to learn its outcome before it reports [`StoreErrorKind::OutcomeUnknown`].
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A unique token (the random part of a fresh inbox name).
+fn unique_id(client: &async_nats::Client) -> String {
+    client.new_inbox().rsplit('.').next().unwrap_or("kvc").to_string()
+}
+
 impl NatsBucket {
+    /// Whether an unanswered or failed write may be resent: only when it was not refused for good.
+    /// "No responders" is a missing stream (the bucket was deleted), or a stream without a leader
+    /// for a moment (a cluster electing one): one stream lookup tells which.
+    async fn may_resend(&self, err: &StoreError) -> bool {
+        match err.kind() {
+            StoreErrorKind::Timeout | StoreErrorKind::Connection => true,
+            StoreErrorKind::JetStreamNotEnabled => match self.kv.stream.get_info().await {
+                Ok(_) => true,
+                Err(e) => classify(&e).is_transient(),
+            },
+            _ => false,
+        }
+    }
+
+    /// The error to report once resending stops: a definite one when the server answered, else
+    /// `OutcomeUnknown`.
+    fn unresolved(&self, err: StoreError, key: &str) -> StoreError {
+        if err.is_transient() {
+            StoreError::new(StoreErrorKind::OutcomeUnknown).bucket(self.name.clone()).key(key).detail(
+                "the server did not answer within the write deadline; the write may still be applied (resending it later with the same content is safe only for idempotent writes)",
+            )
+        } else if *err.kind() == StoreErrorKind::JetStreamNotEnabled {
+            StoreError::new(StoreErrorKind::NotFound).bucket(self.name.clone()).key(key)
+        } else {
+            err
+        }
+    }
+
+    /// Learns whether a batch whose commit went unanswered was applied: the first message on the
+    /// commit key after the revision the batch expected is either this batch's (applied there) or
+    /// another writer's (this batch's check failed, nothing applied).
+    async fn resolve_batch(&self, batch_id: &str, commit: &WriteOp, err: StoreError, deadline: Instant) -> StoreResult<u64> {
+        let Expect::Revision(expected) = commit.expect else {
+            return Err(self.unresolved(err, &commit.key));
+        };
+        let subject = format!("{}{}", self.kv.prefix, commit.key);
+        let mut pause = Duration::from_millis(100);
+        let mut empty_looks = 0;
+        loop {
+            let look = tokio::time::timeout(ATTEMPT_TIMEOUT, self.kv.stream.direct_get_next_for_subject(subject.clone(), Some(expected + 1))).await;
+            match look {
+                Ok(Ok(msg)) => {
+                    let ours = msg.headers.get(async_nats::header::NATS_BATCH_ID).is_some_and(|v| v.as_str() == batch_id);
+                    return if ours {
+                        Ok(msg.sequence)
+                    } else {
+                        Err(StoreError::new(StoreErrorKind::WrongRevision { expected, current: Some(msg.sequence) })
+                            .bucket(self.name.clone())
+                            .key(commit.key.clone()))
+                    };
+                }
+                // Nothing newer on the key: the batch did not commit. Look twice, a moment apart,
+                // so a commit still being replicated is not mistaken for a lost one.
+                Ok(Err(e)) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                    empty_looks += 1;
+                    if empty_looks >= 2 {
+                        return Err(StoreError::new(StoreErrorKind::Timeout).bucket(self.name.clone()).key(commit.key.clone()).detail(
+                            "the commit went unanswered and kv-config checked that the batch was not applied; nothing changed",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(self.unresolved(err, &commit.key));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
     /// A batch's failure names no key; find the one whose revision check fails now.
     async fn batch_error(&self, err: StoreError, ops: &[WriteOp]) -> StoreError {
         if !err.is_wrong_revision() {
@@ -697,7 +859,7 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
             StoreErrorKind::WrongRevision { expected: 0, current: None }
         } else if lower.contains("permission") || lower.contains("authorization") {
             StoreErrorKind::PermissionDenied
-        } else if lower.contains("stream not found") || lower.contains("does not exist") || lower.contains("not found") {
+        } else if lower.contains("stream not found") || lower.contains("no stream found") || lower.contains("does not exist") || lower.contains("not found") {
             StoreErrorKind::NotFound
         } else if lower.contains("no responders") || lower.contains("jetstream not enabled") {
             StoreErrorKind::JetStreamNotEnabled
