@@ -1,2 +1,189 @@
-//! `kvc`: a typed admin CLI for kv-config settings (work in progress).
+//! `kvc`: a typed admin CLI for [kv-config](kv_config) settings in NATS JetStream Key/Value,
+//! and the library under it.
+//!
+//! The binary `kvc` is generic: it learns a config's types from the schema a service published
+//! with `LiveConfig::publish_schema` (under `<prefix>__kvconfig.schema`), and without one works
+//! on raw JSON (saying so once). A service crate can instead build its own admin binary that
+//! knows its config type and runs the type's own validators (cross-field checks included)
+//! before any write:
+//!
+//! ```no_run
+//! # use kv_config::KvConfig;
+//! # #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+//! # struct AppConfig { #[kv(default = 8080)] port: u16 }
+//! fn main() {
+//!     kv_config_cli::run::<AppConfig>()
+//! }
+//! ```
+//!
+//! Every command is a module of [`commands`] that returns data (a [`output::Report`]); one
+//! [`output::Printer`] renders it as a table or, with `--json`, as one JSON value. The work is
+//! in [`ops`].
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | ok |
+//! | 1 | error (connection, permission, server, cancelled) |
+//! | 2 | usage (bad flags or arguments) |
+//! | 3 | conflict: someone changed a key since it was read, or it already exists |
+//! | 4 | refused by validation (wrong type, unknown key, validator); nothing written |
+//! | 5 | not found (bucket, key, revision) |
+//!
+//! # JSON output (stable)
+//!
+//! Values are JSON values as stored (a bare string becomes a JSON string); secrets are the
+//! string `"<redacted>"` unless `--reveal`. Times are RFC 3339 strings.
+//!
+//! | command | shape |
+//! |---|---|
+//! | `ls` | `{"buckets": [{"bucket", "description", "history", "values", "bytes", "last_revision"}]}` |
+//! | `info`, `add` | `{"bucket", "description", "history", "max_age_secs", "max_value_size", "replicas", "storage", "key_ttl_secs", "atomic_writes", "values", "bytes", "last_revision", "schema": null \| {"name", "version", "keys"}}` |
+//! | `rm` | `{"bucket", "deleted": true}` |
+//! | `show` | `{"bucket", "prefix", "schema", "keys": [{"key", "value", "type", "default", "doc", "secret", "revision", "created", "state", "reason"}]}`; `state` is `set`, `default`, `missing`, `invalid` or `unknown` |
+//! | `get` | `{"bucket", "key", "value", "revision", "created", "operation", "author", "reason"}` |
+//! | `set`, `edit`, `del`, `purge`, `revert`, `import` | `{"bucket", "prefix", "dry_run", "changes": [{"key", "old", "new"}], "revision"}` (`null` = absent / nothing written) |
+//! | `diff` | `{"bucket", "prefix", "against", "changes": [{"key", "old", "new"}]}` (`old` = the other state) |
+//! | `history` | `{"bucket", "key", "revisions": [{"revision", "created", "operation", "value", "author", "reason"}]}` |
+//! | `watch` | one object per line: `{"revision", "created", "operation", "key", "value", "author", "reason", "problem"}` |
+//! | `export` | `{"kvc_export": 1, "bucket", "prefix", "filter", "revision", "exported_at", "values": {"key": {"value", "revision", "redacted"?}}}` |
+//!
+//! Errors are never JSON: one line on stderr (`kvc: error: bucket `b`, key `k`: ...`) and the
+//! exit code.
+//!
+//! `kvc lock` (leases) is not provided yet: it waits for the lease helper in kv-config.
 #![deny(missing_docs)]
+
+pub mod cli;
+pub mod commands;
+pub mod connect;
+pub mod error;
+pub mod ops;
+pub mod output;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use clap::{CommandFactory, Parser};
+use kv_config::store::Store;
+use kv_config::KvConfig;
+
+pub use cli::Cli;
+pub use error::{CliError, CliResult};
+pub use ops::{Ctx, Mode};
+
+use cli::{ColorChoice, Command};
+use output::Printer;
+
+/// Runs `kvc` for the config type `T` on the process's arguments and exits: the whole admin
+/// binary of a service crate.
+pub fn run<T: KvConfig>() -> ! {
+    run_mode(Mode::typed::<T>())
+}
+
+/// Runs the generic `kvc` (types from the published schema) and exits.
+pub fn run_generic() -> ! {
+    run_mode(Mode::Generic)
+}
+
+fn run_mode(mode: Mode) -> ! {
+    let code = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt.block_on(main_with(std::env::args_os(), mode)),
+        Err(e) => {
+            eprintln!("kvc: error: cannot start the async runtime: {e}");
+            error::EXIT_ERROR
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Parses `args` (the first is the program name), connects, runs the command on stdout and
+/// stderr, and returns the exit code.
+pub async fn main_with<I, A>(args: I, mode: Mode) -> i32
+where
+    I: IntoIterator<Item = A>,
+    A: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let color = match cli.global.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut printer = Printer::new(Box::new(std::io::stdout()), Box::new(std::io::stderr()), cli.global.json, color);
+    if let Command::Completions(c) = &cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(c.shell, &mut cmd, "kvc", &mut std::io::stdout());
+        return error::EXIT_OK;
+    }
+    let store = match connect::connect(&cli.global).await {
+        Ok(s) => s,
+        Err(e) => {
+            printer.error(&e.to_string());
+            return e.exit_code();
+        }
+    };
+    execute(cli, Arc::new(store), mode, printer).await
+}
+
+/// Runs a parsed command on a store and prints through `printer`; returns the exit code.
+pub async fn execute(cli: Cli, store: Arc<dyn Store>, mode: Mode, printer: Printer) -> i32 {
+    let mut ctx = Ctx::new(store, mode, &cli.global.prefix, printer);
+    ctx.reveal = cli.global.reveal;
+    if let Some(a) = &cli.global.author {
+        ctx.author = a.clone();
+    }
+    match dispatch(&cli.command, &mut ctx).await {
+        Ok(Some(report)) => {
+            ctx.printer.report(&report);
+            error::EXIT_OK
+        }
+        Ok(None) => error::EXIT_OK,
+        Err(e) => {
+            ctx.printer.error(&e.to_string().replace('\n', " "));
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs one command; `Ok(None)` for commands that print as they go (watch, completions).
+pub async fn dispatch(command: &Command, ctx: &mut Ctx) -> CliResult<Option<output::Report>> {
+    use commands::*;
+    let report = match command {
+        Command::Ls(a) => ls::exec(a, ctx).await?,
+        Command::Info(a) => info::exec(a, ctx).await?,
+        Command::Add(a) => add::exec(a, ctx).await?,
+        Command::Rm(a) => rm::exec(a, ctx).await?,
+        Command::Show(a) => show::exec(a, ctx).await?,
+        Command::Get(a) => get::exec(a, ctx).await?,
+        Command::Set(a) => set::exec(a, ctx).await?,
+        Command::Edit(a) => edit::exec(a, ctx).await?,
+        Command::Diff(a) => diff::exec(a, ctx).await?,
+        Command::History(a) => history::exec(a, ctx).await?,
+        Command::Revert(a) => revert::exec(a, ctx).await?,
+        Command::Watch(a) => {
+            watch::exec(a, ctx).await?;
+            return Ok(None);
+        }
+        Command::Del(a) => del::exec(a, ctx).await?,
+        Command::Purge(a) => del::exec_purge(a, ctx).await?,
+        Command::Export(a) => export::exec(a, ctx).await?,
+        Command::Import(a) => import::exec(a, ctx).await?,
+        Command::Completions(c) => {
+            let mut cmd = Cli::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(c.shell, &mut cmd, "kvc", &mut buf);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            output::Report::new(&serde_json::json!({ "script": text }), vec![output::Block::Line(output::Text::plain(text))])
+        }
+    };
+    Ok(Some(report))
+}

@@ -1,0 +1,86 @@
+//! `kvc del BUCKET KEY` and `kvc purge BUCKET KEY`: delete a key (validated like any write: a
+//! required key cannot be deleted), after confirmation.
+//!
+//! JSON: the write result shape (see [`Written`](crate::ops::Written)); `new` is `null`.
+
+use kv_config::store::{WriteOp, AUTHOR_HEADER, REASON_HEADER};
+
+use crate::cli::WriteArgs;
+use crate::error::{CliError, CliResult};
+use crate::ops::{Change, Ctx, Written};
+use crate::output::Report;
+
+/// Arguments of `kvc del`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "A deleted key returns to its default; its history is kept.\n\nExamples:\n  kvc del app log_level -m 'back to the default'\n  kvc del app log_level --yes")]
+pub struct Args {
+    /// The bucket.
+    pub bucket: String,
+    /// The key (relative to --prefix).
+    pub key: String,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Reason and author.
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Arguments of `kvc purge`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Removes the key's value and every retained revision (history and revert lose it).\n\nExamples:\n  kvc purge app old.setting --yes")]
+pub struct PurgeArgs {
+    /// The bucket.
+    pub bucket: String,
+    /// The key (relative to --prefix).
+    pub key: String,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Reason and author.
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Deletes the key.
+pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
+    let cur = ctx.load(&args.bucket).await?;
+    if cur.live_entry(&args.key).is_none() {
+        return Err(CliError::no_key(&args.bucket, &args.key));
+    }
+    let changes = vec![Change { key: args.key.clone(), new: None }];
+    ctx.check(&cur, &changes)?;
+    ctx.confirm(&format!("Delete key `{}` in bucket `{}`?", args.key, args.bucket), args.yes)?;
+    Ok(ctx.apply(&cur, changes, false, args.write.reason.as_deref()).await?.report())
+}
+
+/// Purges the key.
+pub async fn exec_purge(args: &PurgeArgs, ctx: &mut Ctx) -> CliResult<Report> {
+    let cur = ctx.load(&args.bucket).await?;
+    let Some(entry) = cur.entries.get(&args.key) else {
+        return Err(CliError::no_key(&args.bucket, &args.key));
+    };
+    let revision = entry.revision;
+    let changes = vec![Change { key: args.key.clone(), new: None }];
+    ctx.check(&cur, &changes)?;
+    ctx.confirm(
+        &format!("Purge key `{}` in bucket `{}`, its value and all its history? This cannot be undone.", args.key, args.bucket),
+        args.yes,
+    )?;
+    let mut op = WriteOp::purge(ctx.full_key(&args.key)).expect_revision(revision).header(AUTHOR_HEADER, ctx.author.clone());
+    if let Some(r) = &args.write.reason {
+        op = op.header(REASON_HEADER, r.replace(['\r', '\n'], " "));
+    }
+    let rows = ctx.change_rows(&cur, &changes);
+    let rev = cur.bucket.write(op).await.map_err(|e| {
+        if e.is_wrong_revision() {
+            CliError::Conflict(format!(
+                "bucket `{}`, key `{}`: changed by someone else since it was read; nothing purged",
+                args.bucket, args.key
+            ))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(Written { bucket: args.bucket.clone(), prefix: ctx.prefix.clone(), dry_run: false, changes: rows, revision: Some(rev) }.report())
+}

@@ -1,0 +1,96 @@
+//! `kvc import BUCKET FILE [--dry-run]`: makes the config equal to an export file (keys in its
+//! scope that are missing from the file are deleted), in one atomic batch with revision checks
+//! against the revisions the file carries. Refused (exit 3) if any key in scope changed since
+//! the export.
+//!
+//! JSON: the write result shape (see [`Written`](crate::ops::Written)).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::cli::WriteArgs;
+use crate::error::{CliError, CliResult};
+use crate::ops::Ctx;
+use crate::output::Report;
+
+/// Arguments of `kvc import`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "\
+The file comes from `kvc export` (edit its values as you like). Every key it carries must still
+be at the revision it was exported with, and no key in its scope may have been added since:
+otherwise the import is refused (exit 3) and nothing is written. Export again and redo the edit.
+
+Examples:
+  kvc export app > app.json && $EDITOR app.json && kvc import app app.json --dry-run
+  kvc import app app.json -m 'apply reviewed config'")]
+pub struct Args {
+    /// The bucket.
+    pub bucket: String,
+    /// The export file.
+    pub file: PathBuf,
+    /// Validate and show the diff, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Reason and author.
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// Imports.
+pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
+    let file = super::export::read_file(&args.file)?;
+    if file.bucket != args.bucket {
+        return Err(CliError::Usage(format!(
+            "{}: exported from bucket `{}`, not `{}`: its revisions do not apply here",
+            args.file.display(),
+            file.bucket,
+            args.bucket
+        )));
+    }
+    if file.prefix != ctx.prefix {
+        return Err(CliError::Usage(format!(
+            "{}: exported with prefix `{}`; run with --prefix '{}'",
+            args.file.display(),
+            file.prefix,
+            file.prefix
+        )));
+    }
+    let cur = ctx.load(&args.bucket).await?;
+    let in_scope = |k: &str| file.filter.as_deref().map_or(true, |f| k.starts_with(f));
+    let mut moved = Vec::new();
+    for (k, v) in &file.values {
+        let now = cur.entries.get(k).map_or(0, |e| e.revision);
+        if now != v.revision {
+            moved.push(format!("`{k}` (revision {} in the file, {now} now)", v.revision));
+        }
+    }
+    for (k, e) in cur.entries.iter().filter(|(k, e)| e.is_put() && in_scope(k)) {
+        if !file.values.contains_key(k) && e.revision > file.revision {
+            moved.push(format!("`{k}` (added at revision {} after the export)", e.revision));
+        }
+    }
+    if !moved.is_empty() {
+        return Err(CliError::Conflict(format!(
+            "bucket `{}`: changed since the export, nothing written: key {}",
+            args.bucket,
+            moved.join(", ")
+        )));
+    }
+    let live = cur.live();
+    let mut target: BTreeMap<String, Bytes> = live.iter().filter(|(k, _)| !in_scope(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (k, v) in &file.values {
+        let bytes = if v.redacted {
+            match live.get(k) {
+                Some(b) => b.clone(),
+                None => continue,
+            }
+        } else {
+            Bytes::from(serde_json::to_vec(&v.value).unwrap_or_default())
+        };
+        target.insert(k.clone(), bytes);
+    }
+    let changes = ctx.changes_to(&cur, &target);
+    Ok(ctx.apply(&cur, changes, args.dry_run, args.write.reason.as_deref()).await?.report())
+}

@@ -1,0 +1,773 @@
+//! The operations under every command: reading a config's state from a bucket, checking
+//! proposed changes (against the published schema, or the Rust type's own decoder and
+//! validators), and committing them as one batch with revision checks and audit headers.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::BufRead;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use kv_config::store::{
+    is_valid_key, Bucket, Entry, Operation, Store, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
+};
+use kv_config::{DecodeError, FieldSchema, KvConfig, Problem, RawValue, RawValues, Schema, Source, RESERVED_PREFIX, SCHEMA_KEY};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{CliError, CliResult, Refusal};
+use crate::output::{Block, Printer, Text, Tone};
+
+/// What `kvc` shows instead of a secret value (without `--reveal`).
+pub const REDACTED: &str = "<redacted>";
+
+/// How long reading a bucket's state may take before `kvc` gives up.
+const READ_DEADLINE: Duration = Duration::from_secs(15);
+
+/// How `kvc` knows the types of a config's keys.
+#[derive(Clone)]
+pub enum Mode {
+    /// Reads the schema a service published under `<prefix>__kvconfig.schema`; without one,
+    /// values are only checked to be JSON.
+    Generic,
+    /// Uses a Rust config type: its schema, and its decoder with field and struct validators.
+    Typed(Typed),
+}
+
+impl std::fmt::Debug for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Generic => f.write_str("Generic"),
+            Mode::Typed(t) => write!(f, "Typed({})", t.schema.name),
+        }
+    }
+}
+
+/// A Rust config type, erased: its schema and a decode check.
+#[derive(Clone)]
+pub struct Typed {
+    /// The type's schema.
+    pub schema: Schema,
+    check: fn(&RawValues, &Source) -> Result<(), DecodeError>,
+}
+
+fn decode_check<T: KvConfig>(values: &RawValues, source: &Source) -> Result<(), DecodeError> {
+    T::decode(values, source).map(drop)
+}
+
+impl Mode {
+    /// Typed mode for `T`.
+    pub fn typed<T: KvConfig>() -> Self {
+        Mode::Typed(Typed { schema: T::schema(), check: decode_check::<T> })
+    }
+}
+
+/// A config's state in a bucket, as read at one moment.
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// The bucket.
+    pub bucket: Arc<dyn Bucket>,
+    /// The schema in effect (the type's, the published one, or none).
+    pub schema: Option<Schema>,
+    /// The latest entry of every key under the prefix (relative keys; delete and purge markers
+    /// included; kv-config's reserved keys excluded).
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl Current {
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        self.bucket.name()
+    }
+
+    /// Live values by relative key.
+    pub fn live(&self) -> BTreeMap<String, Bytes> {
+        self.entries.iter().filter(|(_, e)| e.is_put()).map(|(k, e)| (k.clone(), e.value.clone())).collect()
+    }
+
+    /// The live entry of a key.
+    pub fn live_entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key).filter(|e| e.is_put())
+    }
+
+    /// The schema field of a key.
+    pub fn field(&self, key: &str) -> Option<&FieldSchema> {
+        self.schema.as_ref().and_then(|s| s.field(key))
+    }
+
+    /// `true` if the key's value must not be shown.
+    pub fn is_secret(&self, key: &str) -> bool {
+        self.field(key).is_some_and(|f| f.secret)
+    }
+}
+
+/// One proposed change of one key: `new == None` deletes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The key, relative to the prefix.
+    pub key: String,
+    /// The new value (JSON bytes), or `None` to delete.
+    pub new: Option<Bytes>,
+}
+
+/// One line of a diff, as shown and as serialized (`{"key", "old", "new"}`; `null` = absent,
+/// secrets are the string `"<redacted>"` unless `--reveal`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiffRow {
+    /// The key, relative to the prefix.
+    pub key: String,
+    /// The value before (or in the other state), `None` when absent.
+    pub old: Option<Value>,
+    /// The value after (or in the current state), `None` when absent.
+    pub new: Option<Value>,
+}
+
+/// Where the shared state of one `kvc` run lives: the store connection, the type mode, options
+/// and the printer.
+pub struct Ctx {
+    /// The store (a NATS connection for the binary).
+    pub store: Arc<dyn Store>,
+    /// How types are known.
+    pub mode: Mode,
+    /// The config's key prefix (`""` or ending in `.`).
+    pub prefix: String,
+    /// Written into the author header of every write.
+    pub author: String,
+    /// Show secret values.
+    pub reveal: bool,
+    /// Renders output.
+    pub printer: Printer,
+    /// The editor command for `edit` (`$VISUAL`, `$EDITOR`, else `vi`).
+    pub editor: String,
+    noted: HashSet<String>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("mode", &self.mode).field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// `user@host` of this process, for the author header.
+pub fn default_author() -> String {
+    let user = ["USER", "USERNAME", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unknown".to_string());
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{user}@{host}")
+}
+
+/// `prod` and `prod.` both mean the prefix `prod.`.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let p = prefix.trim();
+    if p.is_empty() || p.ends_with('.') {
+        p.to_string()
+    } else {
+        format!("{p}.")
+    }
+}
+
+impl Ctx {
+    /// A context; `prefix` is normalized to end in `.`.
+    pub fn new(store: Arc<dyn Store>, mode: Mode, prefix: &str, printer: Printer) -> Self {
+        let editor = ["VISUAL", "EDITOR"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(|| "vi".to_string());
+        Ctx {
+            store,
+            mode,
+            prefix: normalize_prefix(prefix),
+            author: default_author(),
+            reveal: false,
+            printer,
+            editor,
+            noted: HashSet::new(),
+        }
+    }
+
+    /// Prints a note on stderr once per run.
+    pub fn note_once(&mut self, note: String) {
+        if self.noted.insert(note.clone()) {
+            self.printer.note(&note);
+        }
+    }
+
+    /// Opens a bucket; a missing one is [`CliError::NotFound`] (exit 5).
+    pub async fn open(&self, bucket: &str) -> CliResult<Arc<dyn Bucket>> {
+        match self.store.open_bucket(bucket).await {
+            Ok(b) => Ok(b),
+            Err(e) if matches!(e.kind(), StoreErrorKind::NotFound) => {
+                Err(CliError::NotFound(format!("bucket `{bucket}`: no such bucket")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The full key in the bucket of a relative key.
+    pub fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The schema in effect for `bucket`: the type's in typed mode, else the published one (a
+    /// note says once when there is none).
+    pub async fn schema(&mut self, bucket: &dyn Bucket) -> CliResult<Option<Schema>> {
+        if let Mode::Typed(t) = &self.mode {
+            return Ok(Some(t.schema.clone()));
+        }
+        let key = self.full_key(SCHEMA_KEY);
+        match bucket.entry(&key).await? {
+            Some(e) if e.is_put() => match serde_json::from_slice::<Schema>(&e.value) {
+                Ok(s) => Ok(Some(s)),
+                Err(err) => {
+                    self.note_once(format!(
+                        "note: bucket `{}`, key `{key}`: the published schema is unreadable ({err}); values are checked as JSON only",
+                        bucket.name()
+                    ));
+                    Ok(None)
+                }
+            },
+            _ => {
+                self.note_once(format!(
+                    "note: bucket `{}` has no published schema (key `{key}`); values are checked as JSON only",
+                    bucket.name()
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads the config's current state in `bucket`.
+    pub async fn load(&mut self, bucket: &str) -> CliResult<Current> {
+        let bucket = self.open(bucket).await?;
+        let schema = self.schema(bucket.as_ref()).await?;
+        let entries = read_entries(bucket.as_ref(), &self.prefix, WatchStart::LatestPerKey).await?;
+        let mut latest = BTreeMap::new();
+        for e in entries {
+            if let Some(rel) = self.relative(&e.key) {
+                latest.insert(rel, e);
+            }
+        }
+        Ok(Current { bucket, schema, entries: latest })
+    }
+
+    /// The relative key of a full key under the prefix, `None` outside it or for reserved keys.
+    pub fn relative(&self, full: &str) -> Option<String> {
+        let rel = full.strip_prefix(self.prefix.as_str())?;
+        if rel.starts_with(RESERVED_PREFIX) {
+            None
+        } else {
+            Some(rel.to_string())
+        }
+    }
+
+    /// The config's state at a past revision or time, rebuilt from the bucket's retained history.
+    /// Fails when the history no longer holds that state for some key.
+    pub async fn state_at(&self, cur: &Current, cutoff: Cutoff) -> CliResult<BTreeMap<String, Bytes>> {
+        let depth = cur.bucket.info().await?.config.history as usize;
+        let entries = read_entries(cur.bucket.as_ref(), &self.prefix, WatchStart::FromRevision(1)).await?;
+        let mut by_key: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        for e in entries {
+            if let Some(rel) = self.relative(&e.key) {
+                by_key.entry(rel).or_default().push(e);
+            }
+        }
+        let mut state = BTreeMap::new();
+        for (key, mut list) in by_key {
+            list.sort_by_key(|e| e.revision);
+            match list.iter().rev().find(|e| cutoff.includes(e)) {
+                Some(e) if e.is_put() => {
+                    state.insert(key, e.value.clone());
+                }
+                Some(_) => {}
+                None => {
+                    let oldest = &list[0];
+                    if oldest.operation == Operation::Purge || list.len() >= depth {
+                        return Err(CliError::NotFound(format!(
+                            "bucket `{}`, key `{key}`: its value {cutoff} is no longer retained (the bucket keeps {depth} revisions per key; oldest retained is revision {})",
+                            cur.name(),
+                            oldest.revision
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Checks proposed changes against the schema or the type; `Err(Refused)` lists every problem.
+    pub fn check(&self, cur: &Current, changes: &[Change]) -> CliResult<()> {
+        let mut problems = Vec::new();
+        let refuse = |problems: &mut Vec<Refusal>, key: &str, reason: String| {
+            problems.push(Refusal { key: key.to_string(), reason })
+        };
+        for c in changes {
+            if c.key.starts_with(RESERVED_PREFIX) || c.key == RESERVED_PREFIX.trim_end_matches('.') {
+                refuse(&mut problems, &c.key, "reserved for kv-config itself".into());
+                continue;
+            }
+            if !is_valid_key(&self.full_key(&c.key)) {
+                refuse(&mut problems, &c.key, "invalid key: use [-/_=.a-zA-Z0-9] with no empty token".into());
+                continue;
+            }
+            let Some(schema) = &cur.schema else {
+                if let Some(v) = &c.new {
+                    if let Err(e) = serde_json::from_slice::<Value>(v) {
+                        refuse(&mut problems, &c.key, format!("not JSON: {e}"));
+                    }
+                }
+                continue;
+            };
+            let Some(field) = schema.field(&c.key) else {
+                refuse(&mut problems, &c.key, format!("unknown key: not in the schema of `{}`", schema.name));
+                continue;
+            };
+            match &c.new {
+                Some(v) => {
+                    if let Err(e) = field.ty.parse(v) {
+                        let msg = if field.secret { format!("invalid value (redacted); expected {}", field.ty) } else { e };
+                        refuse(&mut problems, &c.key, msg);
+                    }
+                }
+                None if field.required => {
+                    refuse(&mut problems, &c.key, "required (no default): cannot be deleted".into());
+                }
+                None => {}
+            }
+        }
+        if problems.is_empty() {
+            if let Mode::Typed(t) = &self.mode {
+                problems.extend(self.typed_check(t, cur, changes));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CliError::Refused { bucket: cur.name().to_string(), problems })
+        }
+    }
+
+    fn typed_check(&self, t: &Typed, cur: &Current, changes: &[Change]) -> Vec<Refusal> {
+        let mut values: RawValues = cur
+            .entries
+            .iter()
+            .filter(|(_, e)| e.is_put())
+            .map(|(k, e)| (k.clone(), RawValue { value: e.value.clone(), revision: e.revision }))
+            .collect();
+        for c in changes {
+            match &c.new {
+                Some(v) => {
+                    values.insert(c.key.clone(), RawValue { value: v.clone(), revision: 0 });
+                }
+                None => {
+                    values.remove(&c.key);
+                }
+            }
+        }
+        let source = Source::new(cur.name(), self.prefix.clone());
+        let Err(err) = (t.check)(&values, &source) else { return Vec::new() };
+        let changed: BTreeSet<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        let mut out = Vec::new();
+        for e in err.errors() {
+            let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
+            let relevant = match &e.problem {
+                Problem::Struct(_) => {
+                    rel.is_empty() || changed.iter().any(|k| *k == rel || k.starts_with(&format!("{rel}.")))
+                }
+                _ => changed.contains(rel),
+            };
+            if relevant {
+                let key = if rel.is_empty() { "(whole config)".to_string() } else { rel.to_string() };
+                out.push(Refusal { key, reason: e.problem.to_string() });
+            }
+        }
+        out
+    }
+
+    /// Every problem of the current state, by relative key (`(whole config)` for a
+    /// struct-level check at the top): wrong types, missing required values, and in typed mode
+    /// what the type's validators refuse.
+    pub fn problems(&self, cur: &Current) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(schema) = &cur.schema {
+            let values: BTreeMap<String, Vec<u8>> = cur.live().into_iter().map(|(k, v)| (k, v.to_vec())).collect();
+            for (k, msg) in schema.check_values(&values) {
+                out.entry(k).or_insert(msg);
+            }
+        }
+        if let Mode::Typed(t) = &self.mode {
+            let values: RawValues = cur
+                .entries
+                .iter()
+                .filter(|(_, e)| e.is_put())
+                .map(|(k, e)| (k.clone(), RawValue { value: e.value.clone(), revision: e.revision }))
+                .collect();
+            if let Err(err) = (t.check)(&values, &Source::new(cur.name(), self.prefix.clone())) {
+                for e in err.errors() {
+                    let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
+                    let key = if rel.is_empty() { "(whole config)".to_string() } else { rel.to_string() };
+                    out.entry(key).or_insert_with(|| e.problem.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes changes in one batch (one write for a single key), each checked against the
+    /// revision in `cur`, with the audit headers. A failed check is a [`CliError::Conflict`]
+    /// naming the keys that moved.
+    pub async fn commit(&self, cur: &Current, changes: &[Change], reason: Option<&str>) -> CliResult<u64> {
+        let ops: Vec<WriteOp> = changes
+            .iter()
+            .map(|c| {
+                let key = self.full_key(&c.key);
+                let op = match &c.new {
+                    Some(v) => WriteOp::put(key, v.clone()),
+                    None => WriteOp::delete(key),
+                };
+                let mut op = op.expect_revision(cur.entries.get(&c.key).map_or(0, |e| e.revision));
+                op = op.header(AUTHOR_HEADER, one_line(&self.author));
+                if let Some(r) = reason {
+                    op = op.header(REASON_HEADER, one_line(r));
+                }
+                op
+            })
+            .collect();
+        let result = match ops.len() {
+            0 => return Ok(0),
+            1 => cur.bucket.write(ops.into_iter().next().expect("one op")).await,
+            _ => cur.bucket.write_atomic(ops).await,
+        };
+        match result {
+            Ok(rev) => Ok(rev),
+            Err(e) if e.is_wrong_revision() => {
+                let moved = self.moved(cur, changes).await.unwrap_or_default();
+                let keys: Vec<String> = moved.iter().map(|(k, _)| format!("`{k}`")).collect();
+                let which = if keys.is_empty() { "a key".to_string() } else { format!("key {}", keys.join(", ")) };
+                Err(CliError::Conflict(format!(
+                    "bucket `{}`, {which}: changed by someone else since it was read; nothing written",
+                    cur.name()
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The changed keys whose revision moved since `cur` was read, with their entry now.
+    pub async fn moved(&self, cur: &Current, changes: &[Change]) -> CliResult<Vec<(String, Option<Entry>)>> {
+        let mut out = Vec::new();
+        for c in changes {
+            let now = cur.bucket.entry(&self.full_key(&c.key)).await?;
+            let before = cur.entries.get(&c.key).map_or(0, |e| e.revision);
+            if now.as_ref().map_or(0, |e| e.revision) != before {
+                out.push((c.key.clone(), now));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A value as shown: JSON (a bare string becomes a JSON string), secrets redacted.
+    pub fn show(&self, secret: bool, raw: &[u8]) -> Value {
+        if secret && !self.reveal {
+            return Value::String(REDACTED.into());
+        }
+        parse_stored(raw)
+    }
+
+    /// The diff between two states, only keys that differ, masked.
+    pub fn diff(&self, cur: &Current, old: &BTreeMap<String, Bytes>, new: &BTreeMap<String, Bytes>) -> Vec<DiffRow> {
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                let (o, n) = (old.get(k), new.get(k));
+                let same = match (o, n) {
+                    (Some(a), Some(b)) => parse_stored(a) == parse_stored(b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if same {
+                    return None;
+                }
+                let secret = cur.is_secret(k);
+                Some(DiffRow {
+                    key: k.clone(),
+                    old: o.map(|v| self.show(secret, v)),
+                    new: n.map(|v| self.show(secret, v)),
+                })
+            })
+            .collect()
+    }
+
+    /// The changes that turn the live state of `cur` into `target` (changed values and deletes).
+    pub fn changes_to(&self, cur: &Current, target: &BTreeMap<String, Bytes>) -> Vec<Change> {
+        let live = cur.live();
+        let mut out = Vec::new();
+        for (k, v) in target {
+            if live.get(k).map(|old| parse_stored(old)) != Some(parse_stored(v)) {
+                out.push(Change { key: k.clone(), new: Some(v.clone()) });
+            }
+        }
+        for k in live.keys() {
+            if !target.contains_key(k) {
+                out.push(Change { key: k.clone(), new: None });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+
+    /// Asks on stderr and reads a yes/no answer from stdin, unless `yes`.
+    pub fn confirm(&mut self, question: &str, yes: bool) -> CliResult<()> {
+        if yes {
+            return Ok(());
+        }
+        self.printer.note(&format!("{question} [y/N] "));
+        let mut line = String::new();
+        let read = std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::Io(format!("reading the answer: {e}")))?;
+        if read == 0 {
+            return Err(CliError::Cancelled("cancelled: no answer on stdin (pass --yes to skip the question); nothing changed".into()));
+        }
+        match line.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => Ok(()),
+            _ => Err(CliError::Cancelled("cancelled; nothing changed".into())),
+        }
+    }
+}
+
+/// `\r` and `\n` are not allowed in a header value.
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+/// A stored value as JSON; a value that is not JSON is a bare string.
+pub fn parse_stored(raw: &[u8]) -> Value {
+    match serde_json::from_slice::<Value>(raw) {
+        Ok(v) => v,
+        Err(_) => Value::String(String::from_utf8_lossy(raw).into_owned()),
+    }
+}
+
+/// Reads a value typed by the operator: JSON, or a bare string where the key holds strings (or
+/// where nothing is known about it). Returns JSON bytes.
+pub fn parse_input(field: Option<&FieldSchema>, text: &str) -> Result<Bytes, String> {
+    let string_like = field.map_or(true, |f| f.ty.is_string_like());
+    let as_string = || Bytes::from(serde_json::to_vec(&Value::String(text.to_string())).unwrap_or_default());
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => {
+            if let Some(f) = field {
+                if f.ty.check(&v).is_err() && string_like && f.ty.check(&Value::String(text.into())).is_ok() {
+                    return Ok(as_string());
+                }
+            }
+            Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default()))
+        }
+        Err(e) if string_like => {
+            let _ = e;
+            Ok(as_string())
+        }
+        Err(e) => {
+            let ty = field.map(|f| f.ty.to_string()).unwrap_or_else(|| "JSON".into());
+            if field.is_some_and(|f| f.secret) {
+                Err(format!("the value (redacted) is not JSON; expected {ty}"))
+            } else {
+                Err(format!("`{}` is not JSON ({e}); expected {ty}", bound(text, 60)))
+            }
+        }
+    }
+}
+
+/// Cuts text for messages.
+pub fn bound(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// A point in the bucket's past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cutoff {
+    /// Everything up to and including this revision.
+    Revision(u64),
+    /// Everything stored at or before this time.
+    Time(SystemTime),
+}
+
+impl Cutoff {
+    fn includes(&self, e: &Entry) -> bool {
+        match self {
+            Cutoff::Revision(r) => e.revision <= *r,
+            Cutoff::Time(t) => e.created <= *t,
+        }
+    }
+}
+
+impl std::fmt::Display for Cutoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cutoff::Revision(r) => write!(f, "at revision {r}"),
+            Cutoff::Time(t) => write!(f, "at {}", humantime::format_rfc3339_seconds(*t)),
+        }
+    }
+}
+
+/// Parses `--time`: an RFC 3339 time (`2026-11-26T17:00:00Z`) or a duration ago (`10m`, `2h ago`).
+pub fn parse_time(text: &str) -> Result<SystemTime, String> {
+    let t = text.trim();
+    if let Ok(time) = humantime::parse_rfc3339_weak(t) {
+        return Ok(time);
+    }
+    let d = t.strip_suffix("ago").unwrap_or(t).trim();
+    match humantime::parse_duration(d) {
+        Ok(d) => SystemTime::now().checked_sub(d).ok_or_else(|| format!("`{t}`: too far in the past")),
+        Err(_) => Err(format!("`{t}` is neither an RFC 3339 time (2026-11-26T17:00:00Z) nor a duration ago (10m, 2h)")),
+    }
+}
+
+/// Every entry a watch on `<prefix>>` delivers until it is caught up.
+pub async fn read_entries(bucket: &dyn Bucket, prefix: &str, start: WatchStart) -> CliResult<Vec<Entry>> {
+    let pattern = if prefix.is_empty() { ">".to_string() } else { format!("{prefix}>") };
+    let mut watch = bucket.watch(&pattern, start).await?;
+    let mut out = Vec::new();
+    if watch.initial_pending() == 0 {
+        return Ok(out);
+    }
+    let deadline = tokio::time::Instant::now() + READ_DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(e))) => {
+                let done = e.delta == 0;
+                out.push(e);
+                if done {
+                    return Ok(out);
+                }
+            }
+            Ok(Some(Err(e))) if e.is_transient() => continue,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => return Ok(out),
+            Err(_) => {
+                return Err(CliError::Other(format!(
+                    "bucket `{}`: timed out reading the keys under `{pattern}`",
+                    bucket.name()
+                )))
+            }
+        }
+    }
+}
+
+/// A short age: `42s`, `5m`, `3h`, `2d`.
+pub fn age(created: SystemTime) -> String {
+    let secs = SystemTime::now().duration_since(created).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// An RFC 3339 time to the second.
+pub fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A JSON value on one line, for tables.
+pub fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// A header of an entry.
+pub fn header<'a>(e: &'a Entry, name: &str) -> Option<&'a str> {
+    e.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+/// The diff as a table (`key`, `old`, `new`), or a line saying there is none.
+pub fn diff_block(rows: &[DiffRow], old_title: &str, new_title: &str) -> Block {
+    if rows.is_empty() {
+        return Block::Line(Text::plain("no differences"));
+    }
+    let cell = |v: &Option<Value>, tone: Tone| match v {
+        Some(v) => Text::toned(compact(v), tone),
+        None => Text::toned("(absent)", Tone::Dim),
+    };
+    Block::Table {
+        header: vec!["key".into(), old_title.into(), new_title.into()],
+        rows: rows
+            .iter()
+            .map(|r| vec![Text::plain(r.key.clone()), cell(&r.old, Tone::Removed), cell(&r.new, Tone::Added)])
+            .collect(),
+    }
+}
+
+/// Prints a diff on stderr (before a question).
+pub fn print_diff_note(printer: &mut Printer, rows: &[DiffRow]) {
+    printer.note_block(&diff_block(rows, "old", "new"));
+}
+
+/// The result of a write command in `--json`: `{"bucket", "prefix", "dry_run", "changes":
+/// [{"key", "old", "new"}], "revision"}` (`revision` is that of the last write, `null` when
+/// nothing was written).
+#[derive(Debug, Clone, Serialize)]
+pub struct Written {
+    /// The bucket.
+    pub bucket: String,
+    /// The config's prefix.
+    pub prefix: String,
+    /// `true` when nothing was written on purpose.
+    pub dry_run: bool,
+    /// What changed (or would change).
+    pub changes: Vec<DiffRow>,
+    /// The revision of the write, if one was made.
+    pub revision: Option<u64>,
+}
+
+impl Written {
+    /// The report of a write.
+    pub fn report(self) -> crate::output::Report {
+        let mut blocks = Vec::new();
+        if !self.changes.is_empty() {
+            blocks.push(diff_block(&self.changes, "old", "new"));
+        }
+        let line = match (self.changes.is_empty(), self.dry_run, self.revision) {
+            (true, _, _) => "no changes; nothing written".to_string(),
+            (false, true, _) => format!("dry run: {} change(s) validated, nothing written", self.changes.len()),
+            (false, false, Some(rev)) => {
+                format!("wrote {} key(s) to bucket `{}` at revision {rev}", self.changes.len(), self.bucket)
+            }
+            (false, false, None) => "nothing written".to_string(),
+        };
+        blocks.push(Block::Line(Text::plain(line)));
+        crate::output::Report::new(&self, blocks)
+    }
+}
+
+impl Ctx {
+    /// The diff rows of changes against the live state of `cur`.
+    pub fn change_rows(&self, cur: &Current, changes: &[Change]) -> Vec<DiffRow> {
+        changes
+            .iter()
+            .map(|c| {
+                let secret = cur.is_secret(&c.key);
+                DiffRow {
+                    key: c.key.clone(),
+                    old: cur.live_entry(&c.key).map(|e| self.show(secret, &e.value)),
+                    new: c.new.as_ref().map(|v| self.show(secret, v)),
+                }
+            })
+            .collect()
+    }
+
+    /// Validates, then (unless `dry_run`) commits, and reports the diff.
+    pub async fn apply(&self, cur: &Current, changes: Vec<Change>, dry_run: bool, reason: Option<&str>) -> CliResult<Written> {
+        self.check(cur, &changes)?;
+        let rows = self.change_rows(cur, &changes);
+        let revision = if dry_run || changes.is_empty() { None } else { Some(self.commit(cur, &changes, reason).await?) };
+        Ok(Written { bucket: cur.name().to_string(), prefix: self.prefix.clone(), dry_run, changes: rows, revision })
+    }
+}
