@@ -315,34 +315,37 @@ async fn nats_without_jetstream_says_to_start_with_js() {
 }
 
 #[tokio::test]
-async fn nats_errors_while_the_server_is_down_are_transient() {
+async fn nats_writes_during_an_outage_apply_once_or_say_the_outcome_is_unknown() {
     let mut server = NatsServer::start().await;
     let client = async_nats::ConnectOptions::new()
         .request_timeout(Some(Duration::from_millis(500)))
         .connect(server.url())
         .await
         .unwrap();
-    let store = NatsStore::new(client);
-    let b = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    let store = NatsStore::new(client.clone());
+    let b = store.create_bucket(&BucketConfig::new("cfg").history(10)).await.unwrap();
     b.put("k", "1".into()).await.unwrap();
+    // Down for a second: the write is resent with one message id until the server is back, and
+    // applied exactly once (the server deduplicates the copies).
     server.kill();
-    let err = b.put("k", "2".into()).await.unwrap_err();
-    assert!(err.is_transient(), "{err:?}");
+    let writer = b.clone();
+    let put = tokio::spawn(async move { writer.put("k", "2".into()).await });
+    tokio::time::sleep(Duration::from_secs(1)).await; // the outage itself
     server.restart().await;
-    // The same store works again once the client has reconnected.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match b.put("k", "3".into()).await {
-            Ok(_) => break,
-            Err(e) => assert!(std::time::Instant::now() < deadline, "no recovery: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(b.get("k").await.unwrap().unwrap(), "3");
+    let rev = put.await.unwrap().expect("the write resolves once the server is back");
+    let history = b.history("k").await.unwrap();
+    assert_eq!(history.iter().map(|e| e.value.clone()).collect::<Vec<_>>(), ["1", "2"], "applied once");
+    assert_eq!(history[1].revision, rev);
+    // Down for longer than the write deadline: a definite "not known", not a retryable error.
+    let short = NatsStore::new(client).with_write_deadline(Duration::from_millis(1500)).open_bucket("cfg").await.unwrap();
+    server.kill();
+    let err = short.put("k", "3".into()).await.unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::OutcomeUnknown, "{err}");
+    assert!(!err.is_transient() && err.to_string().contains("`k`"), "{err}");
 }
 
 #[tokio::test]
-async fn nats_denied_writes_are_permission_denied() {
+async fn nats_denied_writes_are_permission_denied_at_once() {
     let server = NatsServer::start_with_config(
         r#"
         accounts {
@@ -350,7 +353,7 @@ async fn nats_denied_writes_are_permission_denied() {
             jetstream: enabled
             users: [
               { user: admin, password: admin }
-              { user: reader, password: reader, permissions: { publish: { deny: ["$KV.>"] } } }
+              { user: dev, password: dev, permissions: { publish: { deny: ["$KV.cfg.prod.>"] } } }
             ]
           }
         }
@@ -359,19 +362,24 @@ async fn nats_denied_writes_are_permission_denied() {
     .await;
     let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into());
     let admin = NatsStore::connect(server.url(), admin).await.unwrap();
-    admin.create_bucket(&BucketConfig::new("cfg")).await.unwrap().put("a", "1".into()).await.unwrap();
+    admin.create_bucket(&BucketConfig::new("cfg")).await.unwrap().put("prod.a", "1".into()).await.unwrap();
 
-    let reader = async_nats::ConnectOptions::with_user_and_password("reader".into(), "reader".into());
-    let reader = NatsStore::connect(server.url(), reader).await.unwrap();
-    // A short JetStream timeout keeps the test quick: the denied publish is never acknowledged.
-    let reader = NatsStore::with_context(
-        reader.client().clone(),
-        async_nats::jetstream::ContextBuilder::new().timeout(Duration::from_millis(500)).build(reader.client().clone()),
-    )
-    .with_permission_log(reader.permission_log().clone());
-    let bucket = reader.open_bucket("cfg").await.unwrap();
-    assert_eq!(bucket.get("a").await.unwrap().unwrap(), "1", "reads are allowed");
-    let err = bucket.put("a", "2".into()).await.unwrap_err();
+    // Default JetStream timeout (5 s): the denial must not wait for it.
+    let dev = async_nats::ConnectOptions::with_user_and_password("dev".into(), "dev".into());
+    let bucket = NatsStore::connect(server.url(), dev).await.unwrap().open_bucket("cfg").await.unwrap();
+    assert_eq!(bucket.get("prod.a").await.unwrap().unwrap(), "1", "reads are allowed");
+    bucket.put("dev.a", "2".into()).await.expect("a permitted prefix");
+    let started = std::time::Instant::now();
+    let err = bucket.put("prod.a", "2".into()).await.unwrap_err();
     assert_eq!(*err.kind(), StoreErrorKind::PermissionDenied, "{err}");
-    assert!(err.to_string().contains("Permissions Violation") && err.to_string().contains("`cfg`"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "reported after {:?}, not at once", started.elapsed());
+    let msg = err.to_string();
+    assert!(msg.contains("Permissions Violation") && msg.contains("`cfg`") && msg.contains("`prod.a`"), "{msg}");
+    let err = bucket
+        .write_atomic(vec![WriteOp::put("dev.b", "1".into()), WriteOp::put("prod.b", "1".into())])
+        .await
+        .unwrap_err();
+    assert_eq!(*err.kind(), StoreErrorKind::PermissionDenied, "{err}");
+    assert_eq!(bucket.get("dev.b").await.unwrap(), None, "a denied batch changes nothing");
+    assert_eq!(bucket.get("prod.a").await.unwrap().unwrap(), "1");
 }

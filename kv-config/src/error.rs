@@ -55,6 +55,20 @@ pub enum Error {
         /// The revision written.
         revision: u64,
     },
+    /// The write is stored at `revision` but the bucket's resulting state is refused by the
+    /// config's validators (another client wrote an incompatible value at the same moment), so
+    /// the last good snapshot stays in effect. `reason` says what was refused (secrets redacted).
+    #[error("the write of key `{key}` is stored at revision {revision} of bucket `{bucket}` but not in effect: {reason}")]
+    NotInEffect {
+        /// The bucket.
+        bucket: String,
+        /// The full key written.
+        key: String,
+        /// The key's revision written.
+        revision: u64,
+        /// Why the resulting state was refused.
+        reason: String,
+    },
     /// The handle's watcher has stopped.
     #[error("the config watcher for bucket `{0}` has stopped")]
     Closed(String),

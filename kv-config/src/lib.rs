@@ -75,6 +75,7 @@
 
 mod config;
 mod error;
+mod feed;
 mod live;
 mod load;
 mod redact;
@@ -85,10 +86,10 @@ mod view;
 pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
 pub use error::{Error, Result};
 pub use kv_config_derive::{KvConfig, KvValue};
-pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Status, Subscription};
+pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
 pub use load::{load, Loaded};
 pub use schema::{FieldSchema, KvType, Schema, TypeDesc};
-pub use view::{RESERVED_PREFIX, SCHEMA_KEY};
+pub use view::{GUARD_KEY, RESERVED_PREFIX, SCHEMA_KEY};
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]

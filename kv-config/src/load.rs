@@ -2,9 +2,12 @@
 
 use crate::config::{KvConfig, Source};
 use crate::error::Result;
-use crate::live::{check_prefix, watch_initial};
+use crate::feed::{check_prefix, watch_initial};
 use crate::store::Bucket;
 use crate::view::{decode_latest, unknown_keys};
+
+/// How long a one-shot load may take.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A config read once from a bucket.
 #[derive(Debug, Clone)]
@@ -42,7 +45,7 @@ pub struct Loaded<T> {
 /// ```
 pub async fn load<T: KvConfig>(bucket: &dyn Bucket, prefix: &str) -> Result<Loaded<T>> {
     check_prefix(prefix)?;
-    let (_watch, view) = watch_initial(bucket, prefix).await?;
+    let (_watch, view) = watch_initial(bucket, prefix, LOAD_TIMEOUT).await?;
     let source = Source::new(bucket.name(), prefix);
     let decoded = decode_latest::<T>(&view.values, None, &source)?;
     let unknown_keys = if decoded.has_unknown {

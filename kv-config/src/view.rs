@@ -14,6 +14,11 @@ pub const RESERVED_PREFIX: &str = "__kvconfig.";
 /// The key (relative to the config's prefix) the schema is published under.
 pub const SCHEMA_KEY: &str = "__kvconfig.schema";
 
+/// The key (relative to the config's prefix) every typed write of a config with cross-field
+/// validators bumps, with a revision check, in the same atomic batch: two writers that each saw a
+/// valid config can then never combine into one their validators refuse.
+pub const GUARD_KEY: &str = "__kvconfig.guard";
+
 #[derive(Debug, Default)]
 pub(crate) struct View {
     /// Live values by relative key; shared with the snapshot in effect, copied on the next write.
@@ -22,6 +27,8 @@ pub(crate) struct View {
     pub(crate) markers: HashMap<String, u64>,
     /// The highest revision processed.
     pub(crate) seen: u64,
+    /// The latest revision of the [`GUARD_KEY`] (0 = never written).
+    pub(crate) guard: u64,
     /// Something changed since the last [`take_dirty`](View::take_dirty).
     dirty: bool,
 }
@@ -33,6 +40,9 @@ impl View {
         self.seen = self.seen.max(e.revision);
         let Some(rel) = e.key.strip_prefix(prefix) else { return false };
         if rel.starts_with(RESERVED_PREFIX) {
+            if rel == GUARD_KEY {
+                self.guard = self.guard.max(e.revision);
+            }
             return false;
         }
         if self.revision_of(rel) >= e.revision {
@@ -67,6 +77,11 @@ impl View {
             Some(v) => v.revision,
             None => self.markers.get(rel).copied().unwrap_or(0),
         }
+    }
+
+    /// Forces the next [`take_dirty`](View::take_dirty) to report a change.
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     pub(crate) fn take_dirty(&mut self) -> bool {

@@ -37,9 +37,10 @@ pub enum StoreErrorKind {
     /// nothing was applied (see [`OutcomeUnknown`](Self::OutcomeUnknown) for when it could not).
     Timeout,
     /// A write went unanswered and the server stayed unreachable for the whole write deadline
-    /// (10 s), so kv-config could not learn whether it was applied. Single writes carry a message
-    /// id: resending the same write within two minutes is deduplicated by the server. Not
-    /// transient: a blind retry of a non-idempotent change could apply it twice.
+    /// (`NatsStore::with_write_deadline`, 10 s by default) while kv-config resent it (single
+    /// writes carry a message id, so the server applies them once) or looked it up (batches), so
+    /// whether it was applied is not known. Not transient: a blind retry of a non-idempotent
+    /// change could apply it twice; read the key first.
     OutcomeUnknown,
     /// No connection to the server.
     Connection,

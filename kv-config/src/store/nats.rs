@@ -39,6 +39,7 @@ pub struct NatsStore {
     client: async_nats::Client,
     js: jetstream::Context,
     perms: PermissionLog,
+    write_deadline: Duration,
 }
 
 /// Permission violations the server reported on a connection.
@@ -138,12 +139,12 @@ impl NatsStore {
     /// A store on this connection (JetStream's default domain and API prefix).
     pub fn new(client: async_nats::Client) -> Self {
         let js = jetstream::new(client.clone());
-        NatsStore { client, js, perms: PermissionLog::default() }
+        NatsStore { client, js, perms: PermissionLog::default(), write_deadline: WRITE_DEADLINE }
     }
 
     /// A store on an existing JetStream context (e.g. one with a domain or other timeouts).
     pub fn with_context(client: async_nats::Client, js: jetstream::Context) -> Self {
-        NatsStore { client, js, perms: PermissionLog::default() }
+        NatsStore { client, js, perms: PermissionLog::default(), write_deadline: WRITE_DEADLINE }
     }
 
     /// Connects with `options` and reports the server's permission violations as
@@ -178,6 +179,13 @@ impl NatsStore {
         Ok(NatsStore::new(client).with_permission_log(perms))
     }
 
+    /// How long a write keeps resending (deduplicated) or looking up its outcome while the
+    /// server does not answer, before it reports [`StoreErrorKind::OutcomeUnknown`] (default 10 s).
+    pub fn with_write_deadline(mut self, deadline: Duration) -> Self {
+        self.write_deadline = deadline;
+        self
+    }
+
     /// The log of permission violations this store consults.
     pub fn permission_log(&self) -> &PermissionLog {
         &self.perms
@@ -202,6 +210,7 @@ impl NatsStore {
             client: self.client.clone(),
             js: self.js.clone(),
             perms: self.perms.clone(),
+            write_deadline: self.write_deadline,
             kv,
         })
     }
@@ -320,6 +329,7 @@ struct NatsBucket {
     client: async_nats::Client,
     js: jetstream::Context,
     perms: PermissionLog,
+    write_deadline: Duration,
     kv: kv::Store,
 }
 
@@ -638,7 +648,7 @@ impl Bucket for NatsBucket {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
         let subject = format!("{}{}", self.subject_prefix, op.key);
         let denied = self.perms.watch_for(vec![subject.clone()]);
-        let deadline = started + WRITE_DEADLINE;
+        let deadline = started + self.write_deadline;
         let attempts = async {
             let mut pause = Duration::from_millis(50);
             loop {
@@ -697,14 +707,14 @@ impl Bucket for NatsBucket {
                     Ok(Err(e)) => {
                         let err = classify(&e).bucket(self.name.clone());
                         if err.is_transient() || *err.kind() == StoreErrorKind::JetStreamNotEnabled {
-                            self.resolve_batch(&batch_id, op, err, started + WRITE_DEADLINE).await
+                            self.resolve_batch(&batch_id, op, err, started + self.write_deadline).await
                         } else {
                             Err(self.batch_error(err, &ops).await)
                         }
                     }
                     Err(_) => {
                         let err = StoreError::new(StoreErrorKind::Timeout).bucket(self.name.clone()).key(op.key.clone());
-                        self.resolve_batch(&batch_id, op, err, started + WRITE_DEADLINE).await
+                        self.resolve_batch(&batch_id, op, err, started + self.write_deadline).await
                     }
                 };
             }
@@ -720,7 +730,7 @@ impl Bucket for NatsBucket {
 
 /// How long one publish waits for its acknowledgement before it is resent.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a write keeps trying to learn its outcome before it reports [`StoreErrorKind::OutcomeUnknown`].
+/// The default of [`NatsStore::with_write_deadline`].
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A unique token (the random part of a fresh inbox name).
@@ -748,7 +758,7 @@ impl NatsBucket {
     fn unresolved(&self, err: StoreError, key: &str) -> StoreError {
         if err.is_transient() {
             StoreError::new(StoreErrorKind::OutcomeUnknown).bucket(self.name.clone()).key(key).detail(
-                "the server did not answer within the write deadline; the write may still be applied (resending it later with the same content is safe only for idempotent writes)",
+                "the server did not answer within the write deadline; the write may still be applied (a blind retry is safe only for idempotent writes)",
             )
         } else if *err.kind() == StoreErrorKind::JetStreamNotEnabled {
             StoreError::new(StoreErrorKind::NotFound).bucket(self.name.clone()).key(key)

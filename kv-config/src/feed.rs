@@ -1,0 +1,99 @@
+//! Reading a watch into a [`View`]: the prefix rules, the initial pass over a bucket, and when a
+//! burst of entries is complete. Shared by one-shot [`load`](crate::load()) and the live watcher.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::store::{Bucket, Entry, StoreError, StoreErrorKind, Watch, WatchStart};
+use crate::view::View;
+
+/// How long a watcher waits for the rest of an atomic batch when the server's pending count says
+/// it is caught up but the batch's commit has not arrived: the commit may lie outside the watched
+/// prefix (a batch from any client may span prefixes), so it may never come.
+pub(crate) const BATCH_SETTLE: Duration = Duration::from_millis(50);
+
+/// The NATS subject pattern of every key under `prefix`.
+pub(crate) fn pattern_for(prefix: &str) -> String {
+    if prefix.is_empty() {
+        ">".to_string()
+    } else {
+        format!("{prefix}>")
+    }
+}
+
+/// Checks a key prefix: empty, or key tokens ending with a dot.
+pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || (prefix.ends_with('.') && crate::store::is_valid_key(&prefix[..prefix.len() - 1])) {
+        Ok(())
+    } else {
+        Err(Error::InvalidPrefix(crate::redact::bound(prefix, 80)))
+    }
+}
+
+/// Where a watcher stands after an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchUp {
+    /// More entries are pending.
+    No,
+    /// Caught up: a snapshot may be taken.
+    Yes,
+    /// Caught up by the pending count, inside an atomic batch whose commit has not been seen:
+    /// caught up unless another entry arrives within [`BATCH_SETTLE`].
+    Settle,
+}
+
+/// Where a watcher stands after `entry`.
+pub(crate) fn catch_up(entry: &Entry) -> CatchUp {
+    match (entry.delta, entry.batch_continues) {
+        (0, false) => CatchUp::Yes,
+        (0, true) => CatchUp::Settle,
+        _ => CatchUp::No,
+    }
+}
+
+/// One pass over the bucket: a watch delivers the latest entry of every key under `prefix`, read
+/// until caught up, within `timeout` (a stalled or silent server is an error, never a hang). The
+/// watch stays open for live changes.
+pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Duration) -> Result<(Watch, View)> {
+    let deadline = Instant::now() + timeout;
+    let too_slow = |what: String| {
+        Error::Store(StoreError::new(StoreErrorKind::Timeout).bucket(bucket.name()).detail(format!(
+            "the initial load {what} within {timeout:?}"
+        )))
+    };
+    let mut watch = tokio::time::timeout(timeout, bucket.watch(&pattern_for(prefix), WatchStart::LatestPerKey))
+        .await
+        .map_err(|_| too_slow("could not start a watch".into()))??;
+    let expected = watch.initial_pending();
+    let mut view = View::with_capacity(expected.min(1 << 20) as usize);
+    if expected == 0 {
+        return Ok((watch, view));
+    }
+    let mut settling = false;
+    let mut read = 0u64;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = if settling { BATCH_SETTLE.min(left) } else { left };
+        match tokio::time::timeout(wait, watch.next()).await {
+            Err(_) if settling => break,
+            Err(_) => return Err(too_slow(format!("read {read} of {expected} entries"))),
+            Ok(Some(Ok(entry))) => {
+                read += 1;
+                view.apply(prefix, &entry);
+                match catch_up(&entry) {
+                    CatchUp::Yes => break,
+                    CatchUp::Settle => settling = true,
+                    CatchUp::No => settling = false,
+                }
+            }
+            Ok(Some(Err(e))) if matches!(e.kind(), StoreErrorKind::NotFound | StoreErrorKind::PermissionDenied) => {
+                return Err(e.into())
+            }
+            Ok(Some(Err(e))) => tracing::warn!(bucket = bucket.name(), error = %e, "watch error during the initial load"),
+            Ok(None) => return Err(Error::Closed(bucket.name().to_string())),
+        }
+    }
+    Ok((watch, view))
+}

@@ -1,0 +1,326 @@
+//! The watcher task: applies entries to the view, swaps a snapshot once per caught-up burst, and
+//! never trusts silence. When the watch has been quiet for a heartbeat it asks the server (a
+//! [`probe`](crate::store::Bucket::probe)) whether anything newer exists: no answer marks the
+//! handle stale, a newer entry left undelivered re-creates the watch from the last applied
+//! revision + 1, and a replaced bucket (deleted and created again, or a wiped store) is reloaded
+//! from scratch. NATS's own clients re-create ordered consumers the same way; async-nats's can go
+//! silent for good after a cluster failover, with no error and no end of stream.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+
+use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
+use crate::config::KvConfig;
+use crate::feed::{catch_up, watch_initial, CatchUp, BATCH_SETTLE};
+use crate::store::{Bucket, Entry, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
+use crate::view::{decode_latest, unknown_keys, View};
+
+/// What the loop waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// The next entry; probe after a quiet heartbeat.
+    Quiet,
+    /// The rest of an atomic batch, for [`BATCH_SETTLE`].
+    Batch,
+    /// A probe saw this revision undelivered: look again soon, re-create the watch if still missing.
+    Suspect(u64),
+}
+
+/// The watcher task. Holds only a weak reference while it waits, so dropping the last handle
+/// ends it.
+pub(super) async fn run<T: KvConfig>(weak: Weak<Shared<T>>, mut watch: Watch, bucket: Arc<dyn Bucket>, pattern: String) {
+    let Some(heartbeat) = weak.upgrade().map(|s| s.options.heartbeat) else { return };
+    let mut waiting = Waiting::Quiet;
+    loop {
+        let wait = match waiting {
+            Waiting::Quiet => heartbeat,
+            Waiting::Batch => BATCH_SETTLE,
+            Waiting::Suspect(_) => (heartbeat / 4).max(BATCH_SETTLE),
+        };
+        let item = tokio::time::timeout(wait, watch.next()).await;
+        let Some(shared) = weak.upgrade() else { return };
+        match item {
+            Ok(Some(Ok(entry))) => {
+                waiting = match (shared.on_entry(&entry), waiting) {
+                    (CatchUp::Settle, _) => Waiting::Batch,
+                    (_, Waiting::Suspect(rev)) if entry.revision < rev => Waiting::Suspect(rev),
+                    _ => Waiting::Quiet,
+                };
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(bucket = %shared.source.bucket, error = %e, "watch error; still watching");
+                shared.state().status.last_error = Some(e.to_string());
+            }
+            Ok(None) => {
+                // The watch ended (it should not): start a new one where this one stopped.
+                drop(shared);
+                tokio::time::sleep(BATCH_SETTLE).await;
+                watch = restart(&weak, &*bucket, &pattern, watch).await;
+                waiting = Waiting::Quiet;
+            }
+            Err(_) if waiting == Waiting::Batch => {
+                shared.finish_burst();
+                waiting = Waiting::Quiet;
+            }
+            Err(_) => {
+                drop(shared);
+                match check(&weak, &*bucket, &pattern, heartbeat, waiting).await {
+                    Check::Fine => waiting = Waiting::Quiet,
+                    Check::Suspect(rev) => waiting = Waiting::Suspect(rev),
+                    Check::Stalled => {
+                        watch = restart(&weak, &*bucket, &pattern, watch).await;
+                        waiting = Waiting::Quiet;
+                    }
+                    Check::Replaced => {
+                        if let Some(w) = reload(&weak, &*bucket).await {
+                            watch = w;
+                        }
+                        waiting = Waiting::Quiet;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a quiet-time check found.
+enum Check {
+    Fine,
+    Suspect(u64),
+    Stalled,
+    Replaced,
+}
+
+/// Asks the server whether the handle is current (see the module docs).
+async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern: &str, heartbeat: Duration, waiting: Waiting) -> Check {
+    let Some((seen, incarnation)) = weak.upgrade().map(|s| {
+        let st = s.state();
+        (st.view.seen, st.incarnation)
+    }) else {
+        return Check::Fine;
+    };
+    if !bucket.is_connected() {
+        if let Some(s) = weak.upgrade() {
+            s.mark_stale(StaleReason::Disconnected, None);
+        }
+        return Check::Fine;
+    }
+    let probe = tokio::time::timeout(heartbeat, bucket.probe(pattern, seen)).await;
+    let Some(shared) = weak.upgrade() else { return Check::Fine };
+    match probe {
+        Err(_) => {
+            let err = StoreError::new(StoreErrorKind::Timeout)
+                .bucket(bucket.name())
+                .detail(format!("no answer to a liveness probe within {heartbeat:?}"));
+            shared.mark_stale(StaleReason::NoResponse, Some(err.to_string()));
+            Check::Fine
+        }
+        Ok(Err(e)) if *e.kind() == StoreErrorKind::NotFound => {
+            shared.mark_stale(StaleReason::BucketMissing, Some(e.to_string()));
+            Check::Fine
+        }
+        Ok(Err(e)) => {
+            shared.mark_stale(StaleReason::NoResponse, Some(e.to_string()));
+            Check::Fine
+        }
+        Ok(Ok(Probe { incarnation: now, last_revision, next })) => {
+            let replaced = incarnation.is_some_and(|i| i != now) || last_revision < seen;
+            let missing = shared.state().status.stale.is_some_and(|s| s.reason == StaleReason::BucketMissing);
+            if replaced || missing {
+                return Check::Replaced;
+            }
+            shared.state().incarnation = Some(now);
+            match next {
+                None => {
+                    shared.mark_heard();
+                    Check::Fine
+                }
+                Some(rev) if matches!(waiting, Waiting::Suspect(s) if s <= rev) => {
+                    tracing::warn!(bucket = bucket.name(), after = seen, undelivered = rev, "the watch left a newer entry undelivered; re-creating it");
+                    shared.mark_stale(StaleReason::WatchStalled, None);
+                    Check::Stalled
+                }
+                Some(rev) => Check::Suspect(rev),
+            }
+        }
+    }
+}
+
+/// A new watch from the last applied revision + 1 (the old one is dropped, and with it its
+/// consumer). Keeps trying, a heartbeat apart, until the server answers.
+async fn restart<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern: &str, old: Watch) -> Watch {
+    drop(old);
+    loop {
+        let Some((from, heartbeat)) = weak.upgrade().map(|s| (s.state().view.seen + 1, s.options.heartbeat)) else {
+            return Watch::new(0, futures_util::stream::pending());
+        };
+        match tokio::time::timeout(heartbeat * 2, bucket.watch(pattern, WatchStart::FromRevision(from))).await {
+            Ok(Ok(w)) => {
+                if let Some(s) = weak.upgrade() {
+                    s.state().status.watch_restarts += 1;
+                    tracing::info!(bucket = bucket.name(), from, "watch re-created");
+                }
+                return w;
+            }
+            Ok(Err(e)) => {
+                if let Some(s) = weak.upgrade() {
+                    let reason = if *e.kind() == StoreErrorKind::NotFound { StaleReason::BucketMissing } else { StaleReason::NoResponse };
+                    s.mark_stale(reason, Some(e.to_string()));
+                    if reason == StaleReason::BucketMissing {
+                        return Watch::new(0, futures_util::stream::pending());
+                    }
+                }
+            }
+            Err(_) => {
+                if let Some(s) = weak.upgrade() {
+                    s.mark_stale(StaleReason::NoResponse, Some(format!("bucket `{}`: re-creating the watch timed out", bucket.name())));
+                }
+            }
+        }
+        tokio::time::sleep(heartbeat).await;
+    }
+}
+
+/// The bucket was replaced: read it again from scratch (its revisions start again at 1) and
+/// apply it as a new epoch. `None` when it cannot be read yet; the next check tries again.
+async fn reload<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket) -> Option<Watch> {
+    let (prefix, timeout) = weak.upgrade().map(|s| (s.source.prefix.clone(), s.options.load_timeout))?;
+    let incarnation = bucket.probe(">", u64::MAX).await.ok().map(|p| p.incarnation);
+    match watch_initial(bucket, &prefix, timeout).await {
+        Ok((watch, view)) => {
+            let shared = weak.upgrade()?;
+            tracing::warn!(bucket = bucket.name(), "the bucket was replaced; reloaded the config from it");
+            shared.replace_view(view, incarnation);
+            Some(watch)
+        }
+        Err(e) => {
+            if let Some(s) = weak.upgrade() {
+                s.mark_stale(StaleReason::BucketMissing, Some(e.to_string()));
+            }
+            None
+        }
+    }
+}
+
+impl<T: KvConfig> Shared<T> {
+    /// Records an entry; swaps a snapshot when the burst is complete.
+    fn on_entry(&self, entry: &Entry) -> CatchUp {
+        let mut st = self.state();
+        st.view.apply(&self.source.prefix, entry);
+        st.last_heard = Instant::now();
+        st.status.last_heard = SystemTime::now();
+        if st.status.stale.is_some_and(|s| s.reason != StaleReason::BucketMissing) && self.bucket.is_connected() {
+            st.status.stale = None;
+        }
+        let at = catch_up(entry);
+        if at == CatchUp::Yes {
+            self.apply_burst(st);
+        }
+        at
+    }
+
+    /// The rest of a batch did not come within the settle time: its commit lies outside the
+    /// watched prefix. Apply what arrived.
+    fn finish_burst(&self) {
+        let st = self.state();
+        self.apply_burst(st);
+    }
+
+    /// Caught up: swap once for the whole burst, so a multi-key write is never seen half-done.
+    fn apply_burst(&self, mut st: std::sync::MutexGuard<'_, State>) {
+        let seen = st.view.seen;
+        st.status.seen_revision = seen;
+        if st.view.take_dirty() {
+            let current = self.snapshot.load_full();
+            // decode_latest never panics: validators and Deserialize impls run under catch_unwind.
+            match decode_latest::<T>(&st.view.values, Some(&current.values), &self.source) {
+                Ok(decoded) => {
+                    for e in &decoded.rejected {
+                        tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
+                    }
+                    if let Some(first) = decoded.rejected.first() {
+                        st.status.last_error = Some(first.to_string());
+                    }
+                    if decoded.has_unknown || !st.status.unknown_keys.is_empty() {
+                        self.note_unknown(&mut st);
+                    }
+                    let any_rejected = !decoded.rejected.is_empty();
+                    // A dirty view with nothing refused always changes the values in effect.
+                    let changed = !any_rejected || decoded.values != current.values;
+                    st.status.rejected = decoded.rejected;
+                    st.status.revision = seen;
+                    let snapshot = Snapshot::new(decoded.config, decoded.values, &st.view, any_rejected, st.epoch);
+                    self.snapshot.store(Arc::new(snapshot));
+                    if changed {
+                        st.status.swaps += 1;
+                        self.swaps.send_modify(|n| *n += 1);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(bucket = %self.source.bucket, revision = seen, error = %e, "change refused; keeping the last good snapshot");
+                    st.status.rejected = e.errors().to_vec();
+                    st.status.last_error = Some(e.to_string());
+                    // Same config, but writers must now expect the refused revisions (to repair them).
+                    let snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
+                    self.snapshot.store(Arc::new(snapshot));
+                }
+            }
+        }
+        let applied = Applied { epoch: st.epoch, seen };
+        drop(st);
+        self.applied.send_replace(applied);
+    }
+
+    /// Starts a new epoch from a fresh view of a replaced bucket.
+    fn replace_view(&self, view: View, incarnation: Option<u64>) {
+        let mut st = self.state();
+        st.view = view;
+        st.view.mark_dirty();
+        st.epoch += 1;
+        st.incarnation = incarnation;
+        st.status.reloads += 1;
+        st.status.stale = None;
+        st.status.last_heard = SystemTime::now();
+        st.last_heard = Instant::now();
+        self.apply_burst(st);
+    }
+
+    /// The server confirmed the handle is current.
+    fn mark_heard(&self) {
+        let mut st = self.state();
+        st.last_heard = Instant::now();
+        st.status.last_heard = SystemTime::now();
+        if self.bucket.is_connected() {
+            st.status.stale = None;
+        }
+    }
+
+    /// Records why the snapshot may be behind (kept from the first time it was noticed).
+    fn mark_stale(&self, reason: StaleReason, error: Option<String>) {
+        let mut st = self.state();
+        match &mut st.status.stale {
+            Some(stale) if stale.reason == reason => {}
+            Some(stale) => stale.reason = reason,
+            None => {
+                tracing::warn!(bucket = %self.source.bucket, %reason, error = error.as_deref().unwrap_or(""), "the config may be stale");
+                st.status.stale = Some(Stale { since: SystemTime::now(), reason });
+            }
+        }
+        if let Some(error) = error {
+            st.status.last_error = Some(error);
+        }
+    }
+
+    /// Records (and warns once about) keys in the bucket that the schema does not know.
+    pub(super) fn note_unknown(&self, st: &mut State) {
+        let unknown = unknown_keys(&st.view.values, self.known());
+        for key in &unknown {
+            if st.warned_unknown.insert(key.clone()) {
+                tracing::warn!(bucket = %self.source.bucket, key = %format!("{}{key}", self.source.prefix), "key not in the schema of `{}`; ignored", T::__KV_NAME);
+            }
+        }
+        st.status.unknown_keys = unknown;
+    }
+}

@@ -1,0 +1,223 @@
+//! The write path: validate, diff against the bucket (not only against the config in effect),
+//! compare-and-swap every written key in one atomic batch, retry conflicts with jittered backoff,
+//! and return `Ok` only once this handle's snapshot holds the write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Applied, LiveConfig, Shared, Snapshot};
+use crate::config::{KvConfig, RawValue, RawValues};
+use crate::error::{Error, Result};
+use crate::store::{StoreErrorKind, WriteKind, WriteOp, AUTHOR_HEADER};
+use crate::view::{GUARD_KEY, SCHEMA_KEY};
+
+/// An encoded config as raw values (revision 0: not from the bucket), for validation by decoding.
+fn to_raw(encoded: &crate::Encoded) -> RawValues {
+    encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0 })).collect()
+}
+
+/// Pauses between conflicting attempts: exponential from 2 ms to 250 ms, with full jitter so
+/// writers that collided do not collide again in lockstep.
+struct Backoff {
+    ceiling: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { ceiling: Duration::from_millis(2) }
+    }
+
+    async fn pause(&mut self) {
+        let nanos = self.ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
+        tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=nanos))).await;
+        self.ceiling = (self.ceiling * 2).min(Duration::from_millis(250));
+    }
+}
+
+impl<T: KvConfig> Shared<T> {
+    /// Waits until the watcher has applied `revision` of this epoch; `false` on timeout or when
+    /// the bucket was replaced meanwhile.
+    async fn wait_applied(&self, epoch: u64, revision: u64) -> bool {
+        let mut rx = self.applied.subscribe();
+        let reached = tokio::time::timeout(
+            self.options.write_timeout,
+            rx.wait_for(|a: &Applied| a.epoch != epoch || a.seen >= revision),
+        )
+        .await;
+        matches!(reached, Ok(Ok(a)) if a.epoch == epoch)
+    }
+}
+
+impl<T: KvConfig> LiveConfig<T> {
+    /// Changes the config: runs `f` on a copy of the current snapshot, validates the result, and
+    /// writes every key whose value in the bucket differs from it (changed keys, and keys whose
+    /// bucket value was refused), each checked against the revision the snapshot holds, in one
+    /// atomic batch when several keys change. A config with cross-field validators also bumps a
+    /// guard key in the same batch, so two concurrent writers can never combine into a config
+    /// the validators refuse. On a conflict it waits a jittered backoff, refreshes and runs `f`
+    /// again, up to [`Builder::max_attempts`](crate::Builder::max_attempts) times, then returns
+    /// [`Error::Conflict`].
+    ///
+    /// When it returns `Ok`, this handle's [`get`](Self::get) shows the write. What each error
+    /// means for the bucket:
+    /// - [`Error::Decode`] / [`Error::Encode`] / [`Error::UnknownKey`]: refused before anything was
+    ///   sent; the bucket is unchanged.
+    /// - [`Error::Conflict`]: every attempt lost a race; nothing of this update was written.
+    /// - [`Error::NotInEffect`]: written, but the bucket's resulting state is refused (a value
+    ///   another client wrote at the same moment); the last good snapshot stays in effect.
+    /// - [`Error::NotObserved`]: written, but this handle's watcher did not see it within the
+    ///   write timeout (see [`status`](Self::status) for why).
+    /// - [`Error::Store`]: per [`StoreErrorKind`]; `Timeout` means not written (checked),
+    ///   `OutcomeUnknown` means the server stayed unreachable and the outcome is not known.
+    pub async fn update<F>(&self, mut f: F) -> Result<Arc<Snapshot<T>>>
+    where
+        F: FnMut(&mut T),
+    {
+        self.modify(|base| {
+            let mut next = base.clone();
+            f(&mut next);
+            Ok(next)
+        })
+        .await
+    }
+
+    /// Sets one key (relative to the prefix, e.g. `server.port`) to a typed value, with the same
+    /// validation, revision check and outcomes as [`update`](Self::update).
+    pub async fn set<V: serde::Serialize>(&self, key: &str, value: V) -> Result<Arc<Snapshot<T>>> {
+        if !self.shared.known().contains(key) {
+            let mut known: Vec<&str> = self.shared.known().iter().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(Error::UnknownKey {
+                key: crate::redact::bound(key, 120),
+                type_name: T::__KV_NAME.to_string(),
+                known: known.join(", "),
+            });
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| crate::EncodeError { key: key.to_string(), message: e.to_string() })?);
+        let source = self.shared.source.clone();
+        self.modify(|base| {
+            let mut raw = to_raw(&base.encode()?);
+            raw.insert(key.to_string(), RawValue { value: bytes.clone(), revision: 0 });
+            Ok(T::decode(&raw, &source)?)
+        })
+        .await
+    }
+
+    /// Publishes the schema (keys, types, docs, defaults, secret flags, struct name and crate
+    /// version) as JSON under the reserved key `__kvconfig.schema` (after the prefix), for admin
+    /// tools. Returns the revision, or the existing one when nothing changed.
+    pub async fn publish_schema(&self) -> Result<u64> {
+        let key = format!("{}{SCHEMA_KEY}", self.shared.source.prefix);
+        let json = serde_json::to_vec(&T::schema()).map_err(|e| crate::EncodeError { key: key.clone(), message: e.to_string() })?;
+        if let Some(e) = self.shared.bucket.entry(&key).await? {
+            if e.is_put() && e.value == json {
+                return Ok(e.revision);
+            }
+        }
+        Ok(self.shared.bucket.put(&key, json.into()).await?)
+    }
+
+    /// The writes that take the bucket from `base` to `next`: every key whose encoding changed,
+    /// and every key whose bucket value is not in effect (so the bucket ends up holding `next`).
+    fn plan(&self, base: &Snapshot<T>, next: &crate::Encoded) -> Result<Vec<WriteOp>> {
+        let prefix = &self.shared.source.prefix;
+        let old = base.config.encode()?;
+        let mut ops = Vec::new();
+        for (k, v) in next {
+            if old.get(k) != Some(v) || base.repair.contains(k) {
+                ops.push(WriteOp::put(format!("{prefix}{k}"), v.clone()).expect_revision(base.expected_revision(k)));
+            }
+        }
+        for k in old.keys().filter(|k| !next.contains_key(*k)) {
+            if base.values.contains_key(k) || base.repair.contains(k) {
+                ops.push(WriteOp::delete(format!("{prefix}{k}")).expect_revision(base.expected_revision(k)));
+            }
+        }
+        if !ops.is_empty() && T::__KV_CROSS_CHECKS {
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            ops.push(WriteOp::put(format!("{prefix}{GUARD_KEY}"), Bytes::from(stamp.to_string())).expect_revision(base.guard));
+        }
+        if let Some(author) = &self.shared.options.author {
+            ops = ops.into_iter().map(|op| op.header(AUTHOR_HEADER, author.clone())).collect();
+        }
+        Ok(ops)
+    }
+
+    async fn modify(&self, mut make: impl FnMut(&T) -> Result<T>) -> Result<Arc<Snapshot<T>>> {
+        let shared = &self.shared;
+        let mut backoff = Backoff::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let base = self.get_arc();
+            let next = make(&base.config)?;
+            let encoded = next.encode()?;
+            // Refuse an invalid config before anything is sent.
+            T::decode(&to_raw(&encoded), &shared.source)?;
+            let mut ops = self.plan(&base, &encoded)?;
+            if ops.is_empty() {
+                return Ok(base);
+            }
+            let written: Vec<(String, bool)> =
+                ops.iter().map(|op| (op.key.clone(), matches!(op.kind, WriteKind::Put(_)))).collect();
+            let result = if ops.len() == 1 {
+                shared.bucket.write(ops.remove(0)).await
+            } else {
+                shared.bucket.write_atomic(ops).await
+            };
+            match result {
+                Ok(revision) => return self.confirm(base.epoch, revision, &written).await,
+                Err(e) if e.is_wrong_revision() => {
+                    shared.state().status.conflicts += 1;
+                    let key = e.key_name().map_or_else(|| written[0].0.clone(), str::to_string);
+                    let (expected, current) = match e.kind() {
+                        StoreErrorKind::WrongRevision { expected, current } => (*expected, *current),
+                        _ => (0, None),
+                    };
+                    tracing::debug!(bucket = %shared.source.bucket, %key, expected, ?current, attempt, "update conflict; retrying");
+                    if attempt >= shared.options.max_attempts {
+                        return Err(Error::Conflict { bucket: shared.source.bucket.clone(), key, expected, current, attempts: attempt });
+                    }
+                    // Refresh: wait until the watcher has seen the newer revision, then back off.
+                    let target = match current {
+                        Some(c) => c,
+                        None => shared.bucket.entry(&key).await?.map_or(0, |e| e.revision),
+                    };
+                    shared.wait_applied(base.epoch, target).await;
+                    backoff.pause().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits for the write (its last revision is `revision`; a batch's revisions are consecutive)
+    /// to be applied, then checks the snapshot holds every written key.
+    async fn confirm(&self, epoch: u64, revision: u64, written: &[(String, bool)]) -> Result<Arc<Snapshot<T>>> {
+        let shared = &self.shared;
+        if !shared.wait_applied(epoch, revision).await {
+            return Err(Error::NotObserved { bucket: shared.source.bucket.clone(), revision });
+        }
+        let snapshot = self.get_arc();
+        let first = revision + 1 - written.len() as u64;
+        let prefix = &shared.source.prefix;
+        for (i, (key, is_put)) in written.iter().enumerate() {
+            let rel = key.strip_prefix(prefix.as_str()).unwrap_or(key);
+            if rel == GUARD_KEY {
+                continue;
+            }
+            let ours = first + i as u64;
+            let in_effect = match snapshot.values.get(rel) {
+                Some(v) => v.revision >= ours,
+                None => !is_put,
+            };
+            if !in_effect || snapshot.repair.contains(rel) {
+                let reason = shared.state().status.last_error.clone().unwrap_or_else(|| "the resulting state was refused".into());
+                return Err(Error::NotInEffect { bucket: shared.source.bucket.clone(), key: key.clone(), revision: ours, reason });
+            }
+        }
+        Ok(snapshot)
+    }
+}
