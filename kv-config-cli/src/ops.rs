@@ -214,6 +214,10 @@ impl Ctx {
     /// The schema in effect for `bucket`: the type's in typed mode, else the published one (a
     /// note says once when there is none).
     pub async fn schema(&mut self, bucket: &dyn Bucket) -> CliResult<Option<Schema>> {
+        self.schema_with(bucket, false).await
+    }
+
+    async fn schema_with(&mut self, bucket: &dyn Bucket, quiet: bool) -> CliResult<Option<Schema>> {
         if let Mode::Typed(t) = &self.mode {
             return Ok(Some(t.schema.clone()));
         }
@@ -229,6 +233,7 @@ impl Ctx {
                     Ok(None)
                 }
             },
+            _ if quiet => Ok(None),
             _ => {
                 self.note_once(format!(
                     "note: bucket `{}` has no published schema (key `{key}`); values are checked as JSON only",
@@ -237,6 +242,11 @@ impl Ctx {
                 Ok(None)
             }
         }
+    }
+
+    /// [`schema`](Ctx::schema) without the note when there is none.
+    pub async fn schema_quiet(&mut self, bucket: &dyn Bucket) -> CliResult<Option<Schema>> {
+        self.schema_with(bucket, true).await
     }
 
     /// Reads the config's current state in `bucket`.
@@ -672,14 +682,22 @@ pub fn age(created: SystemTime) -> String {
     }
 }
 
-/// An RFC 3339 time to the second.
+/// An RFC 3339 time to the second (for tables).
 pub fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// An RFC 3339 time to the nanosecond (for JSON: exact enough for `--time`).
+pub fn time_precise(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
 /// A JSON value on one line, for tables.
 pub fn compact(v: &Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+    match v {
+        Value::String(s) if s == REDACTED => REDACTED.to_string(),
+        v => serde_json::to_string(v).unwrap_or_default(),
+    }
 }
 
 /// A header of an entry.

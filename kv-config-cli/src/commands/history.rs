@@ -50,7 +50,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         .iter()
         .map(|e| Revision {
             revision: e.revision,
-            created: ops::time(e.created),
+            created: ops::time_precise(e.created),
             operation: e.operation.to_string(),
             value: e.is_put().then(|| ctx.show(secret, &e.value)),
             author: header(e, kv_config::store::AUTHOR_HEADER).map(String::from),
@@ -65,7 +65,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             .map(|(r, e)| {
                 vec![
                     Text::plain(r.revision.to_string()),
-                    Text::plain(r.created.clone()),
+                    Text::plain(ops::time(e.created)),
                     Text::plain(ops::age(e.created)),
                     Text::plain(r.operation.clone()),
                     r.value.as_ref().map_or(Text::toned("-", Tone::Dim), |v| Text::plain(compact(v))),

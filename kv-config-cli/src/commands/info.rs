@@ -64,7 +64,7 @@ pub struct Info {
 pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let bucket = ctx.open(&args.bucket).await?;
     let info = bucket.info().await?;
-    let schema = ctx.schema(bucket.as_ref()).await?;
+    let schema = ctx.schema_quiet(bucket.as_ref()).await?;
     let c = info.config;
     let out = Info {
         bucket: c.name.clone(),

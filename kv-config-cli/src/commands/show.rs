@@ -73,7 +73,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             doc: f.doc.clone(),
             secret: f.secret,
             revision: entry.map(|e| e.revision),
-            created: entry.map(|e| ops::time(e.created)),
+            created: entry.map(|e| ops::time_precise(e.created)),
             state: state.into(),
             reason,
         });
@@ -91,7 +91,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             doc: String::new(),
             secret: false,
             revision: Some(e.revision),
-            created: Some(ops::time(e.created)),
+            created: Some(ops::time_precise(e.created)),
             state: if known { "unknown".into() } else { "set".into() },
             reason: None,
         });

@@ -89,7 +89,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<()> {
         };
         let event = Event {
             revision: e.revision,
-            created: ops::time(e.created),
+            created: ops::time_precise(e.created),
             operation: e.operation.to_string(),
             key: key.clone(),
             value: e.is_put().then(|| ctx.show(secret, &e.value)),
