@@ -192,6 +192,34 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the process with SIGSTOP: its sockets stay open but it answers nothing (a hung or
+    /// overloaded server, as a client sees it).
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a [`pause`](Self::pause)d server with SIGCONT.
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, sig: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: plain kill(2) on a pid we own and have not yet reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Kills the server, empties its store directory and starts it again on the same port: a
+    /// server that lost its data (every bucket is gone, revisions start again at 1).
+    pub async fn restart_wiped(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.store_dir());
+        self.spawn().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Starts the server again on the same port with the same store directory.
     pub async fn restart(&mut self) {
         self.kill();
@@ -256,6 +284,7 @@ fn listening_port(log: &str) -> Option<u16> {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        self.resume();
         self.kill();
     }
 }

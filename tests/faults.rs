@@ -1,0 +1,303 @@
+//! Faults and bad input against real nats-server processes: every test names the defect or fault
+//! it guards against (issue 8) and waits on conditions with deadlines derived from the fault.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kv_config::store::{Bucket, BucketConfig, NatsStore, Store, StoreErrorKind, WriteOp};
+use kv_config::{Error, KvConfig, LiveConfig, StaleReason};
+use kv_config_testing::NatsServer;
+use serde::{Deserialize, Serialize};
+
+static SECOND_LOOK: AtomicU32 = AtomicU32::new(0);
+
+/// Refuses `workers = 13` every second time it is asked: a validator whose answer changes between
+/// the write's own check and the watcher's (e.g. it consults something outside the config).
+fn workers_ok(v: &u32) -> Result<(), String> {
+    if *v == 13 && SECOND_LOOK.fetch_add(1, Ordering::SeqCst) % 2 == 1 {
+        return Err("13 workers refused on second look".into());
+    }
+    if *v > 64 {
+        return Err(format!("{v} workers is above 64"));
+    }
+    Ok(())
+}
+
+fn probe_ok(v: &u32) -> Result<(), String> {
+    assert!(*v != 666, "validator bug: cannot handle 666");
+    Ok(())
+}
+
+fn token_ok(v: &String) -> Result<(), String> {
+    if v.len() < 8 {
+        Err(format!("token `{v}` is shorter than 8"))
+    } else {
+        Ok(())
+    }
+}
+
+fn limits_ok(c: &Cfg) -> Result<(), String> {
+    if c.min > c.max {
+        Err(format!("min {} > max {} (token {})", c.min, c.max, c.token))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+#[kv(validate = limits_ok)]
+struct Cfg {
+    #[kv(default = 10)]
+    min: u32,
+    #[kv(default = 50)]
+    max: u32,
+    #[kv(default = 6, validate = workers_ok)]
+    workers: u32,
+    #[kv(secret, default = "initial-token", validate = token_ok)]
+    token: String,
+    #[kv(default, validate = probe_ok)]
+    probe: u32,
+}
+
+async fn server() -> (NatsServer, NatsStore) {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+    (server, store)
+}
+
+async fn raw(server: &NatsServer) -> Arc<dyn Bucket> {
+    let store = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+    store.open_bucket("cfg").await.expect("open")
+}
+
+fn builder(store: &NatsStore) -> kv_config::Builder<Cfg> {
+    LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().heartbeat(Duration::from_millis(250))
+}
+
+/// Polls `cond` every 5 ms until true; panics with `what` after `within`.
+async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < within, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d1_concurrent_updates_never_commit_a_state_the_validators_refuse() {
+    let (server, store) = server().await;
+    let a = builder(&store).start().await.unwrap();
+    let b = LiveConfig::<Cfg>::builder(NatsStore::new(async_nats::connect(server.url()).await.unwrap()), "cfg").start().await.unwrap();
+    for round in 0..20 {
+        a.update(|c| {
+            c.min = 10;
+            c.max = 50;
+        })
+        .await
+        .unwrap();
+        let rev = a.get().revision();
+        eventually("b caught up", Duration::from_secs(5), || b.get().revision() >= rev).await;
+        let (ra, rb) = tokio::join!(a.update(|c| c.min = 40), b.update(|c| c.max = 30));
+        let refused = |r: &kv_config::Result<_>| matches!(r, Err(Error::Decode(_)));
+        assert!(ra.is_ok() != rb.is_ok(), "round {round}: exactly one wins, the other is refused: {:?} / {:?}", ra.err(), rb.err());
+        assert!(refused(&ra) || refused(&rb), "round {round}: the loser saw the winner's value and its own check refused it");
+        let loaded = kv_config::load::<Cfg>(&*raw(&server).await, "").await.expect("the bucket holds a valid config");
+        assert!(loaded.config.min <= loaded.config.max, "round {round}");
+    }
+    assert!(a.status().is_healthy() && b.status().is_healthy(), "{:?}", b.status());
+    builder(&store).start().await.expect("a new handle starts");
+}
+
+#[tokio::test]
+async fn d2_update_is_ok_only_when_its_write_is_in_effect() {
+    let (_server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    SECOND_LOOK.store(0, Ordering::SeqCst);
+    // The write passes its own check, then the watcher's decode refuses the state it makes.
+    let err = cfg.update(|c| c.workers = 13).await.unwrap_err();
+    assert!(matches!(&err, Error::NotInEffect { key, .. } if key == "workers"), "{err}");
+    assert!(err.to_string().contains("13 workers refused"), "{err}");
+    assert_eq!(cfg.get().workers, 6, "the last good value stays in effect");
+    cfg.update(|c| c.workers = 7).await.expect("a valid write repairs it");
+    assert_eq!(cfg.get().workers, 7);
+}
+
+#[tokio::test]
+async fn d3_a_write_that_keeps_a_field_repairs_its_refused_value() {
+    let (server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    let foreign = raw(&server).await;
+    foreign.put("workers", "\"lots\"".into()).await.unwrap();
+    eventually("refusal reported", Duration::from_secs(5), || !cfg.status().rejected.is_empty()).await;
+    assert_eq!(cfg.get().workers, 6, "last good value kept");
+    cfg.set("workers", 6).await.expect("set to the value in effect");
+    assert_eq!(foreign.get("workers").await.unwrap().unwrap(), "6", "the bucket holds what the caller asked for");
+    assert!(cfg.status().rejected.is_empty(), "{:?}", cfg.status().rejected);
+    // The same through an update that leaves the field alone, and across fields.
+    foreign.put("workers", "\"lots\"".into()).await.unwrap();
+    let rev = foreign.put("min", "99".into()).await.unwrap();
+    eventually("both refused", Duration::from_secs(5), || cfg.status().seen_revision >= rev && !cfg.status().rejected.is_empty()).await;
+    cfg.update(|c| c.probe = 1).await.expect("update");
+    assert_eq!(foreign.get("workers").await.unwrap().unwrap(), "6");
+    assert_eq!(foreign.get("min").await.unwrap().unwrap(), "10");
+    builder(&store).start().await.expect("a new handle starts from the repaired bucket");
+}
+
+#[tokio::test]
+async fn d4_a_batch_spanning_prefixes_never_stalls_a_handle() {
+    let (server, store) = server().await;
+    let cfg = builder(&store).prefix("a.").start().await.unwrap();
+    let foreign = raw(&server).await;
+    // The commit message lies outside the handle's prefix.
+    foreign.write_atomic(vec![WriteOp::put("a.min", "20".into()), WriteOp::put("b.other", "1".into())]).await.unwrap();
+    eventually("the handle applies its half", Duration::from_secs(2), || cfg.get().min == 20).await;
+    // And a fresh start over that state loads instead of waiting for a commit it cannot see.
+    let started = builder(&store).prefix("a.").load_timeout(Duration::from_secs(5)).start().await.expect("start");
+    assert_eq!(started.get().min, 20);
+    let loaded = kv_config::load::<Cfg>(&*foreign, "a.").await.expect("load");
+    assert_eq!(loaded.config.min, 20);
+}
+
+#[tokio::test]
+async fn d5_a_deleted_then_recreated_bucket_is_reported_then_reloaded() {
+    let (_server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    cfg.update(|c| c.workers = 9).await.unwrap();
+    store.delete_bucket("cfg").await.unwrap();
+    let noticed = eventually("missing bucket reported", Duration::from_secs(3), || {
+        cfg.status().stale.is_some_and(|s| s.reason == StaleReason::BucketMissing)
+    })
+    .await;
+    assert!(!cfg.status().is_healthy());
+    assert_eq!(cfg.get().workers, 9, "the last good snapshot stays");
+    let err = cfg.update(|c| c.workers = 10).await.unwrap_err();
+    assert!(matches!(&err, Error::Store(e) if *e.kind() == StoreErrorKind::NotFound), "{err}");
+    // Re-created with other values: its revisions start again at 1, and the handle reloads.
+    let bucket = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    bucket.put("workers", "3".into()).await.unwrap();
+    let reloaded = eventually("reloaded from the new bucket", Duration::from_secs(3), || cfg.get().workers == 3).await;
+    let status = cfg.status();
+    assert!(status.is_healthy() && status.reloads == 1, "{status:?}");
+    cfg.update(|c| c.workers = 4).await.expect("writes work on the new bucket");
+    eprintln!("figure: deleted bucket reported after {noticed:?}; re-created bucket reloaded after {reloaded:?}");
+}
+
+#[tokio::test]
+async fn d5_a_server_restarted_with_a_wiped_store_is_reported_then_reloaded() {
+    let (mut server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    cfg.update(|c| c.workers = 9).await.unwrap();
+    server.restart_wiped().await;
+    let noticed = eventually("missing bucket reported", Duration::from_secs(5), || {
+        cfg.status().stale.is_some_and(|s| s.reason == StaleReason::BucketMissing)
+    })
+    .await;
+    assert_eq!(cfg.get().workers, 9, "the last good snapshot stays");
+    let bucket = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    bucket.put("workers", "2".into()).await.unwrap();
+    eventually("reloaded", Duration::from_secs(3), || cfg.get().workers == 2 && cfg.status().is_healthy()).await;
+    eprintln!("figure: wiped store reported after {noticed:?}");
+}
+
+#[tokio::test]
+async fn d6_a_panicking_validator_is_a_refusal_and_the_watcher_keeps_going() {
+    let (server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    let foreign = raw(&server).await;
+    foreign.put("probe", "666".into()).await.unwrap();
+    eventually("refusal reported", Duration::from_secs(5), || !cfg.status().rejected.is_empty()).await;
+    let status = cfg.status();
+    assert!(status.rejected[0].to_string().contains("panicked"), "{status:?}");
+    assert_eq!(cfg.get().probe, 0);
+    foreign.put("workers", "8".into()).await.unwrap();
+    eventually("later changes still apply", Duration::from_secs(5), || cfg.get().workers == 8).await;
+    let err = cfg.update(|c| c.probe = 666).await.unwrap_err();
+    assert!(matches!(err, Error::Decode(_)), "refused before sending: {err}");
+    assert!(builder(&store).start().await.is_err(), "a start over a refused required state fails cleanly, no panic");
+}
+
+#[tokio::test]
+async fn d7_secret_values_never_appear_in_errors_status_or_debug() {
+    let (server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    let err = cfg.set("token", "short").await.unwrap_err().to_string();
+    assert!(!err.contains("short"), "{err}");
+    cfg.set("token", "long-enough-secret").await.unwrap();
+    assert!(!format!("{:?}", cfg.get()).contains("long-enough-secret"));
+    let foreign = raw(&server).await;
+    foreign.put("token", "\"tiny\"".into()).await.unwrap();
+    eventually("refusal reported", Duration::from_secs(5), || !cfg.status().rejected.is_empty()).await;
+    let status = format!("{:?}", cfg.status());
+    assert!(!status.contains("tiny"), "{status}");
+    // A struct-level message that quotes the secret is scrubbed too.
+    foreign.put("token", "\"another-long-secret\"".into()).await.unwrap();
+    foreign.put("min", "99".into()).await.unwrap();
+    eventually("struct refusal", Duration::from_secs(5), || cfg.status().last_error.is_some_and(|e| e.contains("min 99"))).await;
+    let status = format!("{:?}", cfg.status());
+    assert!(!status.contains("another-long-secret") && status.contains("<redacted>"), "{status}");
+}
+
+#[tokio::test]
+async fn refused_values_are_bounded_in_errors_and_status() {
+    let (server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    let huge = format!("\"{}\"", "x".repeat(512 * 1024));
+    raw(&server).await.put("min", huge.into()).await.unwrap();
+    eventually("refusal reported", Duration::from_secs(5), || !cfg.status().rejected.is_empty()).await;
+    let status = cfg.status();
+    let shown = status.last_error.clone().unwrap_or_default();
+    assert!(shown.len() < 1024 && shown.contains("bytes in all"), "{} bytes: {}", shown.len(), &shown[..shown.len().min(300)]);
+    assert_eq!(cfg.get().min, 10);
+}
+
+#[tokio::test]
+async fn bad_bucket_names_and_missing_buckets_say_why() {
+    let (_server, store) = server().await;
+    let long = "b".repeat(300);
+    let err = LiveConfig::<Cfg>::builder(store.clone(), long).start().await.unwrap_err();
+    assert!(matches!(&err, Error::Store(e) if *e.kind() == StoreErrorKind::InvalidBucketName), "{err}");
+    assert!(err.to_string().contains("300 characters"), "{err}");
+    let err = LiveConfig::<Cfg>::builder(store.clone(), "nope").start().await.unwrap_err();
+    assert!(matches!(&err, Error::Store(e) if *e.kind() == StoreErrorKind::NotFound), "{err}");
+    assert!(err.to_string().contains("`nope`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_frozen_server_is_reported_stale_then_recovers() {
+    let (mut server, store) = server().await;
+    let heartbeat = Duration::from_millis(250);
+    let cfg = builder(&store).start().await.unwrap();
+    let writer = raw(&server).await;
+    cfg.update(|c| c.workers = 9).await.unwrap();
+    eventually("current", heartbeat * 8, || cfg.status().is_current()).await;
+    server.pause();
+    let noticed = eventually("staleness reported", heartbeat * 2 + Duration::from_millis(500), || {
+        cfg.status().stale.is_some_and(|s| s.reason == StaleReason::NoResponse)
+    })
+    .await;
+    assert!(cfg.status().connected, "the socket is still open: `connected` alone would lie");
+    assert_eq!(cfg.get().workers, 9, "the last good snapshot stays");
+    tokio::time::sleep(Duration::from_secs(4)).await; // the freeze itself
+    server.resume();
+    writer.put("workers", "11".into()).await.expect("the server answers again");
+    let recovered = eventually("recovered", Duration::from_secs(5), || cfg.get().workers == 11 && cfg.status().is_current()).await;
+    eprintln!("figure: frozen server reported stale after {noticed:?} (heartbeat {heartbeat:?}); converged {recovered:?} after SIGCONT + write");
+}
+
+#[tokio::test]
+async fn a_killed_and_restarted_server_is_reported_and_converges() {
+    let (mut server, store) = server().await;
+    let cfg = builder(&store).start().await.unwrap();
+    cfg.update(|c| c.workers = 9).await.unwrap();
+    server.kill();
+    eventually("staleness reported", Duration::from_secs(2), || !cfg.status().is_current()).await;
+    server.restart().await;
+    let writer = raw(&server).await;
+    let restarted = Instant::now();
+    writer.put("workers", "12".into()).await.unwrap();
+    eventually("converged", Duration::from_secs(2), || cfg.get().workers == 12).await;
+    eventually("current again", Duration::from_secs(3), || cfg.status().is_current()).await;
+    eprintln!("figure: converged {:?} after restart", restarted.elapsed());
+}
