@@ -26,7 +26,7 @@ Examples:
   kvc diff app --time 1h
   kvc --prefix prod diff app --against-prefix staging
   kvc diff app --file app.json")]
-#[group(id = "against", required = true, multiple = false)]
+#[command(group = clap::ArgGroup::new("against").required(true).multiple(false))]
 pub struct Args {
     /// The bucket.
     pub bucket: String,
@@ -73,17 +73,25 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         (label, loaded?.live())
     } else if let Some(path) = &args.file {
         let file = super::export::read_file(path)?;
+        // A redacted secret in the file says nothing about its value: compare it as unchanged.
+        let live = cur.live();
         let values = file
             .values
             .into_iter()
-            .filter(|(_, v)| !v.redacted)
-            .map(|(k, v)| (k, Bytes::from(serde_json::to_vec(&v.value).unwrap_or_default())))
+            .filter_map(|(k, v)| {
+                let bytes = if v.redacted { live.get(&k)?.clone() } else { Bytes::from(serde_json::to_vec(&v.value).unwrap_or_default()) };
+                Some((k, bytes))
+            })
             .collect();
         (path.display().to_string(), values)
     } else {
         return Err(CliError::Usage("say what to compare with (--against-defaults, --revision, --time, --against-prefix or --file)".into()));
     };
-    let rows = ctx.diff(&cur, &other, &cur.live());
+    let mut rows = ctx.diff(&cur, &other, &cur.live());
+    if args.against_defaults {
+        // A key without a value takes its default: no difference.
+        rows.retain(|r| r.new.is_some());
+    }
     let block = diff_block(&rows, &label, "current");
     let json = serde_json::json!({ "bucket": cur.name(), "prefix": ctx.prefix, "against": label, "changes": rows });
     Ok(Report::new(&json, vec![block]))

@@ -338,7 +338,7 @@ fn render(
             match (&f.default, f.required, f.secret) {
                 (Some(d), _, _) => head.push_str(&format!("; default {}", compact(d))),
                 (None, true, _) => head.push_str("; required"),
-                (None, false, true) => head.push_str("; has a default (secret)"),
+                (None, false, true) => head.push_str("; has a default"),
                 (None, false, false) => {}
             }
             if f.secret {

@@ -1,0 +1,129 @@
+//! diff, revert, export and import: the config's past and its copies.
+
+mod common;
+
+use common::{stable, values, Env};
+
+fn precise(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
+
+#[tokio::test]
+async fn revert_to_a_time_restores_exactly_that_state_and_diff_shows_it() {
+    let env = Env::start().await;
+    let b = env.bucket_with_schema("app", "").await;
+    // State at T: name, log_level, limits.min set.
+    let run = env.kvc(&["set", "app", "name=api", "log_level=debug", "limits.min=2", "-m", "state T"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let t_entry = b.entry("limits.min").await.unwrap().unwrap();
+    let state_t = values(b.as_ref()).await;
+    let t = precise(t_entry.created);
+    let rev_t = t_entry.revision;
+
+    // Later: change one, add one, delete one.
+    assert_eq!(env.kvc(&["set", "app", "log_level=warn", "limits.max=40"]).code, 0);
+    assert_eq!(env.kvc(&["del", "app", "limits.min", "--yes"]).code, 0);
+
+    // diff against that time and that revision: the same three keys.
+    let run = env.kvc(&["diff", "app", "--time", &t]);
+    assert_eq!(run.code, 0, "{run:?}");
+    insta::assert_snapshot!("diff_time_table", stable(&run.stdout));
+    let by_rev = env.kvc(&["diff", "app", "--revision", &rev_t.to_string(), "--json"]);
+    let by_time = env.kvc(&["diff", "app", "--time", &t, "--json"]);
+    assert_eq!(by_rev.json()["changes"], by_time.json()["changes"]);
+    assert_eq!(by_rev.json()["changes"].as_array().unwrap().len(), 3);
+
+    // diff against defaults.
+    let run = env.kvc(&["diff", "app", "--against-defaults", "--json"]);
+    insta::assert_snapshot!("diff_defaults_json", stable(&run.stdout));
+
+    // revert --time: dry run first, then for real; exactly state T.
+    let last = b.info().await.unwrap().last_revision;
+    let run = env.kvc(&["revert", "app", "--time", &t, "--dry-run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(b.info().await.unwrap().last_revision, last);
+    let run = env.kvc(&["revert", "app", "--time", &t, "-m", "undo"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(values(b.as_ref()).await, state_t);
+    let run = env.kvc(&["diff", "app", "--time", &t, "--json"]);
+    assert_eq!(run.json()["changes"], serde_json::json!([]));
+
+    // revert one key to a revision.
+    let first = b.history("log_level").await.unwrap();
+    let run = env.kvc(&["set", "app", "log_level=info"]);
+    assert_eq!(run.code, 0);
+    let run = env.kvc(&["revert", "app", "log_level", "--to", &first[0].revision.to_string(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["changes"][0]["new"], "debug");
+    assert_eq!(b.get("log_level").await.unwrap().as_deref(), Some(&b"\"debug\""[..]));
+    let run = env.kvc(&["revert", "app", "log_level", "--to", "999"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    // A revert is validated like any write: name=api at revision 1 was fine, but a revision of
+    // another key is not this key's.
+    let run = env.kvc(&["revert", "app", "name", "--to", &rev_t.to_string()]);
+    assert_eq!(run.code, 5, "{run:?}");
+    // Usage.
+    assert_eq!(env.kvc(&["revert", "app"]).code, 2);
+    assert_eq!(env.kvc(&["revert", "app", "--time", "yesterday-ish"]).code, 2);
+}
+
+#[tokio::test]
+async fn export_import_and_prefixes() {
+    let env = Env::start().await;
+    let b = env.bucket_with_schema("app", "prod.").await;
+    env.bucket_with_schema("app", "staging.").await;
+    let prod = ["--prefix", "prod"];
+    let run = env.kvc(&[&prod[..], &["set", "app", "name=api", "limits.max=20", "api_token=s3cret-token"]].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = env.kvc(&["--prefix", "staging.", "set", "app", "name=api-staging", "limits.max=20"]);
+    assert_eq!(run.code, 0, "{run:?}");
+
+    // diff two prefixes of one bucket.
+    let run = env.kvc(&["--prefix", "prod", "diff", "app", "--against-prefix", "staging", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    insta::assert_snapshot!("diff_prefix_json", stable(&run.stdout));
+
+    // export: revisions carried, secret redacted.
+    let run = env.kvc(&[&prod[..], &["export", "app"]].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stdout.contains("s3cret"), "{}", run.stdout);
+    let file = env.path("prod.json");
+    std::fs::write(&file, &run.stdout).unwrap();
+    let export: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(export["values"]["api_token"]["redacted"], true);
+    assert!(export["values"]["name"]["revision"].is_u64());
+
+    // Edit the file and import it: one batch, the secret left alone.
+    let edited = run.stdout.replace("\"value\": 20", "\"value\": 25");
+    assert_ne!(edited, run.stdout);
+    let file2 = env.path("prod-edited.json");
+    std::fs::write(&file2, &edited).unwrap();
+    let run = env.kvc(&[&prod[..], &["diff", "app", "--file", file2.to_str().unwrap(), "--json"]].concat());
+    assert_eq!(run.json()["changes"][0]["key"], "limits.max");
+    let run = env.kvc(&[&prod[..], &["import", "app", file2.to_str().unwrap(), "--dry-run"]].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(b.get("prod.limits.max").await.unwrap().as_deref(), Some(&b"20"[..]));
+    let run = env.kvc(&[&prod[..], &["import", "app", file2.to_str().unwrap(), "-m", "reviewed"]].concat());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(b.get("prod.limits.max").await.unwrap().as_deref(), Some(&b"25"[..]));
+    assert_eq!(b.get("prod.api_token").await.unwrap().as_deref(), Some(&b"\"s3cret-token\""[..]));
+
+    // The bucket moved since the first export: importing it again is refused, nothing written.
+    let before = values(b.as_ref()).await;
+    let run = env.kvc(&[&prod[..], &["import", "app", file.to_str().unwrap()]].concat());
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("key `limits.max`"), "{}", run.stderr);
+    // A foreign change (another client, no kvc) after a fresh export is refused too.
+    let run = env.kvc(&[&prod[..], &["export", "app"]].concat());
+    std::fs::write(&file, run.stdout.replace("\"api\"", "\"api-2\"")).unwrap();
+    b.put("prod.limits.min", "3".into()).await.unwrap();
+    let after_foreign = values(b.as_ref()).await;
+    assert_ne!(after_foreign, before);
+    let run = env.kvc(&[&prod[..], &["import", "app", file.to_str().unwrap()]].concat());
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("`limits.min` (added at revision"), "{}", run.stderr);
+    assert_eq!(values(b.as_ref()).await, after_foreign, "untouched");
+    // Wrong prefix or bucket: usage.
+    let run = env.kvc(&["import", "app", file.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+}
