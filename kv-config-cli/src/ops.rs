@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use kv_config::store::{
     is_valid_key, Bucket, Entry, Operation, Store, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
 };
-use kv_config::{DecodeError, FieldSchema, KvConfig, Problem, RawValue, RawValues, Schema, Source, RESERVED_PREFIX, SCHEMA_KEY};
+use kv_config::{DecodeError, FieldSchema, KvConfig, RawValue, RawValues, Schema, Source, RESERVED_PREFIX, SCHEMA_KEY};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -382,12 +382,9 @@ impl Ctx {
         let mut out = Vec::new();
         for e in err.errors() {
             let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
-            let relevant = match &e.problem {
-                Problem::Struct(_) => {
-                    rel.is_empty() || changed.iter().any(|k| *k == rel || k.starts_with(&format!("{rel}.")))
-                }
-                _ => changed.contains(rel),
-            };
+            // A problem counts when it is about a changed key, or about a struct (or a nested
+            // field's validator) that holds one; problems elsewhere were there before.
+            let relevant = rel.is_empty() || changed.iter().any(|k| *k == rel || k.starts_with(&format!("{rel}.")));
             if relevant {
                 let key = if rel.is_empty() { "(whole config)".to_string() } else { rel.to_string() };
                 out.push(Refusal { key, reason: e.problem.to_string() });

@@ -58,7 +58,13 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let fields = cur.schema.as_ref().map(|s| s.fields.clone()).unwrap_or_default();
     for f in fields.iter().filter(|f| wanted(&f.key)) {
         let entry = cur.live_entry(&f.key);
-        let reason = problems.get(&f.key).cloned();
+        // A problem of a nested struct (its validator) marks every key under it.
+        let reason = problems.get(&f.key).cloned().or_else(|| {
+            problems
+                .iter()
+                .find(|(p, _)| f.key.starts_with(&format!("{p}.")))
+                .map(|(p, m)| format!("`{p}`: {m}"))
+        });
         let state = match (&reason, entry) {
             (Some(_), Some(_)) => "invalid",
             (Some(_), None) => "missing",

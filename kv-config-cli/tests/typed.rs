@@ -1,0 +1,105 @@
+//! Typed mode: `kv_config_cli` run with the Rust config type runs its validators, cross-field
+//! checks included, before any write. Called through the library (the same code as
+//! `kv_config_cli::run::<AppConfig>()`), with output captured.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use common::{values, AppConfig, Env};
+use kv_config_cli::output::Printer;
+use kv_config_cli::{execute, Cli, Mode};
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Buf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Runs the typed kvc in-process; returns (exit code, stdout, stderr).
+async fn typed(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let cli = Cli::try_parse_from(std::iter::once("kvc").chain(args.iter().copied())).expect("args");
+    let (out, err) = (Buf::default(), Buf::default());
+    let printer = Printer::new(Box::new(out.clone()), Box::new(err.clone()), cli.global.json, false);
+    let code = execute(cli, env.store.clone(), Mode::typed::<AppConfig>(), printer).await;
+    (code, out.text(), err.text())
+}
+
+#[tokio::test]
+async fn typed_mode_runs_the_structs_validators_before_writing() {
+    let env = Env::start().await;
+    // No schema is published: typed mode needs none.
+    let b = kv_config::store::Store::create_bucket(env.store.as_ref(), &kv_config::store::BucketConfig::new("app").history(5))
+        .await
+        .unwrap();
+    b.put("name", "\"api\"".into()).await.unwrap();
+
+    // The cross-field rule (limits.min <= limits.max) is not in the published schema: the
+    // generic kvc cannot see it, the typed one refuses.
+    let before = values(b.as_ref()).await;
+    let last = b.info().await.unwrap().last_revision;
+    let (code, out, err) = typed(&env, &["set", "app", "limits.min=60"]).await;
+    assert_eq!(code, 4, "{out}{err}");
+    assert_eq!(
+        err.trim(),
+        "kvc: error: bucket `app`: refused, nothing written: key `limits`: rejected by validator: limits.min 60 > limits.max 10"
+    );
+    assert!(!err.contains("no published schema"), "{err}");
+    assert_eq!(values(b.as_ref()).await, before);
+    assert_eq!(b.info().await.unwrap().last_revision, last);
+
+    // Both together pass, in one batch.
+    let (code, out, err) = typed(&env, &["set", "app", "limits.min=60", "limits.max=100", "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["changes"].as_array().unwrap().len(), 2);
+
+    // Deleting a required key, or a key that would break the rule, is refused.
+    let (code, _, err) = typed(&env, &["del", "app", "name", "--yes"]).await;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = typed(&env, &["del", "app", "limits.max", "--yes"]).await;
+    assert_eq!(code, 4, "max back to its default 10 < min 60: {err}");
+
+    // A foreign write that breaks the rule shows as invalid in `show`.
+    b.put("limits.max", "5".into()).await.unwrap();
+    let (code, out, err) = typed(&env, &["show", "app", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["schema"], "AppConfig 0.1.0");
+    let keys = json["keys"].as_array().unwrap();
+    assert!(keys.iter().any(|k| k["key"] == "name" && k["state"] == "set"), "{out}");
+    // The struct-level refusal names `limits`, the struct's prefix: not a key, so a warning.
+    assert!(err.contains("limits.min 60 > limits.max 5") || out.contains("limits.min 60 > limits.max 5"), "{out}{err}");
+
+    // Typed edit: the refused document is reopened; saved unchanged, it gives up with exit 4.
+    let editor = env.script("min.sh", "sed -i 's/^\"limits.min\" = .*/\"limits.min\" = 70/; s/^\"limits.max\" = .*/\"limits.max\" = 6/' \"$1\"");
+    let args = ["edit", "app", "--yes"];
+    let cli = Cli::try_parse_from(std::iter::once("kvc").chain(args.iter().copied())).unwrap();
+    let (out, err) = (Buf::default(), Buf::default());
+    let printer = Printer::new(Box::new(out.clone()), Box::new(err.clone()), false, false);
+    let store: Arc<dyn kv_config::store::Store> = env.store.clone();
+    let mut ctx = kv_config_cli::Ctx::new(store, Mode::typed::<AppConfig>(), "", printer);
+    ctx.editor = editor.display().to_string();
+    let before = values(b.as_ref()).await;
+    let result = kv_config_cli::dispatch(&cli.command, &mut ctx).await;
+    // The script edits again on the second opening (same edit): unchanged document, so it gives up.
+    let e = result.expect_err("refused");
+    assert_eq!(e.exit_code(), 4, "{e}");
+    assert!(e.to_string().contains("limits.min 70 > limits.max 6"), "{e}");
+    assert_eq!(values(b.as_ref()).await, before);
+}
