@@ -1,9 +1,14 @@
-//! A 3-node JetStream cluster: a replicated bucket survives losing the node a handle is connected to.
+//! A 3-node JetStream cluster: a replicated bucket survives losing the stream leader, a follower,
+//! or the node a handle is connected to, while a writer keeps writing. No acknowledged write is
+//! lost and the handle converges to the last one.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_config::store::{BucketConfig, NatsStore, Store};
 use kv_config::{KvConfig, LiveConfig};
+use kv_config_testing::NatsServer;
 use serde::{Deserialize, Serialize};
 
 #[derive(KvConfig, Clone, Serialize, Deserialize)]
@@ -12,25 +17,41 @@ struct Cfg {
     a: u64,
 }
 
-async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
+async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    started.elapsed()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handle_fails_over_to_another_node() {
-    let mut nodes = kv_config_testing::start_cluster(3).await;
-    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
-    let connect = |url: String| async move { async_nats::connect(url).await.expect("connect") };
-    // The handle's connection knows every node; it starts on node 0.
-    let client = async_nats::ConnectOptions::new()
+/// A client that knows every node, trying them in the given order.
+async fn connect(urls: &[String]) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
         .retain_servers_order()
         .connect(urls.iter().map(|u| u.parse::<async_nats::ServerAddr>().expect("url")).collect::<Vec<_>>())
         .await
-        .expect("connect to the cluster");
+        .expect("connect to the cluster")
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    StreamLeader,
+    Follower,
+    ClientNode,
+}
+
+async fn stream_leader(client: &async_nats::Client) -> Option<String> {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream("KV_cfg").await.ok()?;
+    stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
+}
+
+async fn lose_a_node_while_writing(victim: Victim) {
+    let mut nodes = kv_config_testing::start_cluster(3).await;
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    let client = connect(&urls).await;
     let store = NatsStore::new(client.clone());
     // JetStream needs a meta leader before a replicated bucket can be created.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -41,26 +62,74 @@ async fn handle_fails_over_to_another_node() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let cfg = LiveConfig::<Cfg>::builder(store, "cfg").start().await.expect("start");
-    let writer = NatsStore::new(connect(urls[2].clone()).await).open_bucket("cfg").await.expect("open");
-    writer.put("a", "1".into()).await.expect("put");
-    eventually("a=1", Duration::from_secs(10), || cfg.get().a == 1).await;
+    let cfg = LiveConfig::<Cfg>::builder(store, "cfg").heartbeat(Duration::from_millis(500)).start().await.expect("start");
 
-    let port = client.server_info().port;
-    let victim = nodes.iter().position(|n| n.port() == port).expect("connected node");
-    nodes[victim].kill();
-    let survivor = (victim + 1) % 3;
-    let survivor_store = NatsStore::new(connect(urls[survivor].clone()).await);
-    // The bucket's stream elects a new leader first: open and write until it answers.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = async { survivor_store.open_bucket("cfg").await?.put("a", "2".into()).await };
-        match attempt.await {
-            Ok(_) => break,
-            Err(e) => assert!(Instant::now() < deadline, "writes never resumed after losing a node: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    // A writer on its own connection (starting on another node) writes 1, 2, 3, ... and
+    // remembers the last value the server acknowledged.
+    let mut writer_urls = urls.clone();
+    writer_urls.rotate_left(1);
+    let writer_bucket = NatsStore::new(connect(&writer_urls).await).open_bucket("cfg").await.expect("open");
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut next = 1u64;
+            let mut failures = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                match writer_bucket.put("a", next.to_string().into()).await {
+                    Ok(_) => {
+                        acked.store(next, Ordering::SeqCst);
+                        next += 1;
+                    }
+                    // Not acknowledged (the stream is electing a leader): the same value again.
+                    Err(_) => failures += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failures
+        })
+    };
+    eventually("writes flow", Duration::from_secs(10), || acked.load(Ordering::SeqCst) >= 5).await;
+
+    let leader = stream_leader(&client).await.expect("the stream has a leader");
+    let client_port = client.server_info().port;
+    let index = match victim {
+        Victim::StreamLeader => nodes.iter().position(|n| format!("n{}", n_index(&nodes, n)) == leader),
+        Victim::Follower => nodes.iter().position(|n| format!("n{}", n_index(&nodes, n)) != leader),
+        Victim::ClientNode => nodes.iter().position(|n| n.port() == client_port),
     }
-    eventually("the handle converges after failover", Duration::from_secs(30), || cfg.get().a == 2).await;
-    assert!(cfg.status().connected);
+    .expect("a node to kill");
+    nodes[index].kill();
+    let killed_at = acked.load(Ordering::SeqCst);
+    eventually("writes resume after losing a node", Duration::from_secs(30), || acked.load(Ordering::SeqCst) >= killed_at + 5).await;
+    stop.store(true, Ordering::SeqCst);
+    let failures = writer.await.expect("writer");
+    let last = acked.load(Ordering::SeqCst);
+
+    let converged = eventually("the handle converges to the last acknowledged write", Duration::from_secs(15), || cfg.get().a == last).await;
+    let survivor = NatsStore::new(connect(&[urls[(index + 1) % 3].clone()]).await).open_bucket("cfg").await.expect("open");
+    let stored: u64 = serde_json::from_slice(&survivor.get("a").await.expect("get").expect("value")).expect("json");
+    assert_eq!(stored, last, "no acknowledged write lost");
+    eventually("the handle reports itself current", Duration::from_secs(5), || cfg.status().is_current()).await;
+    eprintln!("figure: {victim:?} killed; {last} writes acknowledged, {failures} unacknowledged attempts retried; handle converged {converged:?} after the last write");
+}
+
+fn n_index(nodes: &[NatsServer], node: &NatsServer) -> usize {
+    nodes.iter().position(|n| n.port() == node.port()).unwrap_or(usize::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_stream_leader_loses_no_acknowledged_write() {
+    lose_a_node_while_writing(Victim::StreamLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_follower_loses_no_acknowledged_write() {
+    lose_a_node_while_writing(Victim::Follower).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_fails_over_when_its_node_is_killed() {
+    lose_a_node_while_writing(Victim::ClientNode).await;
 }

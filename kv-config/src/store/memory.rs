@@ -49,7 +49,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn create_bucket(&self, config: &BucketConfig) -> StoreResult<Arc<dyn Bucket>> {
         if !is_valid_bucket_name(&config.name) {
-            return Err(invalid_bucket_name(&config.name.clone()));
+            return Err(invalid_bucket_name(&config.name));
         }
         let mut buckets = self.buckets();
         if let Some(existing) = buckets.get(&config.name) {

@@ -222,7 +222,7 @@ impl Store for NatsStore {
         let started = Instant::now();
         let result: StoreResult<Arc<dyn Bucket>> = async {
             if !is_valid_bucket_name(&config.name) {
-                return Err(invalid_bucket_name(&config.name.clone()));
+                return Err(invalid_bucket_name(&config.name));
             }
             match self.open_bucket(&config.name).await {
                 Ok(bucket) => return Ok(bucket),
@@ -265,7 +265,7 @@ impl Store for NatsStore {
         let started = Instant::now();
         let result: StoreResult<Arc<dyn Bucket>> = async {
             if !is_valid_bucket_name(name) {
-                return Err(invalid_bucket_name(&name));
+                return Err(invalid_bucket_name(name));
             }
             match self.js.get_key_value(name).await {
                 Ok(kv) => Ok(self.wrap(kv)),
