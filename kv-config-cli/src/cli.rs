@@ -114,7 +114,7 @@ pub struct Global {
     /// Print one JSON value instead of tables (watch: one JSON object per line).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Show secret values instead of <redacted>.
+    /// Show secret values instead of masking them.
     #[arg(long, global = true)]
     pub reveal: bool,
     /// Author recorded in the KvConfig-Author header of writes (default user@host).

@@ -442,10 +442,14 @@ impl Ctx {
                 op
             })
             .collect();
-        let result = match ops.len() {
-            0 => return Ok(0),
-            1 => cur.bucket.write(ops.into_iter().next().expect("one op")).await,
-            _ => cur.bucket.write_atomic(ops).await,
+        let mut ops = ops;
+        let result = match (ops.pop(), ops.is_empty()) {
+            (None, _) => return Ok(0),
+            (Some(op), true) => cur.bucket.write(op).await,
+            (Some(op), false) => {
+                ops.push(op);
+                cur.bucket.write_atomic(ops).await
+            }
         };
         match result {
             Ok(rev) => Ok(rev),

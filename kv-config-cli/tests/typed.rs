@@ -103,3 +103,28 @@ async fn typed_mode_runs_the_structs_validators_before_writing() {
     assert!(e.to_string().contains("limits.min 70 > limits.max 6"), "{e}");
     assert_eq!(values(b.as_ref()).await, before);
 }
+
+#[tokio::test]
+async fn a_change_between_read_and_write_is_a_conflict_and_nothing_is_written() {
+    let env = Env::start().await;
+    let b = env.bucket_with_schema("app", "").await;
+    b.put("name", "\"api\"".into()).await.unwrap();
+    let store: Arc<dyn kv_config::store::Store> = env.store.clone();
+    let printer = Printer::new(Box::new(Buf::default()), Box::new(Buf::default()), false, false);
+    let mut ctx = kv_config_cli::Ctx::new(store, Mode::Generic, "", printer);
+    let cur = ctx.load("app").await.unwrap();
+    // Someone else changes one of the two keys after kvc read them.
+    b.put("limits.max", "40".into()).await.unwrap();
+    let before = values(b.as_ref()).await;
+    let changes = vec![
+        kv_config_cli::ops::Change { key: "limits.min".into(), new: Some("5".into()) },
+        kv_config_cli::ops::Change { key: "limits.max".into(), new: Some("50".into()) },
+    ];
+    let err = ctx.apply(&cur, changes, false, Some("test")).await.expect_err("conflict");
+    assert_eq!(err.exit_code(), 3, "{err}");
+    assert_eq!(
+        err.to_string(),
+        "bucket `app`, key `limits.max`: changed by someone else since it was read; nothing written"
+    );
+    assert_eq!(values(b.as_ref()).await, before, "the batch is all or nothing");
+}

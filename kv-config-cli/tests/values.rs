@@ -131,34 +131,30 @@ async fn generic_mode_without_schema_and_watch() {
     assert_eq!(run.json()["schema"], serde_json::Value::Null);
     assert_eq!(run.json()["keys"].as_array().unwrap().len(), 3);
 
-    // watch: the current values, then a change made by another kvc, then exit after --count.
-    let url = env.url();
-    let watcher = std::thread::spawn({
-        let kvc = common::kvc_path();
-        move || {
-            std::process::Command::new(kvc)
-                .args(["watch", "raw", "--json", "--count", "4"])
-                .env("NATS_URL", url)
-                .output()
-                .expect("watch")
-        }
-    });
-    // Wait until the watcher has started (its consumer exists), then change a key.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // watch: the current values (3 keys), then changes made by another kvc; exits after --count.
+    let mut watcher = std::process::Command::new(common::kvc_path())
+        .args(["watch", "raw", "--json", "--count", "4"])
+        .env("NATS_URL", env.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+    // The watcher may subscribe before or after any one write: keep changing a key until it has
+    // seen four events and exited, within a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut n = 10;
     loop {
-        let run = env.kvc(&["set", "raw", "count=4", "-m", "bump"]);
+        if watcher.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = watcher.kill();
+            panic!("watch did not see 4 events in time");
+        }
+        n += 1;
+        let run = env.kvc(&["set", "raw", &format!("count={n}"), "-m", "bump"]);
         assert_eq!(run.code, 0, "{run:?}");
-        if watcher.is_finished() || std::time::Instant::now() > deadline {
-            break;
-        }
-        // Each set is one more event; the watcher stops after 4 events in all.
-        let next = env.kvc(&["set", "raw", "count=3"]);
-        assert_eq!(next.code, 0);
-        if watcher.is_finished() {
-            break;
-        }
     }
-    let out = watcher.join().unwrap();
+    let out = watcher.wait_with_output().expect("watch output");
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

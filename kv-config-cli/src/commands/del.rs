@@ -1,7 +1,7 @@
 //! `kvc del BUCKET KEY` and `kvc purge BUCKET KEY`: delete a key (validated like any write: a
 //! required key cannot be deleted), after confirmation.
 //!
-//! JSON: the write result shape (see [`Written`](crate::ops::Written)); `new` is `null`.
+//! JSON: the write result shape (see [`Written`]); `new` is `null`.
 
 use kv_config::store::{WriteOp, AUTHOR_HEADER, REASON_HEADER};
 

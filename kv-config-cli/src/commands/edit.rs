@@ -5,7 +5,7 @@
 //! for those keys, yours everywhere else): nothing is overwritten. A refused value reopens the
 //! document with the reasons at the top.
 //!
-//! JSON: the write result shape (see [`Written`](crate::ops::Written)).
+//! JSON: the write result shape (see [`Written`]).
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -167,7 +167,7 @@ fn redact_line(line: &str) -> String {
     // RFC 3339 times (any precision).
     let mut s = line.to_string();
     while let Some(pos) = find_time(&s) {
-        let end = s[pos..].find(|c: char| c == 'Z').map(|e| pos + e + 1).unwrap_or(s.len());
+        let end = s[pos..].find('Z').map(|e| pos + e + 1).unwrap_or(s.len());
         s.replace_range(pos..end, "[time]");
     }
     // JSON revisions.
