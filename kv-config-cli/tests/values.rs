@@ -82,6 +82,12 @@ async fn show_get_set_with_a_published_schema() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!run.stdout.contains("new-secret-value") && !run.stdout.contains("hunter2"), "{}", run.stdout);
 
+    // get --revision: a past value of the key, with its audit headers.
+    let first = b.history("limits.max").await.unwrap()[0].revision;
+    let run = env.kvc(&["get", "app", "limits.max", "--revision", &first.to_string(), "--json"]);
+    assert_eq!((run.code, run.json()["value"].clone()), (0, serde_json::json!("lots")), "{run:?}");
+    assert_eq!(env.kvc(&["get", "app", "limits.max", "--revision", "1"]).code, 5, "revision 1 is another key's");
+
     // history: author and reason.
     let run = env.kvc(&["history", "app", "log_level", "--json"]);
     let revs = run.json()["revisions"].clone();
