@@ -279,7 +279,7 @@ async fn a_frozen_server_is_reported_stale_then_recovers() {
     .await;
     assert!(cfg.status().connected, "the socket is still open: `connected` alone would lie");
     assert_eq!(cfg.get().workers, 9, "the last good snapshot stays");
-    tokio::time::sleep(Duration::from_secs(4)).await; // the freeze itself
+    tokio::time::sleep(Duration::from_secs(10) - noticed).await; // the rest of a 10 s freeze
     server.resume();
     writer.put("workers", "11".into()).await.expect("the server answers again");
     let recovered = eventually("recovered", Duration::from_secs(5), || cfg.get().workers == 11 && cfg.status().is_current()).await;
@@ -335,4 +335,47 @@ async fn eight_writers_hundred_increments_each_lose_nothing_with_default_setting
     let loaded = kv_config::load::<Counter>(&*raw(&server).await, "").await.unwrap();
     assert_eq!(loaded.config.n, 800, "every increment counted exactly once");
     eprintln!("figure: 8 x 100 increments, 0 errors, {conflicts} conflicts retried");
+}
+
+#[tokio::test]
+async fn oversize_values_are_refused_with_the_key_and_nothing_changes() {
+    let (_server, store) = server().await;
+    let config = BucketConfig::new("cfg").history(5).max_value_size(1024);
+    let cfg = LiveConfig::<Cfg>::builder(store, "cfg").create_with(config).start().await.unwrap();
+    let big = "t".repeat(4096);
+    let err = cfg.set("token", big.as_str()).await.unwrap_err();
+    assert!(matches!(&err, Error::Store(e) if *e.kind() == StoreErrorKind::ValueTooLarge), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("`cfg`") && msg.contains("`token`") && !msg.contains(&big[..64]), "{msg}");
+    assert!(cfg.status().is_healthy());
+}
+
+#[tokio::test]
+async fn a_handle_without_permission_on_its_prefix_is_told_at_once() {
+    let server = NatsServer::start_with_config(
+        r#"
+        accounts {
+          APP {
+            jetstream: enabled
+            users: [
+              { user: admin, password: admin }
+              { user: dev, password: dev, permissions: { publish: { deny: ["$KV.cfg.prod.>"] } } }
+            ]
+          }
+        }
+        "#,
+    )
+    .await;
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into());
+    let admin = NatsStore::connect(server.url(), admin).await.unwrap();
+    LiveConfig::<Cfg>::builder(admin, "cfg").prefix("prod.").create_if_missing().start().await.unwrap();
+    let dev = async_nats::ConnectOptions::with_user_and_password("dev".into(), "dev".into());
+    let dev = NatsStore::connect(server.url(), dev).await.unwrap();
+    let cfg = LiveConfig::<Cfg>::builder(dev, "cfg").prefix("prod.").start().await.expect("reading is allowed");
+    let started = Instant::now();
+    let err = cfg.update(|c| c.workers = 7).await.unwrap_err();
+    assert!(matches!(&err, Error::Store(e) if *e.kind() == StoreErrorKind::PermissionDenied), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "told after {:?}", started.elapsed());
+    assert!(err.to_string().contains("`prod.workers`"), "{err}");
+    assert_eq!(cfg.get().workers, 6);
 }

@@ -152,6 +152,11 @@ impl StoreError {
         self.key.as_deref()
     }
 
+    /// The human-readable detail, if any.
+    pub fn detail_text(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
     /// `true` for [`StoreErrorKind::WrongRevision`].
     pub fn is_wrong_revision(&self) -> bool {
         matches!(self.kind, StoreErrorKind::WrongRevision { .. })

@@ -61,14 +61,18 @@ pub struct NatsStore {
 /// ```
 #[derive(Debug, Clone)]
 pub struct PermissionLog {
-    last: Arc<Mutex<Option<(Instant, String)>>>,
+    /// The most recent violations (at most [`RECENT_VIOLATIONS`]), oldest first.
+    recent: Arc<Mutex<std::collections::VecDeque<(Instant, String)>>>,
     /// Bumped on every violation, so a request waiting for its answer can fail at once.
     tick: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// How many recent violations a [`PermissionLog`] keeps.
+const RECENT_VIOLATIONS: usize = 64;
+
 impl Default for PermissionLog {
     fn default() -> Self {
-        PermissionLog { last: Arc::default(), tick: Arc::new(tokio::sync::watch::Sender::new(0)) }
+        PermissionLog { recent: Arc::default(), tick: Arc::new(tokio::sync::watch::Sender::new(0)) }
     }
 }
 
@@ -84,7 +88,12 @@ impl PermissionLog {
             async_nats::Event::ServerError(async_nats::ServerError::Other(msg))
                 if msg.to_ascii_lowercase().contains("permissions violation") =>
             {
-                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), msg.clone()));
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                if recent.len() == RECENT_VIOLATIONS {
+                    recent.pop_front();
+                }
+                recent.push_back((Instant::now(), msg.clone()));
+                drop(recent);
                 self.tick.send_modify(|n| *n += 1);
                 true
             }
@@ -95,19 +104,25 @@ impl PermissionLog {
     /// Resolves with the server's message as soon as a violation names one of `subjects` (quoted,
     /// as nats-server writes them); never resolves otherwise. Subscribes at once, so a violation
     /// caused by a publish made after this call is not missed.
-    fn watch_for(&self, subjects: Vec<String>) -> impl std::future::Future<Output = String> + Send + 'static {
+    fn watch_for(&self, subjects: Vec<String>) -> impl std::future::Future<Output = (usize, String)> + Send + 'static {
         let mut rx = self.tick.subscribe();
-        let last = self.last.clone();
+        let recent = self.recent.clone();
+        let since = Instant::now();
         async move {
             loop {
                 if rx.changed().await.is_err() {
                     return std::future::pending().await;
                 }
-                let msg = last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, m)| m.clone());
-                if let Some(msg) = msg {
-                    if subjects.iter().any(|s| msg.contains(&format!("\"{s}\""))) {
-                        return msg;
-                    }
+                let found = {
+                    let recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+                    // The first subject (in write order) any violation since the call names.
+                    subjects.iter().enumerate().find_map(|(i, s)| {
+                        let quoted = format!("\"{s}\"");
+                        recent.iter().find(|(at, m)| *at >= since && m.contains(&quoted)).map(|(_, m)| (i, m.clone()))
+                    })
+                };
+                if let Some(found) = found {
+                    return found;
                 }
             }
         }
@@ -118,7 +133,7 @@ impl PermissionLog {
         if !matches!(err.kind(), StoreErrorKind::Timeout | StoreErrorKind::JetStreamNotEnabled | StoreErrorKind::Other) {
             return err;
         }
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last = self.recent.lock().unwrap_or_else(|p| p.into_inner()).back().cloned();
         match last {
             Some((at, msg)) if at >= started => {
                 let mut out = StoreError::new(StoreErrorKind::PermissionDenied).detail(msg);
@@ -671,7 +686,7 @@ impl Bucket for NatsBucket {
         };
         let result = tokio::select! {
             r = attempts => r,
-            msg = denied => Err(StoreError::new(StoreErrorKind::PermissionDenied).bucket(self.name.clone()).key(op.key.clone()).detail(msg)),
+            (_, msg) = denied => Err(StoreError::new(StoreErrorKind::PermissionDenied).bucket(self.name.clone()).key(op.key.clone()).detail(msg)),
         };
         result.map_err(|e| self.perms.refine(e, started))
     }
@@ -722,7 +737,7 @@ impl Bucket for NatsBucket {
         };
         let result = tokio::select! {
             r = send => r,
-            msg = denied => Err(StoreError::new(StoreErrorKind::PermissionDenied).bucket(self.name.clone()).detail(msg)),
+            (i, msg) = denied => Err(StoreError::new(StoreErrorKind::PermissionDenied).bucket(self.name.clone()).key(ops[i].key.clone()).detail(msg)),
         };
         result.map_err(|e| self.perms.refine(e, started))
     }
@@ -812,6 +827,25 @@ impl NatsBucket {
 
     /// A batch's failure names no key; find the one whose revision check fails now.
     async fn batch_error(&self, err: StoreError, ops: &[WriteOp]) -> StoreError {
+        if err.detail_text().is_some_and(|d| d.contains("10176")) {
+            // A staged message was refused, so the batch is incomplete: most likely a value over
+            // the bucket's size limit. Name it.
+            let limit = self.kv.stream.get_info().await.ok().map(|i| i.config.max_message_size).filter(|m| *m > 0);
+            if let Some(limit) = limit {
+                for op in ops {
+                    let len = Self::payload(op).len();
+                    if len as i64 > i64::from(limit) {
+                        return StoreError::new(StoreErrorKind::ValueTooLarge)
+                            .bucket(self.name.clone())
+                            .key(op.key.clone())
+                            .detail(format!("{len} bytes, the bucket allows {limit}"));
+                    }
+                }
+            }
+            return StoreError::new(StoreErrorKind::InvalidRequest).bucket(self.name.clone()).detail(
+                "the server refused a message of the atomic batch, so nothing was applied (a value too large for the server?)",
+            );
+        }
         if !err.is_wrong_revision() {
             return err;
         }
