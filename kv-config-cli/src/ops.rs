@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use kv_config::store::{
     is_valid_key, Bucket, Entry, Operation, Store, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
 };
-use kv_config::{DecodeError, FieldSchema, KvConfig, RawValue, RawValues, Schema, Source, RESERVED_PREFIX, SCHEMA_KEY};
+use kv_config::{DecodeError, FieldSchema, KvConfig, RawValue, RawValues, Schema, Source, GUARD_KEY, RESERVED_PREFIX, SCHEMA_KEY};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -49,6 +49,8 @@ impl std::fmt::Debug for Mode {
 pub struct Typed {
     /// The type's schema.
     pub schema: Schema,
+    /// The type has validators that read several keys: writes bump the guard key.
+    pub cross_checks: bool,
     check: fn(&RawValues, &Source) -> Result<(), DecodeError>,
 }
 
@@ -59,7 +61,7 @@ fn decode_check<T: KvConfig>(values: &RawValues, source: &Source) -> Result<(), 
 impl Mode {
     /// Typed mode for `T`.
     pub fn typed<T: KvConfig>() -> Self {
-        Mode::Typed(Typed { schema: T::schema(), check: decode_check::<T> })
+        Mode::Typed(Typed { schema: T::schema(), cross_checks: T::__KV_CROSS_CHECKS, check: decode_check::<T> })
     }
 }
 
@@ -73,6 +75,9 @@ pub struct Current {
     /// The latest entry of every key under the prefix (relative keys; delete and purge markers
     /// included; kv-config's reserved keys excluded).
     pub entries: BTreeMap<String, Entry>,
+    /// The revision of the config's write guard key ([`GUARD_KEY`]), markers included, if it
+    /// was ever written.
+    pub guard: Option<u64>,
 }
 
 impl Current {
@@ -255,12 +260,16 @@ impl Ctx {
         let schema = self.schema(bucket.as_ref()).await?;
         let entries = read_entries(bucket.as_ref(), &self.prefix, WatchStart::LatestPerKey).await?;
         let mut latest = BTreeMap::new();
+        let mut guard = None;
+        let guard_key = self.full_key(GUARD_KEY);
         for e in entries {
-            if let Some(rel) = self.relative(&e.key) {
+            if e.key == guard_key {
+                guard = Some(e.revision);
+            } else if let Some(rel) = self.relative(&e.key) {
                 latest.insert(rel, e);
             }
         }
-        Ok(Current { bucket, schema, entries: latest })
+        Ok(Current { bucket, schema, entries: latest, guard })
     }
 
     /// The relative key of a full key under the prefix, `None` outside it or for reserved keys.
@@ -442,7 +451,30 @@ impl Ctx {
                 op
             })
             .collect();
-        let mut ops = ops;
+        self.write_batch(cur, ops, changes).await
+    }
+
+    /// `true` when writes to this config must bump its guard key: the type has cross-field
+    /// validators, or some writer already keeps a guard (a typed service with such checks).
+    pub fn needs_guard(&self, cur: &Current) -> bool {
+        match &self.mode {
+            Mode::Typed(t) => t.cross_checks || cur.guard.is_some(),
+            Mode::Generic => cur.guard.is_some(),
+        }
+    }
+
+    /// Writes `ops` (plus the guard bump when [`needs_guard`](Ctx::needs_guard)) as one write or
+    /// one atomic batch; a failed revision check becomes a [`CliError::Conflict`] naming the keys
+    /// that moved.
+    pub async fn write_batch(&self, cur: &Current, mut ops: Vec<WriteOp>, changes: &[Change]) -> CliResult<u64> {
+        if !ops.is_empty() && self.needs_guard(cur) {
+            let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            ops.push(
+                WriteOp::put(self.full_key(GUARD_KEY), Bytes::from(stamp.to_string()))
+                    .expect_revision(cur.guard.unwrap_or(0))
+                    .header(AUTHOR_HEADER, one_line(&self.author)),
+            );
+        }
         let result = match (ops.pop(), ops.is_empty()) {
             (None, _) => return Ok(0),
             (Some(op), true) => cur.bucket.write(op).await,
@@ -456,14 +488,36 @@ impl Ctx {
             Err(e) if e.is_wrong_revision() => {
                 let moved = self.moved(cur, changes).await.unwrap_or_default();
                 let keys: Vec<String> = moved.iter().map(|(k, _)| format!("`{k}`")).collect();
-                let which = if keys.is_empty() { "a key".to_string() } else { format!("key {}", keys.join(", ")) };
+                if !keys.is_empty() {
+                    return Err(CliError::Conflict(format!(
+                        "bucket `{}`, key {}: changed by someone else since it was read; nothing written",
+                        cur.name(),
+                        keys.join(", ")
+                    )));
+                }
+                let others = self.moved_anywhere(cur).await.unwrap_or_default();
+                let which = if others.is_empty() { "some key".to_string() } else { format!("key {}", others.join(", ")) };
                 Err(CliError::Conflict(format!(
-                    "bucket `{}`, {which}: changed by someone else since it was read; nothing written",
+                    "bucket `{}`, {which}: changed by someone else since it was read, and this config's validators read several keys together; nothing written",
                     cur.name()
                 )))
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Every key of the config whose revision moved since `cur` was read, quoted.
+    pub async fn moved_anywhere(&self, cur: &Current) -> CliResult<Vec<String>> {
+        let entries = read_entries(cur.bucket.as_ref(), &self.prefix, WatchStart::LatestPerKey).await?;
+        let mut out = Vec::new();
+        for e in entries {
+            if let Some(rel) = self.relative(&e.key) {
+                if cur.entries.get(&rel).map(|c| c.revision) != Some(e.revision) {
+                    out.push(format!("`{rel}`"));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The changed keys whose revision moved since `cur` was read, with their entry now.

@@ -128,3 +128,42 @@ async fn a_change_between_read_and_write_is_a_conflict_and_nothing_is_written() 
     );
     assert_eq!(values(b.as_ref()).await, before, "the batch is all or nothing");
 }
+
+#[tokio::test]
+async fn writes_of_a_config_with_cross_field_checks_bump_the_guard_key() {
+    let env = Env::start().await;
+    let b = env.bucket_with_schema("app", "").await;
+    b.put("name", "\"api\"".into()).await.unwrap();
+    let guard = kv_config::GUARD_KEY;
+
+    // The typed kvc knows AppConfig has a cross-field validator: its write bumps the guard in the
+    // same batch.
+    let (code, out, err) = typed(&env, &["set", "app", "limits.min=2"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let g1 = b.entry(guard).await.unwrap().expect("guard written").revision;
+    assert_eq!(b.entry("limits.min").await.unwrap().unwrap().revision + 1, g1, "same batch");
+    // The generic kvc sees the guard and bumps it too.
+    let run = env.kvc(&["set", "app", "limits.max=20"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let g2 = b.entry(guard).await.unwrap().unwrap().revision;
+    assert!(g2 > g1);
+
+    // Another writer changes a *different* key (bumping the guard, as LiveConfig::update does)
+    // between kvc's read and its write: kvc's write is refused, nothing written.
+    let store: Arc<dyn kv_config::store::Store> = env.store.clone();
+    let printer = Printer::new(Box::new(Buf::default()), Box::new(Buf::default()), false, false);
+    let mut ctx = kv_config_cli::Ctx::new(store, Mode::typed::<AppConfig>(), "", printer);
+    let cur = ctx.load("app").await.unwrap();
+    b.write_atomic(vec![
+        kv_config::store::WriteOp::put("limits.max", "3".into()),
+        kv_config::store::WriteOp::put(guard, "1".into()).expect_revision(g2),
+    ])
+    .await
+    .unwrap();
+    let before = values(b.as_ref()).await;
+    let changes = vec![kv_config_cli::ops::Change { key: "limits.min".into(), new: Some("15".into()) }];
+    let err = ctx.apply(&cur, changes, false, None).await.expect_err("guard conflict");
+    assert_eq!(err.exit_code(), 3, "{err}");
+    assert!(err.to_string().starts_with("bucket `app`, key `limits.max`: changed by someone else"), "{err}");
+    assert_eq!(values(b.as_ref()).await, before);
+}

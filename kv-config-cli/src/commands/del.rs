@@ -72,15 +72,6 @@ pub async fn exec_purge(args: &PurgeArgs, ctx: &mut Ctx) -> CliResult<Report> {
         op = op.header(REASON_HEADER, r.replace(['\r', '\n'], " "));
     }
     let rows = ctx.change_rows(&cur, &changes);
-    let rev = cur.bucket.write(op).await.map_err(|e| {
-        if e.is_wrong_revision() {
-            CliError::Conflict(format!(
-                "bucket `{}`, key `{}`: changed by someone else since it was read; nothing purged",
-                args.bucket, args.key
-            ))
-        } else {
-            e.into()
-        }
-    })?;
+    let rev = ctx.write_batch(&cur, vec![op], &changes).await?;
     Ok(Written { bucket: args.bucket.clone(), prefix: ctx.prefix.clone(), dry_run: false, changes: rows, revision: Some(rev) }.report())
 }
