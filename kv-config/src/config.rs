@@ -78,7 +78,12 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
     fn schema() -> Schema {
         let mut fields = Vec::new();
         Self::__kv_fields("", &mut fields);
-        Schema { name: Self::__KV_NAME.to_string(), version: Self::__KV_VERSION.to_string(), fields }
+        Schema {
+            name: Self::__KV_NAME.to_string(),
+            version: Self::__KV_VERSION.to_string(),
+            fields,
+            cross_checks: Self::__KV_CROSS_CHECKS,
+        }
     }
 
     /// Encodes every leaf as JSON, keyed by its dotted key.

@@ -184,6 +184,12 @@ pub struct Schema {
     pub version: String,
     /// One entry per leaf key, in field order.
     pub fields: Vec<FieldSchema>,
+    /// `true` when validators read several keys (a struct-level `validate`, or one on a nested
+    /// field): every write must then also bump the [`GUARD_KEY`](crate::GUARD_KEY) with a revision
+    /// check in the same atomic batch, as `LiveConfig` does, so concurrent writers cannot combine
+    /// into a refused config. Admin tools writing without the struct must do the same.
+    #[serde(default)]
+    pub cross_checks: bool,
 }
 
 impl Schema {
