@@ -588,7 +588,7 @@ impl Ctx {
         if yes {
             return Ok(());
         }
-        self.printer.note(&format!("{question} [y/N] "));
+        self.printer.prompt(&format!("{question} [y/N] "));
         let mut line = String::new();
         let read = std::io::stdin().lock().read_line(&mut line).map_err(|e| CliError::Io(format!("reading the answer: {e}")))?;
         if read == 0 {

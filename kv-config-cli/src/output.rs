@@ -141,6 +141,12 @@ impl Printer {
         let _ = self.err.flush();
     }
 
+    /// A question on stderr, without a line break (the answer is typed after it).
+    pub fn prompt(&mut self, text: &str) {
+        let _ = write!(self.err, "{text}");
+        let _ = self.err.flush();
+    }
+
     /// Prints a block on stderr (e.g. a conflict or a diff shown before a prompt).
     pub fn note_block(&mut self, block: &Block) {
         let rendered = self.render(block);
@@ -213,6 +219,49 @@ impl Printer {
                     }));
                 }
                 table.to_string()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+        }
+    }
+
+    fn report() -> Report {
+        Report::new(
+            &serde_json::json!({"k": 1}),
+            vec![Block::Table { header: vec!["key".into()], rows: vec![vec![Text::toned("new", Tone::Added)]] }],
+        )
+    }
+
+    #[test]
+    fn colour_only_when_asked_and_never_in_json() {
+        for (json, color, ansi) in [(false, true, true), (false, false, false), (true, true, false)] {
+            let out = Buf::default();
+            let mut p = Printer::new(Box::new(out.clone()), Box::new(Buf::default()), json, color);
+            p.report(&report());
+            assert_eq!(out.text().contains('\x1b'), ansi, "json={json} color={color}: {}", out.text());
+            if json {
+                assert_eq!(serde_json::from_str::<serde_json::Value>(&out.text()).expect("json"), serde_json::json!({"k": 1}));
             }
         }
     }

@@ -13,6 +13,7 @@ use crate::output::{Block, Report, Text};
 
 /// Arguments of `kvc info`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  kvc info app\n  kvc info app --json | jq .schema")]
 pub struct Args {
     /// The bucket.
     pub bucket: String,

@@ -10,6 +10,7 @@ use crate::output::{Block, Report, Text};
 
 /// Arguments of `kvc ls`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  kvc ls\n  kvc ls --json | jq -r '.buckets[].bucket'")]
 pub struct Args {}
 
 /// One bucket in `kvc ls --json`.

@@ -8,6 +8,7 @@ use crate::output::{Block, Report, Text};
 
 /// Arguments of `kvc rm`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Examples:\n  kvc rm old-app\n  kvc rm old-app --yes")]
 pub struct Args {
     /// The bucket.
     pub bucket: String,
