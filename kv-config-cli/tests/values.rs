@@ -94,6 +94,8 @@ async fn show_get_set_with_a_published_schema() {
     assert_eq!(revs[0]["author"], "tester@test");
     assert_eq!(revs[0]["reason"], "more logs");
     assert_eq!(revs[0]["value"], "debug");
+    let run = env.kvc(&["history", "app", "log_level"]);
+    insta::assert_snapshot!("history_table", stable(&run.stdout));
     let run = env.kvc(&["history", "app", "api_token"]);
     assert!(!run.stdout.contains("secret-value") && !run.stdout.contains("hunter2"), "{}", run.stdout);
     let run = env.kvc(&["history", "app", "never.written"]);
@@ -166,4 +168,12 @@ async fn generic_mode_without_schema_and_watch() {
     let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.len(), 4, "{text}");
     assert!(events.iter().all(|e| e["key"].is_string() && e["revision"].is_u64()), "{text}");
+
+    // The human form: one line per event, typed and with the audit headers.
+    let run = env.kvc(&["watch", "raw", "--count", "3"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(lines.iter().any(|l| l.contains("PUT greeting = \"hello\"")), "{}", run.stdout);
+    assert!(lines.iter().any(|l| l.contains("PUT count = ") && l.contains("(by tester@test: bump)")), "{}", run.stdout);
 }
