@@ -70,6 +70,19 @@
 //! Without it a multi-key update fails with
 //! [`StoreErrorKind::AtomicWritesDisabled`](store::StoreErrorKind::AtomicWritesDisabled); there is
 //! no silent non-atomic fallback.
+//!
+//! # Faults
+//!
+//! A handle never reports itself current while it may be behind: [`Status::stale`] says why
+//! (disconnected, a server that does not answer, a stalled watch, a missing bucket), found by
+//! probing the server whenever the watch is quiet for a [heartbeat](Builder::heartbeat). Stalled
+//! watches are re-created from the last applied revision, a deleted and re-created bucket is
+//! reloaded, and the last good snapshot stays in effect meanwhile. [`LiveConfig::update`]
+//! documents what each error means for the bucket. `RELIABILITY.md` in the repository lists every
+//! fault the tests inject and the figures measured.
+//!
+//! kv-config never logs a secret value, but async-nats logs whole messages, payloads included, at
+//! `TRACE` level: keep `async_nats=trace` off where secrets flow.
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![doc(test(attr(deny(warnings))))]
 
