@@ -166,4 +166,34 @@ async fn writes_of_a_config_with_cross_field_checks_bump_the_guard_key() {
     assert_eq!(err.exit_code(), 3, "{err}");
     assert!(err.to_string().starts_with("bucket `app`, key `limits.max`: changed by someone else"), "{err}");
     assert_eq!(values(b.as_ref()).await, before);
+
+    // The same situation in `edit`: while the document is open, another admin changes
+    // limits.max. The operator's edit of limits.min is validated against the state it will land
+    // on (max 30, not the 3 the document showed), and the other admin's value is kept.
+    let state = env.dir.path();
+    let editor = env.script(
+        "guard.sh",
+        &format!(
+            "n=$(cat {s}/g 2>/dev/null || echo 0); n=$((n+1)); echo $n > {s}/g\ncp \"$1\" {s}/g$n.toml\n\
+             if [ $n = 1 ]; then\n  NATS_URL={url} {kvc} set app limits.max=30 > {s}/other.out 2>&1\n  \
+             sed -i 's/^\"limits.min\" = .*/\"limits.min\" = 25/' \"$1\"\nfi",
+            s = state.display(),
+            url = env.url(),
+            kvc = common::kvc_path().display()
+        ),
+    );
+    let cli = Cli::try_parse_from(["kvc", "edit", "app", "--yes"]).unwrap();
+    let printer = Printer::new(Box::new(Buf::default()), Box::new(Buf::default()), false, false);
+    let store: Arc<dyn kv_config::store::Store> = env.store.clone();
+    let mut ctx = kv_config_cli::Ctx::new(store, Mode::typed::<AppConfig>(), "", printer);
+    ctx.editor = editor.display().to_string();
+    let report = kv_config_cli::dispatch(&cli.command, &mut ctx).await.expect("edit applies after reopening");
+    assert!(report.is_some());
+    let other = std::fs::read_to_string(state.join("other.out")).unwrap();
+    assert!(other.contains("wrote 1 key(s)"), "{other}");
+    let first = std::fs::read_to_string(state.join("g1.toml")).unwrap();
+    assert!(first.contains("\n\"limits.max\" = 3\n"), "{first}");
+    assert!(!state.join("g2.toml").exists(), "no reopening: the edited key did not move");
+    assert_eq!(b.get("limits.min").await.unwrap().as_deref(), Some(&b"25"[..]));
+    assert_eq!(b.get("limits.max").await.unwrap().as_deref(), Some(&b"30"[..]));
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::cli::WriteArgs;
 use crate::error::{CliError, CliResult, Refusal};
 use crate::ops::{compact, parse_stored, Change, Ctx, Current, Written};
+use kv_config::store::Entry;
 use crate::output::{Block, Report, Text};
 
 /// Arguments of `kvc edit`.
@@ -57,18 +58,23 @@ struct Conflict {
 type Shown = BTreeMap<String, Value>;
 
 /// Edits.
+///
+/// The document is rendered from one state of the bucket (`base`); what the operator changed is
+/// measured against it, so a key someone else changed meanwhile is never written back with the
+/// old value. Before validating, kvc reads the bucket again: if a key the operator changed has
+/// moved, that is a conflict; otherwise the changes are validated against the fresh state (the
+/// one they will land on) and written with revision checks.
 pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let filter = args.filter.as_deref();
-    let mut cur = ctx.load(&args.bucket).await?;
-    let mut doc = render(ctx, &cur, filter, &BTreeMap::new(), &[]).0;
+    let mut base = ctx.load(&args.bucket).await?;
+    let mut doc = render(ctx, &base, filter, &BTreeMap::new(), &[]).0;
     let mut retry = false;
     loop {
         let edited = open_editor(ctx, &doc).await?;
         if edited.trim().is_empty() {
             return Err(CliError::Cancelled(format!("bucket `{}`: empty document, edit cancelled; nothing changed", args.bucket)));
         }
-        let known = known_keys(&cur);
-        let parsed = match parse(&edited, &known) {
+        let parsed = match parse(&edited, &known_keys(&base)) {
             Ok(p) => p,
             Err(e) => {
                 let err = CliError::Usage(format!("bucket `{}`: the document is not valid TOML: {e}", args.bucket));
@@ -81,20 +87,8 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
                 continue;
             }
         };
-        let base = render(ctx, &cur, filter, &BTreeMap::new(), &[]).1;
-        let edits = edits_of(&base, &parsed);
-        let mut changes = Vec::new();
-        for (key, value) in &edits {
-            let same = match (cur.live_entry(key), value) {
-                (Some(e), Some(v)) => parse_stored(&e.value) == *v,
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
-                let new = value.as_ref().map(|v| bytes::Bytes::from(serde_json::to_vec(v).unwrap_or_default()));
-                changes.push(Change { key: key.clone(), new });
-            }
-        }
+        let edits = edits_of(&render(ctx, &base, filter, &BTreeMap::new(), &[]).1, &parsed);
+        let changes = changes_of(&base, &edits);
         let prefix = ctx.prefix.clone();
         let written = |changes, dry_run, revision| Written {
             bucket: args.bucket.clone(),
@@ -106,7 +100,21 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         if changes.is_empty() {
             return Ok(written(Vec::new(), args.dry_run, None).report());
         }
-        if let Err(err) = ctx.check(&cur, &changes) {
+        // Someone may have written while the editor was open.
+        let fresh = ctx.load(&args.bucket).await?;
+        let moved: Vec<(String, Option<Entry>)> = changes
+            .iter()
+            .filter(|c| revision(&base, &c.key) != revision(&fresh, &c.key))
+            .map(|c| (c.key.clone(), fresh.entries.get(&c.key).cloned()))
+            .collect();
+        if !moved.is_empty() {
+            let keys: Vec<String> = moved.iter().map(|(k, _)| format!("`{k}`")).collect();
+            let msg = format!("bucket `{}`, key {}: changed by someone else while you edited; nothing written", args.bucket, keys.join(", "));
+            (base, doc) = reopen(ctx, args, &fresh, moved, edits, &msg).await?;
+            retry = false;
+            continue;
+        }
+        if let Err(err) = ctx.check(&fresh, &changes) {
             let CliError::Refused { problems, .. } = &err else { return Err(err) };
             if retry && edited == doc {
                 return Err(err);
@@ -118,45 +126,88 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             retry = true;
             continue;
         }
-        let rows = ctx.change_rows(&cur, &changes);
+        let rows = ctx.change_rows(&fresh, &changes);
         if args.dry_run {
             return Ok(written(rows, true, None).report());
         }
         crate::ops::print_diff_note(&mut ctx.printer, &rows);
         ctx.confirm(&format!("Write {} change(s) to bucket `{}`?", rows.len(), args.bucket), args.yes)?;
-        match ctx.commit(&cur, &changes, args.write.reason.as_deref()).await {
+        match ctx.commit(&fresh, &changes, args.write.reason.as_deref()).await {
             Ok(rev) => return Ok(written(rows, false, Some(rev)).report()),
             Err(CliError::Conflict(msg)) => {
-                let moved = ctx.moved(&cur, &changes).await?;
-                let conflicts: Vec<Conflict> = moved
-                    .iter()
-                    .map(|(key, now)| {
-                        let secret = cur.is_secret(key);
-                        let mask = |v: Value| if secret && !ctx.reveal { Value::String(crate::ops::REDACTED.into()) } else { v };
-                        Conflict {
-                            key: key.clone(),
-                            theirs: now.as_ref().filter(|e| e.is_put()).map(|e| ctx.show(secret, &e.value)),
-                            yours: edits.get(key).cloned().flatten().map(mask),
-                        }
-                    })
-                    .collect();
-                ctx.printer.note(&format!(
-                    "{msg}; reopening the document with their value for those keys (your other edits are kept)"
-                ));
-                let cell = |v: &Option<Value>| Text::plain(v.as_ref().map_or("(absent)".to_string(), compact));
-                ctx.printer.note_block(&Block::Table {
-                    header: vec!["key".into(), "theirs (now in the bucket)".into(), "yours".into()],
-                    rows: conflicts.iter().map(|c| vec![Text::plain(c.key.clone()), cell(&c.theirs), cell(&c.yours)]).collect(),
-                });
-                let pending: BTreeMap<String, Option<Value>> =
-                    edits.into_iter().filter(|(k, _)| !conflicts.iter().any(|c| &c.key == k)).collect();
-                cur = ctx.load(&args.bucket).await?;
-                doc = render(ctx, &cur, filter, &pending, &conflicts).0;
+                let moved = ctx.moved(&fresh, &changes).await?;
+                let now = ctx.load(&args.bucket).await?;
+                (base, doc) = reopen(ctx, args, &now, moved, edits, &msg).await?;
                 retry = false;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The key's last revision (markers included; 0 = never written).
+fn revision(cur: &Current, key: &str) -> u64 {
+    cur.entries.get(key).map_or(0, |e| e.revision)
+}
+
+/// The writes that apply `edits` to `base` (edits that leave a value as it is are dropped).
+fn changes_of(base: &Current, edits: &BTreeMap<String, Option<Value>>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (key, value) in edits {
+        let same = match (base.live_entry(key), value) {
+            (Some(e), Some(v)) => parse_stored(&e.value) == *v,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let new = value.as_ref().map(|v| bytes::Bytes::from(serde_json::to_vec(v).unwrap_or_default()));
+            changes.push(Change { key: key.clone(), new });
+        }
+    }
+    changes
+}
+
+/// After a conflict: tells the operator which keys moved (theirs vs yours) and renders the
+/// document again from `now`, holding their values for those keys and the operator's other
+/// edits. Returns the new base and document.
+async fn reopen(
+    ctx: &mut Ctx,
+    args: &Args,
+    now: &Current,
+    moved: Vec<(String, Option<Entry>)>,
+    edits: BTreeMap<String, Option<Value>>,
+    msg: &str,
+) -> CliResult<(Current, String)> {
+    let conflicts: Vec<Conflict> = moved
+        .iter()
+        .map(|(key, entry)| {
+            let secret = now.is_secret(key);
+            let mask = |v: Value| if secret && !ctx.reveal { Value::String(crate::ops::REDACTED.into()) } else { v };
+            Conflict {
+                key: key.clone(),
+                theirs: entry.as_ref().filter(|e| e.is_put()).map(|e| ctx.show(secret, &e.value)),
+                yours: edits.get(key).cloned().flatten().map(mask),
+            }
+        })
+        .collect();
+    if conflicts.is_empty() {
+        ctx.printer.note(&format!("{msg}; reopening the document on the new values with your edits on top"));
+    } else {
+        ctx.printer.note(&format!("{msg}; reopening the document with their value for those keys (your other edits are kept)"));
+        let cell = |v: &Option<Value>| Text::plain(v.as_ref().map_or("(absent)".to_string(), compact));
+        ctx.printer.note_block(&Block::Table {
+            header: vec!["key".into(), "theirs (now in the bucket)".into(), "yours".into()],
+            rows: conflicts.iter().map(|c| vec![Text::plain(c.key.clone()), cell(&c.theirs), cell(&c.yours)]).collect(),
+        });
+    }
+    let pending: BTreeMap<String, Option<Value>> =
+        edits.into_iter().filter(|(k, _)| !conflicts.iter().any(|c| &c.key == k)).collect();
+    let mut doc = render(ctx, now, args.filter.as_deref(), &pending, &conflicts).0;
+    if conflicts.is_empty() {
+        // Only other keys moved (the config's validators read keys together).
+        doc = format!("# !! {msg}.\n# !! The document now holds the new values with your edits on top; save to apply them.\n{doc}");
+    }
+    Ok((now.clone(), doc))
 }
 
 /// The document with `notes` at the top (earlier notes removed).
