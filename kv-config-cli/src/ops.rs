@@ -61,7 +61,7 @@ fn decode_check<T: KvConfig>(values: &RawValues, source: &Source) -> Result<(), 
 impl Mode {
     /// Typed mode for `T`.
     pub fn typed<T: KvConfig>() -> Self {
-        Mode::Typed(Typed { schema: T::schema(), cross_checks: T::__KV_CROSS_CHECKS, check: decode_check::<T> })
+        Mode::Typed(Typed { cross_checks: T::schema().cross_checks, schema: T::schema(), check: decode_check::<T> })
     }
 }
 
@@ -455,11 +455,13 @@ impl Ctx {
     }
 
     /// `true` when writes to this config must bump its guard key: the type has cross-field
-    /// validators, or some writer already keeps a guard (a typed service with such checks).
+    /// validators (the derive, or the published schema's `cross_checks`), or some writer already
+    /// keeps a guard.
     pub fn needs_guard(&self, cur: &Current) -> bool {
+        let published = cur.schema.as_ref().is_some_and(|s| s.cross_checks);
         match &self.mode {
-            Mode::Typed(t) => t.cross_checks || cur.guard.is_some(),
-            Mode::Generic => cur.guard.is_some(),
+            Mode::Typed(t) => t.cross_checks || published || cur.guard.is_some(),
+            Mode::Generic => published || cur.guard.is_some(),
         }
     }
 

@@ -69,6 +69,16 @@ pub enum Error {
         /// Why the resulting state was refused.
         reason: String,
     },
+    /// The update found nothing to write, but the handle may be behind the bucket (see
+    /// [`Status::stale`](crate::Status::stale)), so it cannot say the bucket holds the config asked
+    /// for. Nothing was written.
+    #[error("bucket `{bucket}`: nothing written and the config may be stale ({reason})")]
+    Stale {
+        /// The bucket.
+        bucket: String,
+        /// Why the handle may be behind.
+        reason: crate::StaleReason,
+    },
     /// The handle's watcher has stopped.
     #[error("the config watcher for bucket `{0}` has stopped")]
     Closed(String),

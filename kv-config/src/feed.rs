@@ -71,21 +71,27 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Du
     if expected == 0 {
         return Ok((watch, view));
     }
-    let mut settling = false;
+    // Set by the first entry of a batch whose commit is not seen, never postponed by later ones.
+    let mut settle_until: Option<Instant> = None;
     let mut read = 0u64;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let wait = if settling { BATCH_SETTLE.min(left) } else { left };
+        let wait = settle_until.map_or(left, |until| until.saturating_duration_since(Instant::now()).min(left));
+        if wait.is_zero() && settle_until.is_some() {
+            break;
+        }
         match tokio::time::timeout(wait, watch.next()).await {
-            Err(_) if settling => break,
+            Err(_) if settle_until.is_some() => break,
             Err(_) => return Err(too_slow(format!("read {read} of {expected} entries"))),
             Ok(Some(Ok(entry))) => {
                 read += 1;
                 view.apply(prefix, &entry);
                 match catch_up(&entry) {
                     CatchUp::Yes => break,
-                    CatchUp::Settle => settling = true,
-                    CatchUp::No => settling = false,
+                    CatchUp::Settle => {
+                        settle_until.get_or_insert(Instant::now() + BATCH_SETTLE);
+                    }
+                    CatchUp::No => settle_until = None,
                 }
             }
             Ok(Some(Err(e))) if matches!(e.kind(), StoreErrorKind::NotFound | StoreErrorKind::PermissionDenied) => {

@@ -143,9 +143,10 @@ impl Env {
 }
 
 /// The live values of a bucket (JSON text by key), schema key included.
+/// Every live value except the write guard (its content is a timestamp).
 pub async fn values(b: &dyn Bucket) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for k in b.keys().await.expect("keys") {
+    for k in b.keys().await.expect("keys").into_iter().filter(|k| !k.ends_with(kv_config::GUARD_KEY)) {
         if let Some(v) = b.get(&k).await.expect("get") {
             out.push((k, String::from_utf8_lossy(&v).into_owned()));
         }

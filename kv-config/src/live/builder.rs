@@ -177,7 +177,7 @@ impl<T: KvConfig> Builder<T> {
             reloads: 0,
         };
         let seen = view.seen;
-        let state = State { view, status, warned_unknown: HashSet::new(), epoch: 0, incarnation, last_heard: Instant::now() };
+        let state = State { view, status, warned_unknown: HashSet::new(), epoch: 0, incarnation, behind_probes: 0, last_heard: Instant::now() };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             state: Mutex::new(state),
@@ -186,6 +186,7 @@ impl<T: KvConfig> Builder<T> {
             bucket: bucket.clone(),
             source,
             known: OnceLock::new(),
+            required: OnceLock::new(),
             options: self.options,
             task: Mutex::new(None),
         });

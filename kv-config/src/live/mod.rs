@@ -68,6 +68,8 @@ struct State {
     epoch: u64,
     /// The bucket incarnation the view was loaded from, once a probe told.
     incarnation: Option<u64>,
+    /// Consecutive probes that reported a last revision below the one applied.
+    behind_probes: u32,
     last_heard: Instant,
 }
 
@@ -79,6 +81,7 @@ struct Shared<T> {
     bucket: Arc<dyn Bucket>,
     source: Source,
     known: OnceLock<HashSet<String>>,
+    required: OnceLock<HashSet<String>>,
     options: Options,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -99,6 +102,18 @@ impl<T: KvConfig> Shared<T> {
     /// The schema's keys, built on first use.
     fn known(&self) -> &HashSet<String> {
         self.known.get_or_init(|| T::schema().fields.into_iter().map(|f| f.key).collect())
+    }
+
+    /// Keys with no default that must hold a value (what decoding an empty bucket reports
+    /// missing; the schema cannot tell, as it never publishes a secret's default), built on first use.
+    fn required(&self) -> &HashSet<String> {
+        self.required.get_or_init(|| {
+            let source = Source::new(self.source.bucket.clone(), "");
+            match T::decode(&crate::config::RawValues::new(), &source) {
+                Ok(_) => HashSet::new(),
+                Err(e) => e.into_iter().filter(|e| e.problem == crate::Problem::Missing).map(|e| e.key).collect(),
+            }
+        })
     }
 }
 

@@ -107,13 +107,22 @@ fn divergence(view: &View, values: &RawValues, any_rejected: bool) -> (HashMap<S
     let mut overrides = view.markers.clone();
     let mut repair = HashSet::new();
     if any_rejected {
+        // Bucket values not in effect (refused), and values in effect the bucket does not hold at
+        // that revision (kept after a delete, carried over a reload, or a start-up fallback):
+        // expect the bucket's revision (0 = absent) and write them back.
         for (k, v) in view.values.iter() {
             if values.get(k).map(|x| x.revision) != Some(v.revision) {
                 overrides.insert(k.clone(), v.revision);
                 repair.insert(k.clone());
             }
         }
-        repair.extend(view.markers.keys().filter(|k| values.contains_key(*k)).cloned());
+        for (k, v) in values.iter() {
+            let latest = view.revision_of(k);
+            if latest != v.revision {
+                overrides.insert(k.clone(), latest);
+                repair.insert(k.clone());
+            }
+        }
     }
     (overrides, repair)
 }

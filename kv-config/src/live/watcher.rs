@@ -9,7 +9,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
 use crate::config::KvConfig;
@@ -22,68 +22,100 @@ use crate::view::{decode_latest, unknown_keys, View};
 enum Waiting {
     /// The next entry; probe after a quiet heartbeat.
     Quiet,
-    /// The rest of an atomic batch, for [`BATCH_SETTLE`].
-    Batch,
+    /// The rest of an atomic batch, until this deadline (set by the batch's first entry, so a
+    /// stream of batches cannot postpone the swap for ever).
+    Batch(Instant),
     /// A probe saw this revision undelivered: look again soon, re-create the watch if still missing.
     Suspect(u64),
 }
+
+/// On a busy bucket the watch is never quiet; the server is still asked every this many
+/// heartbeats, so a replaced bucket is noticed even while entries flow.
+const BUSY_CHECK_EVERY: u32 = 4;
 
 /// The watcher task. Holds only a weak reference while it waits, so dropping the last handle
 /// ends it.
 pub(super) async fn run<T: KvConfig>(weak: Weak<Shared<T>>, mut watch: Watch, bucket: Arc<dyn Bucket>, pattern: String) {
     let Some(heartbeat) = weak.upgrade().map(|s| s.options.heartbeat) else { return };
     let mut waiting = Waiting::Quiet;
+    let mut last_check = Instant::now();
     loop {
         let wait = match waiting {
             Waiting::Quiet => heartbeat,
-            Waiting::Batch => BATCH_SETTLE,
+            Waiting::Batch(until) => until.saturating_duration_since(Instant::now()),
             Waiting::Suspect(_) => (heartbeat / 4).max(BATCH_SETTLE),
         };
-        let item = tokio::time::timeout(wait, watch.next()).await;
+        // A panic inside the client's stream (seen when a closed client's ordered consumer is
+        // polled again) ends this watch, not the watcher: a new one is made below.
+        let item = if wait.is_zero() {
+            Err(())
+        } else {
+            tokio::time::timeout(wait, std::panic::AssertUnwindSafe(watch.next()).catch_unwind()).await.map_err(|_| ())
+        };
         let Some(shared) = weak.upgrade() else { return };
         match item {
-            Ok(Some(Ok(entry))) => {
+            Ok(Ok(Some(Ok(entry)))) => {
                 waiting = match (shared.on_entry(&entry), waiting) {
-                    (CatchUp::Settle, _) => Waiting::Batch,
+                    (CatchUp::Settle, Waiting::Batch(until)) => Waiting::Batch(until),
+                    (CatchUp::Settle, _) => Waiting::Batch(Instant::now() + BATCH_SETTLE),
                     (_, Waiting::Suspect(rev)) if entry.revision < rev => Waiting::Suspect(rev),
                     _ => Waiting::Quiet,
                 };
+                if waiting == Waiting::Quiet && last_check.elapsed() >= heartbeat * BUSY_CHECK_EVERY {
+                    drop(shared);
+                    last_check = Instant::now();
+                    (watch, waiting) = checked(&weak, &bucket, &pattern, heartbeat, waiting, watch).await;
+                }
             }
-            Ok(Some(Err(e))) => {
+            Ok(Ok(Some(Err(e)))) => {
                 tracing::debug!(bucket = %shared.source.bucket, error = %e, "watch error; still watching");
                 shared.state().status.last_error = Some(e.to_string());
             }
-            Ok(None) => {
-                // The watch ended (it should not): start a new one where this one stopped.
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                // The watch ended (it should not) or its stream panicked: start a new one where
+                // this one stopped.
                 drop(shared);
                 tokio::time::sleep(BATCH_SETTLE).await;
                 watch = restart(&weak, &*bucket, &pattern, watch).await;
                 waiting = Waiting::Quiet;
             }
-            Err(_) if waiting == Waiting::Batch => {
+            Err(()) if matches!(waiting, Waiting::Batch(_)) => {
                 shared.finish_burst();
                 waiting = Waiting::Quiet;
             }
-            Err(_) => {
+            Err(()) => {
                 drop(shared);
-                match check(&weak, &*bucket, &pattern, heartbeat, waiting).await {
-                    Check::Fine => waiting = Waiting::Quiet,
-                    Check::Suspect(rev) => waiting = Waiting::Suspect(rev),
-                    Check::Stalled => {
-                        watch = restart(&weak, &*bucket, &pattern, watch).await;
-                        waiting = Waiting::Quiet;
-                    }
-                    Check::Replaced => {
-                        if let Some(w) = reload(&weak, &*bucket).await {
-                            watch = w;
-                        }
-                        waiting = Waiting::Quiet;
-                    }
-                }
+                last_check = Instant::now();
+                (watch, waiting) = checked(&weak, &bucket, &pattern, heartbeat, waiting, watch).await;
             }
         }
     }
 }
+
+/// Runs a [`check`] and acts on it: a new watch when the old one stalled, a reload when the
+/// bucket was replaced.
+async fn checked<T: KvConfig>(
+    weak: &Weak<Shared<T>>,
+    bucket: &Arc<dyn Bucket>,
+    pattern: &str,
+    heartbeat: Duration,
+    waiting: Waiting,
+    watch: Watch,
+) -> (Watch, Waiting) {
+    match check(weak, &**bucket, pattern, heartbeat, waiting).await {
+        Check::Fine => (watch, Waiting::Quiet),
+        Check::Suspect(rev) => (watch, Waiting::Suspect(rev)),
+        Check::Stalled => (restart(weak, &**bucket, pattern, watch).await, Waiting::Quiet),
+        Check::Replaced => match reload(weak, &**bucket).await {
+            Some(w) => (w, Waiting::Quiet),
+            None => (watch, Waiting::Quiet),
+        },
+    }
+}
+
+/// How many probes in a row must report a last revision below the one applied before the bucket
+/// counts as replaced.
+const BEHIND_PROBES: u32 = 3;
 
 /// What a quiet-time check found.
 enum Check {
@@ -126,7 +158,14 @@ async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern
             Check::Fine
         }
         Ok(Ok(Probe { incarnation: now, last_revision, next })) => {
-            let replaced = incarnation.is_some_and(|i| i != now) || last_revision < seen;
+            // A new incarnation is a replaced bucket. A last revision below ours with the same
+            // incarnation may be a new cluster leader still catching up: only if it persists.
+            let behind = {
+                let mut st = shared.state();
+                st.behind_probes = if last_revision < seen { st.behind_probes + 1 } else { 0 };
+                st.behind_probes >= BEHIND_PROBES
+            };
+            let replaced = incarnation.is_some_and(|i| i != now) || behind;
             let missing = shared.state().status.stale.is_some_and(|s| s.reason == StaleReason::BucketMissing);
             if replaced || missing {
                 return Check::Replaced;
@@ -134,6 +173,8 @@ async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern
             shared.state().incarnation = Some(now);
             match next {
                 None => {
+                    // Also applies a burst whose remaining entries were removed before delivery.
+                    shared.finish_burst();
                     shared.mark_heard();
                     Check::Fine
                 }
@@ -280,6 +321,7 @@ impl<T: KvConfig> Shared<T> {
         st.view.mark_dirty();
         st.epoch += 1;
         st.incarnation = incarnation;
+        st.behind_probes = 0;
         st.status.reloads += 1;
         st.status.stale = None;
         st.status.last_heard = SystemTime::now();

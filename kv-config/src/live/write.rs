@@ -125,8 +125,11 @@ impl<T: KvConfig> LiveConfig<T> {
         let prefix = &self.shared.source.prefix;
         let old = base.config.encode()?;
         let mut ops = Vec::new();
+        let required = self.shared.required();
         for (k, v) in next {
-            if old.get(k) != Some(v) || base.repair.contains(k) {
+            // A required key the bucket lacks (a start-up fallback) is written too.
+            let missing = required.contains(k) && !base.values.contains_key(k) && base.expected_revision(k) == 0;
+            if old.get(k) != Some(v) || base.repair.contains(k) || missing {
                 ops.push(WriteOp::put(format!("{prefix}{k}"), v.clone()).expect_revision(base.expected_revision(k)));
             }
         }
@@ -158,6 +161,10 @@ impl<T: KvConfig> LiveConfig<T> {
             T::decode(&to_raw(&encoded), &shared.source)?;
             let mut ops = self.plan(&base, &encoded)?;
             if ops.is_empty() {
+                // Nothing to write says the snapshot; if it may be behind, that proves nothing.
+                if let Some(stale) = self.status().stale {
+                    return Err(Error::Stale { bucket: shared.source.bucket.clone(), reason: stale.reason });
+                }
                 return Ok(base);
             }
             let written: Vec<(String, bool)> =
@@ -214,7 +221,16 @@ impl<T: KvConfig> LiveConfig<T> {
                 None => !is_put,
             };
             if !in_effect || snapshot.repair.contains(rel) {
-                let reason = shared.state().status.last_error.clone().unwrap_or_else(|| "the resulting state was refused".into());
+                let reason = {
+                    let st = shared.state();
+                    let rejected = &st.status.rejected;
+                    rejected
+                        .iter()
+                        .find(|e| e.key == *key)
+                        .or_else(|| rejected.iter().find(|e| matches!(e.problem, crate::Problem::Struct(_))))
+                        .or(rejected.first())
+                        .map_or_else(|| "the resulting state was refused".to_string(), ToString::to_string)
+                };
                 return Err(Error::NotInEffect { bucket: shared.source.bucket.clone(), key: key.clone(), revision: ours, reason });
             }
         }

@@ -133,7 +133,12 @@ impl PermissionLog {
         if !matches!(err.kind(), StoreErrorKind::Timeout | StoreErrorKind::JetStreamNotEnabled | StoreErrorKind::Other) {
             return err;
         }
-        let last = self.recent.lock().unwrap_or_else(|p| p.into_inner()).back().cloned();
+        // Only a violation about this request's bucket (its stream or its keys) is blamed on it.
+        let about = |m: &str| match err.bucket_name() {
+            Some(b) => m.contains(&format!("KV_{b}")) || m.contains(&format!("$KV.{b}.")),
+            None => true,
+        };
+        let last = self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().find(|(_, m)| about(m)).cloned();
         match last {
             Some((at, msg)) if at >= started => {
                 let mut out = StoreError::new(StoreErrorKind::PermissionDenied).detail(msg);
@@ -721,8 +726,10 @@ impl Bucket for NatsBucket {
                     Ok(Ok(ack)) => Ok(ack.sequence),
                     Ok(Err(e)) => {
                         let err = classify(&e).bucket(self.name.clone());
-                        if err.is_transient() || *err.kind() == StoreErrorKind::JetStreamNotEnabled {
+                        if self.may_resend(&err).await {
                             self.resolve_batch(&batch_id, op, err, started + self.write_deadline).await
+                        } else if *err.kind() == StoreErrorKind::JetStreamNotEnabled {
+                            Err(self.unresolved(err, &op.key))
                         } else {
                             Err(self.batch_error(err, &ops).await)
                         }
@@ -793,21 +800,33 @@ impl NatsBucket {
         let mut pause = Duration::from_millis(100);
         let mut empty_looks = 0;
         loop {
-            let look = tokio::time::timeout(ATTEMPT_TIMEOUT, self.kv.stream.direct_get_next_for_subject(subject.clone(), Some(expected + 1))).await;
+            // The leader's answer (STREAM.MSG.GET), not a direct get a lagging replica may serve.
+            let look = tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                self.kv.stream.raw_message_builder().sequence(expected + 1).next_by_subject(subject.clone()).send(),
+            )
+            .await;
             match look {
                 Ok(Ok(msg)) => {
-                    let ours = msg.headers.get(async_nats::header::NATS_BATCH_ID).is_some_and(|v| v.as_str() == batch_id);
-                    return if ours {
-                        Ok(msg.sequence)
-                    } else {
+                    let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
+                    if header(async_nats::header::NATS_BATCH_ID.as_ref()).as_deref() == Some(batch_id) {
+                        return Ok(msg.sequence);
+                    }
+                    // Another writer's message comes first. If it expected the same revision as this
+                    // batch, this batch's check failed and nothing was applied. Otherwise this batch's
+                    // message may have come first and been dropped by the history limit: unknown.
+                    let expected_by_them = header(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE.as_ref());
+                    return if expected_by_them.and_then(|v| v.parse::<u64>().ok()) == Some(expected) {
                         Err(StoreError::new(StoreErrorKind::WrongRevision { expected, current: Some(msg.sequence) })
                             .bucket(self.name.clone())
                             .key(commit.key.clone()))
+                    } else {
+                        Err(self.unresolved(err, &commit.key))
                     };
                 }
-                // Nothing newer on the key: the batch did not commit. Look twice, a moment apart,
-                // so a commit still being replicated is not mistaken for a lost one.
-                Ok(Err(e)) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                // Nothing newer on the key, says the leader: the batch did not commit. Look twice,
+                // a moment apart, so a commit still being proposed is not mistaken for a lost one.
+                Ok(Err(e)) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
                     empty_looks += 1;
                     if empty_looks >= 2 {
                         return Err(StoreError::new(StoreErrorKind::Timeout).bucket(self.name.clone()).key(commit.key.clone()).detail(
@@ -881,6 +900,8 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
                     }),
                 }),
                 10059 => Some(StoreErrorKind::NotFound),
+                // "duplicate message id is in process": the first copy is still being proposed.
+                10158 => Some(StoreErrorKind::Timeout),
                 10058 => Some(StoreErrorKind::AlreadyExists),
                 10054 => Some(StoreErrorKind::ValueTooLarge),
                 10076 | 10039 => Some(StoreErrorKind::JetStreamNotEnabled),
@@ -918,7 +939,10 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
         }
     });
     let mut out = StoreError::new(kind);
-    if matches!(out.kind(), StoreErrorKind::Other | StoreErrorKind::NotFound | StoreErrorKind::ValueTooLarge) {
+    if matches!(
+        out.kind(),
+        StoreErrorKind::Other | StoreErrorKind::NotFound | StoreErrorKind::ValueTooLarge | StoreErrorKind::Connection | StoreErrorKind::PermissionDenied
+    ) {
         out = out.detail(text);
     }
     out
