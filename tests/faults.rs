@@ -406,20 +406,7 @@ async fn oversize_values_are_refused_with_the_key_and_nothing_changes() {
 
 #[tokio::test]
 async fn a_handle_without_permission_on_its_prefix_is_told_at_once() {
-    let server = NatsServer::start_with_config(
-        r#"
-        accounts {
-          APP {
-            jetstream: enabled
-            users: [
-              { user: admin, password: admin }
-              { user: dev, password: dev, permissions: { publish: { deny: ["$KV.cfg.prod.>"] } } }
-            ]
-          }
-        }
-        "#,
-    )
-    .await;
+    let server = NatsServer::start_with_config(&kv_config_testing::two_users_config(&["$KV.cfg.prod.>"])).await;
     let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into());
     let admin = NatsStore::connect(server.url(), admin).await.unwrap();
     LiveConfig::<Cfg>::builder(admin, "cfg").prefix("prod.").create_if_missing().start().await.unwrap();

@@ -346,20 +346,7 @@ async fn nats_writes_during_an_outage_apply_once_or_say_the_outcome_is_unknown()
 
 #[tokio::test]
 async fn nats_denied_writes_are_permission_denied_at_once() {
-    let server = NatsServer::start_with_config(
-        r#"
-        accounts {
-          APP {
-            jetstream: enabled
-            users: [
-              { user: admin, password: admin }
-              { user: dev, password: dev, permissions: { publish: { deny: ["$KV.cfg.prod.>"] } } }
-            ]
-          }
-        }
-        "#,
-    )
-    .await;
+    let server = NatsServer::start_with_config(&kv_config_testing::two_users_config(&["$KV.cfg.prod.>"])).await;
     let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into());
     let admin = NatsStore::connect(server.url(), admin).await.unwrap();
     admin.create_bucket(&BucketConfig::new("cfg")).await.unwrap().put("prod.a", "1".into()).await.unwrap();

@@ -289,6 +289,31 @@ impl Drop for NatsServer {
     }
 }
 
+/// A server configuration with one JetStream account and two users: `admin` (password `admin`,
+/// may do anything) and `dev` (password `dev`, may not publish to the `deny` subjects), for
+/// [`NatsServer::start_with_config`].
+///
+/// ```
+/// let conf = kv_config_testing::two_users_config(&["$KV.cfg.prod.>"]);
+/// assert!(conf.contains(r#"deny: ["$KV.cfg.prod.>"]"#));
+/// ```
+pub fn two_users_config(deny: &[&str]) -> String {
+    let deny = deny.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    format!(
+        r#"
+        accounts {{
+          APP {{
+            jetstream: enabled
+            users: [
+              {{ user: admin, password: admin }}
+              {{ user: dev, password: dev, permissions: {{ publish: {{ deny: [{deny}] }} }} }}
+            ]
+          }}
+        }}
+        "#
+    )
+}
+
 /// A cluster of `n` JetStream servers on loopback, routed to each other.
 ///
 /// Every node gets its own store directory; [`NatsServer::kill`] and [`NatsServer::restart`] work on
