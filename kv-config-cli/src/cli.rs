@@ -31,7 +31,8 @@ With --json every command prints one JSON value (watch: one JSON object per line
 are documented in the crate docs of kv_config_cli and are stable. Tables otherwise; colour only
 on a terminal (NO_COLOR or --color never turns it off).
 
-Leases (`kvc lock`) are not available yet: they wait for the lease helper in kv-config.";
+`kvc lock BUCKET KEY -- COMMAND` runs a command while holding a lease (create with a per-key TTL,
+refreshed while it runs, released after; the command is killed if the lease is lost).";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -173,6 +174,8 @@ pub enum Command {
     Export(commands::export::Args),
     /// Apply an export file in one atomic batch, refused if the bucket moved since the export.
     Import(commands::import::Args),
+    /// Run a command while holding a lease on a key (or show who holds it).
+    Lock(commands::lock::Args),
     /// Print a shell completion script.
     Completions(commands::completions::Args),
 }

@@ -52,7 +52,7 @@
 //! Errors are never JSON: one line on stderr (`kvc: error: bucket `b`, key `k`: ...`) and the
 //! exit code.
 //!
-//! `kvc lock` (leases) is not provided yet: it waits for the lease helper in kv-config.
+//! `kvc lock` runs a command while holding a [`kv_config::Lease`] (see [`commands::lock`]).
 #![deny(missing_docs)]
 
 pub mod cli;
@@ -177,6 +177,7 @@ pub async fn dispatch(command: &Command, ctx: &mut Ctx) -> CliResult<Option<outp
         Command::Purge(a) => del::exec_purge(a, ctx).await?,
         Command::Export(a) => export::exec(a, ctx).await?,
         Command::Import(a) => import::exec(a, ctx).await?,
+        Command::Lock(a) => lock::exec(a, ctx).await?,
         Command::Completions(c) => {
             let mut cmd = Cli::command();
             let mut buf = Vec::new();

@@ -13,7 +13,7 @@ use crate::output::Report;
 
 /// Arguments of `kvc add`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "Examples:\n  kvc add app\n  kvc add app --history 64 --description 'shared settings of app'")]
+#[command(after_help = "Examples:\n  kvc add app\n  kvc add app --history 64 --description 'shared settings of app'\n  kvc add locks --history 1 --key-ttl 1s")]
 pub struct Args {
     /// The bucket (`[-_a-zA-Z0-9]`).
     pub bucket: String,
@@ -23,6 +23,9 @@ pub struct Args {
     /// Expire values after this long (e.g. `30d`; default never).
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
+    /// Allow per-key TTLs (needed by `kvc lock`); expiry markers live this long (e.g. `1s`).
+    #[arg(long, value_parser = parse_duration)]
+    pub key_ttl: Option<Duration>,
     /// Replicas in a cluster (1 to 5).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
@@ -46,6 +49,9 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         .description(args.description.clone());
     if let Some(ttl) = args.ttl {
         config = config.max_age(ttl);
+    }
+    if let Some(markers) = args.key_ttl {
+        config = config.key_ttl(markers);
     }
     ctx.store.create_bucket(&config).await?;
     super::info::exec(&super::info::Args { bucket: args.bucket.clone() }, ctx).await

@@ -10,6 +10,7 @@ pub mod get;
 pub mod history;
 pub mod import;
 pub mod info;
+pub mod lock;
 pub mod ls;
 pub mod revert;
 pub mod rm;
