@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kv_config::store::{Bucket, BucketConfig, NatsStore, Store, StoreErrorKind, WriteOp};
 use kv_config::{Error, KvConfig, LiveConfig, StaleReason};
-use kv_config_testing::NatsServer;
+use kv_config_testing::{eventually, NatsServer};
 use serde::{Deserialize, Serialize};
 
 static SECOND_LOOK: AtomicU32 = AtomicU32::new(0);
@@ -73,16 +73,6 @@ async fn raw(server: &NatsServer) -> Arc<dyn Bucket> {
 
 fn builder(store: &NatsStore) -> kv_config::Builder<Cfg> {
     LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().heartbeat(Duration::from_millis(250))
-}
-
-/// Polls `cond` every 5 ms until true; panics with `what` after `within`.
-async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < within, "timed out after {within:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,12 +53,8 @@ async fn handle(store: &NatsStore) -> LiveConfig<Cfg> {
 }
 
 /// Polls `cond` until true or panics after 10 s (the server may need a reconnect).
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    kv_config_testing::eventually(what, Duration::from_secs(10), cond).await;
 }
 
 #[tokio::test]

@@ -289,6 +289,25 @@ impl Drop for NatsServer {
     }
 }
 
+/// Polls `cond` every 5 ms until it holds and returns how long that took; panics naming `what`
+/// once `within` has passed. Tests wait on conditions with deadlines derived from the fault,
+/// never on bare sleeps.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let took = kv_config_testing::eventually("true", std::time::Duration::from_secs(1), || true).await;
+/// assert!(took < std::time::Duration::from_secs(1));
+/// # }
+/// ```
+pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < within, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
 /// A server configuration with one JetStream account and two users: `admin` (password `admin`,
 /// may do anything) and `dev` (password `dev`, may not publish to the `deny` subjects), for
 /// [`NatsServer::start_with_config`].
