@@ -104,16 +104,9 @@ impl<T: KvConfig> Shared<T> {
         self.known.get_or_init(|| T::schema().fields.into_iter().map(|f| f.key).collect())
     }
 
-    /// Keys with no default that must hold a value (what decoding an empty bucket reports
-    /// missing; the schema cannot tell, as it never publishes a secret's default), built on first use.
+    /// Keys with no default that must hold a value (the schema's `required`), built on first use.
     fn required(&self) -> &HashSet<String> {
-        self.required.get_or_init(|| {
-            let source = Source::new(self.source.bucket.clone(), "");
-            match T::decode(&crate::config::RawValues::new(), &source) {
-                Ok(_) => HashSet::new(),
-                Err(e) => e.into_iter().filter(|e| e.problem == crate::Problem::Missing).map(|e| e.key).collect(),
-            }
-        })
+        self.required.get_or_init(|| T::schema().fields.into_iter().filter(|f| f.required).map(|f| f.key).collect())
     }
 }
 
