@@ -71,7 +71,7 @@ fn values(pairs: &[(&str, &str)]) -> RawValues {
     pairs
         .iter()
         .enumerate()
-        .map(|(i, (k, v))| (k.to_string(), RawValue { value: v.as_bytes().to_vec().into(), revision: i as u64 + 1 }))
+        .map(|(i, (k, v))| (k.to_string(), RawValue { value: v.as_bytes().to_vec().into(), revision: i as u64 + 1, created: None }))
         .collect()
 }
 
@@ -186,7 +186,7 @@ fn encode_round_trips_and_skips_none() {
     assert!(!enc.contains_key("timeout_ms"), "None is an absent key");
     let raw: RawValues = enc
         .into_iter()
-        .map(|(k, v)| (k, RawValue { value: v, revision: 1 }))
+        .map(|(k, v)| (k, RawValue { value: v, revision: 1, created: None }))
         .collect();
     assert!(App::decode(&raw, &src()).unwrap() == app);
 }

@@ -447,7 +447,7 @@ fn set_fields(c: &mut Leaf100, n: usize, v: &str) {
     for k in 0..n {
         enc.insert(format!("f{k}"), Bytes::from(serde_json::to_vec(v).expect("json")));
     }
-    let raw = enc.into_iter().map(|(k, v)| (k, kv_config::RawValue { value: v, revision: 0 })).collect();
+    let raw = enc.into_iter().map(|(k, v)| (k, kv_config::RawValue { value: v, revision: 0, created: None })).collect();
     *c = Leaf100::decode(&raw, &kv_config::Source::default()).expect("decode");
 }
 

@@ -373,12 +373,12 @@ impl Ctx {
             .entries
             .iter()
             .filter(|(_, e)| e.is_put())
-            .map(|(k, e)| (k.clone(), RawValue { value: e.value.clone(), revision: e.revision }))
+            .map(|(k, e)| (k.clone(), RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) }))
             .collect();
         for c in changes {
             match &c.new {
                 Some(v) => {
-                    values.insert(c.key.clone(), RawValue { value: v.clone(), revision: 0 });
+                    values.insert(c.key.clone(), RawValue { value: v.clone(), revision: 0, created: None });
                 }
                 None => {
                     values.remove(&c.key);
@@ -418,7 +418,7 @@ impl Ctx {
                 .entries
                 .iter()
                 .filter(|(_, e)| e.is_put())
-                .map(|(k, e)| (k.clone(), RawValue { value: e.value.clone(), revision: e.revision }))
+                .map(|(k, e)| (k.clone(), RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) }))
                 .collect();
             if let Err(err) = (t.check)(&values, &Source::new(cur.name(), self.prefix.clone())) {
                 for e in err.errors() {

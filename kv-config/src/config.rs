@@ -16,6 +16,8 @@ pub struct RawValue {
     pub value: Bytes,
     /// The key's revision.
     pub revision: u64,
+    /// When the server stored it (`None` for a value that was not read from a bucket).
+    pub created: Option<std::time::SystemTime>,
 }
 
 /// Raw values by key relative to the config's prefix (`server.port`, not `prod.server.port`).
@@ -52,7 +54,7 @@ impl Source {
 ///     name: String,
 /// }
 /// let mut values = RawValues::new();
-/// values.insert("name".into(), RawValue { value: "\"api\"".into(), revision: 3 });
+/// values.insert("name".into(), RawValue { value: "\"api\"".into(), revision: 3, created: None });
 /// let app = App::decode(&values, &Source::new("cfg", "")).unwrap();
 /// assert_eq!((app.port, app.name.as_str()), (8080, "api"));
 /// assert_eq!(app.encode().unwrap()["name"], "\"api\"");
@@ -168,7 +170,7 @@ impl std::error::Error for KeyError {}
 /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
 /// struct App { port: u16, name: String }
 /// let mut values = RawValues::new();
-/// values.insert("port".into(), RawValue { value: "\"http\"".into(), revision: 7 });
+/// values.insert("port".into(), RawValue { value: "\"http\"".into(), revision: 7, created: None });
 /// let err = App::decode(&values, &Source::new("cfg", "")).unwrap_err();
 /// assert_eq!(err.len(), 2);
 /// let msg = err.to_string();

@@ -51,7 +51,7 @@ impl View {
         let values = Arc::make_mut(&mut self.values);
         if e.is_put() {
             self.markers.remove(rel);
-            let value = RawValue { value: e.value.clone(), revision: e.revision };
+            let value = RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
             match values.get_mut(rel) {
                 Some(slot) => *slot = value,
                 None => {

@@ -15,7 +15,7 @@ use crate::view::{GUARD_KEY, SCHEMA_KEY};
 
 /// An encoded config as raw values (revision 0: not from the bucket), for validation by decoding.
 fn to_raw(encoded: &crate::Encoded) -> RawValues {
-    encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0 })).collect()
+    encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0, created: None })).collect()
 }
 
 /// Pauses between conflicting attempts: exponential from 2 ms to 250 ms, with full jitter so
@@ -99,7 +99,7 @@ impl<T: KvConfig> LiveConfig<T> {
         let source = self.shared.source.clone();
         self.modify(|base| {
             let mut raw = to_raw(&base.encode()?);
-            raw.insert(key.to_string(), RawValue { value: bytes.clone(), revision: 0 });
+            raw.insert(key.to_string(), RawValue { value: bytes.clone(), revision: 0, created: None });
             Ok(T::decode(&raw, &source)?)
         })
         .await
