@@ -209,6 +209,11 @@ impl DecodeError {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
+
+    /// The same error with every [`KeyError`] passed through `f`.
+    pub(crate) fn map_errors(self, f: impl FnMut(KeyError) -> KeyError) -> Self {
+        DecodeError { errors: self.errors.into_iter().map(f).collect(), ..self }
+    }
 }
 
 impl fmt::Display for DecodeError {

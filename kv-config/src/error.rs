@@ -79,9 +79,41 @@ pub enum Error {
         /// Why the handle may be behind.
         reason: crate::StaleReason,
     },
+    /// The update changes a key that an expiring override holds (see
+    /// [`LiveConfig::set_for`](crate::LiveConfig::set_for)): the change could not take effect
+    /// until the override expires, so nothing was written. Clear the override first
+    /// ([`LiveConfig::clear_override`](crate::LiveConfig::clear_override)).
+    #[error("key `{key}` of bucket `{bucket}` is overridden ({}); nothing written: clear the override first", until_text(*expires))]
+    Overridden {
+        /// The bucket.
+        bucket: String,
+        /// The key (relative to the prefix).
+        key: String,
+        /// When the override expires, if known.
+        expires: Option<std::time::SystemTime>,
+    },
+    /// The config asked for is valid while the overrides in effect last, but not once they
+    /// expire and the keys' own values are back; nothing was written.
+    #[error("bucket `{bucket}`: the change is valid only while the override of {keys} lasts; nothing written: {source}")]
+    InvalidAfterExpiry {
+        /// The bucket.
+        bucket: String,
+        /// The overridden keys, quoted and comma-separated.
+        keys: String,
+        /// What the validators refuse once the overrides expire.
+        source: DecodeError,
+    },
     /// The handle's watcher has stopped.
     #[error("the config watcher for bucket `{0}` has stopped")]
     Closed(String),
+}
+
+fn until_text(expires: Option<std::time::SystemTime>) -> String {
+    match expires.map(|e| e.duration_since(std::time::SystemTime::now())) {
+        Some(Ok(left)) => format!("for another {}s", left.as_secs() + u64::from(left.subsec_nanos() > 0)),
+        Some(Err(_)) => "expiring now".to_string(),
+        None => "until its TTL expires".to_string(),
+    }
 }
 
 /// `Result` with [`Error`].

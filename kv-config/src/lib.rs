@@ -101,10 +101,10 @@ pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem,
 pub use error::{Error, Result};
 pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
-pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
+pub use live::{ActiveOverride, Builder, Change, LiveConfig, Provenance, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
 pub use load::{load, Loaded};
 pub use schema::{FieldSchema, KvType, Schema, TypeDesc};
-pub use view::{GUARD_KEY, RESERVED_PREFIX, SCHEMA_KEY};
+pub use view::{EXPIRES_HEADER, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHEMA_KEY};
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{decode_counting, DecodeError, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
 use crate::store::Entry;
@@ -19,6 +20,31 @@ pub const SCHEMA_KEY: &str = "__kvconfig.schema";
 /// valid config can then never combine into one their validators refuse.
 pub const GUARD_KEY: &str = "__kvconfig.guard";
 
+/// Keys (relative to the config's prefix) under this prefix are expiring overrides: while
+/// `__kvconfig.override.log_level` lives (it is written with a per-key TTL), its value is in
+/// effect for `log_level`; when the server expires it, the underlying value is back. See
+/// [`LiveConfig::set_for`](crate::LiveConfig::set_for).
+pub const OVERRIDE_PREFIX: &str = "__kvconfig.override.";
+
+/// The header an override carries with its expiry time (milliseconds since the Unix epoch), for
+/// display; the server's per-key TTL is what expires it.
+pub const EXPIRES_HEADER: &str = "KvConfig-Expires";
+
+/// An override's value and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Override {
+    pub(crate) value: RawValue,
+    /// From [`EXPIRES_HEADER`]; `None` when another tool wrote the override without it.
+    pub(crate) expires: Option<SystemTime>,
+}
+
+/// When an override entry expires, from its [`EXPIRES_HEADER`].
+fn expires_of(e: &Entry) -> Option<SystemTime> {
+    let (_, v) = e.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(EXPIRES_HEADER))?;
+    let millis: u64 = v.trim().parse().ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct View {
     /// Live values by relative key; shared with the snapshot in effect, copied on the next write.
@@ -29,6 +55,10 @@ pub(crate) struct View {
     pub(crate) seen: u64,
     /// The latest revision of the [`GUARD_KEY`] (0 = never written).
     pub(crate) guard: u64,
+    /// Live overrides by the relative key they override (see [`OVERRIDE_PREFIX`]).
+    pub(crate) overrides: HashMap<String, Override>,
+    /// The latest revision of every override key that was seen, markers included.
+    pub(crate) override_revisions: HashMap<String, u64>,
     /// Something changed since the last [`take_dirty`](View::take_dirty).
     dirty: bool,
 }
@@ -42,6 +72,8 @@ impl View {
         if rel.starts_with(RESERVED_PREFIX) {
             if rel == GUARD_KEY {
                 self.guard = self.guard.max(e.revision);
+            } else if let Some(target) = rel.strip_prefix(OVERRIDE_PREFIX) {
+                return self.apply_override(target, e);
             }
             return false;
         }
@@ -64,6 +96,35 @@ impl View {
         }
         self.dirty = true;
         true
+    }
+
+    fn apply_override(&mut self, target: &str, e: &Entry) -> bool {
+        let latest = self.override_revisions.entry(target.to_string()).or_insert(0);
+        if *latest >= e.revision {
+            return false;
+        }
+        *latest = e.revision;
+        if e.is_put() {
+            let value = RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
+            self.overrides.insert(target.to_string(), Override { value, expires: expires_of(e) });
+        } else {
+            self.overrides.remove(target);
+        }
+        self.dirty = true;
+        true
+    }
+
+    /// The values with every live override in place of the value it overrides. Shares the
+    /// view's map when there is no override.
+    pub(crate) fn effective(&self) -> Arc<RawValues> {
+        if self.overrides.is_empty() {
+            return Arc::clone(&self.values);
+        }
+        let mut values = RawValues::clone(&self.values);
+        for (k, o) in &self.overrides {
+            values.insert(k.clone(), o.value.clone());
+        }
+        Arc::new(values)
     }
 
     /// A view sized for `n` keys.
@@ -137,6 +198,32 @@ pub(crate) fn decode_latest<T: KvConfig>(
             Ok(Decoded { config, values: Arc::new(candidate), rejected: err.into_iter().collect(), has_unknown })
         }
         Err(_) => Err(err),
+    }
+}
+
+/// [`decode_latest`] of the view's [`effective`](View::effective) values. A refused override is
+/// reported under its own key (`__kvconfig.override.<key>`), so the message says where the
+/// value came from.
+pub(crate) fn decode_view<T: KvConfig>(view: &View, good: Option<&RawValues>, source: &Source) -> Result<Decoded<T>, DecodeError> {
+    let latest = view.effective();
+    let from_override = |mut e: KeyError| {
+        let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
+        if let Some(o) = view.overrides.get(rel) {
+            if e.revision == Some(o.value.revision) {
+                e.key = format!("{}{OVERRIDE_PREFIX}{rel}", source.prefix);
+            }
+        }
+        e
+    };
+    match decode_latest::<T>(&latest, good, source) {
+        Ok(mut d) => {
+            if !view.overrides.is_empty() {
+                d.rejected = d.rejected.into_iter().map(from_override).collect();
+            }
+            Ok(d)
+        }
+        Err(e) if view.overrides.is_empty() => Err(e),
+        Err(e) => Err(e.map_errors(from_override)),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::feed::{check_prefix, pattern_for, watch_initial};
 use crate::schema::Schema;
 use crate::store::{Bucket, BucketConfig, Store, StoreErrorKind};
-use crate::view::decode_latest;
+use crate::view::decode_view;
 
 /// What to do when the bucket's values do not make a valid config at start-up.
 #[derive(Debug, Clone, Default)]
@@ -150,17 +150,18 @@ impl<T: KvConfig> Builder<T> {
         // then told apart even if its revisions climb past ours.
         let incarnation = bucket.probe(&pattern_for(&prefix), u64::MAX).await.ok().map(|p| p.incarnation);
         let (watch, view) = watch_initial(&*bucket, &prefix, self.options.load_timeout).await?;
-        let (config, values, rejected, last_error, has_unknown) = match decode_latest::<T>(&view.values, None, &source) {
-            Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown),
+        let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source) {
+            Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown, false),
             Err(e) => match self.on_invalid {
                 OnInvalid::Fail => return Err(e.into()),
                 OnInvalid::Fallback(config) => {
                     tracing::warn!(bucket = %source.bucket, error = %e, "invalid config at start; using the fallback");
-                    (config, Arc::new(RawValues::new()), e.errors().to_vec(), Some(e.to_string()), true)
+                    (config, Arc::new(RawValues::new()), e.errors().to_vec(), Some(e.to_string()), true, true)
                 }
             },
         };
-        let snapshot = Snapshot::new(config, values, &view, true, 0);
+        let mut snapshot = Snapshot::new(config, values, &view, true, 0);
+        snapshot.fallback = fallback;
         let status = Status {
             bucket: source.bucket.clone(),
             connected: bucket.is_connected(),
@@ -175,6 +176,7 @@ impl<T: KvConfig> Builder<T> {
             conflicts: 0,
             watch_restarts: 0,
             reloads: 0,
+            overrides: Vec::new(),
         };
         let seen = view.seen;
         let state = State { view, status, warned_unknown: HashSet::new(), epoch: 0, incarnation, behind_probes: 0, last_heard: Instant::now() };

@@ -6,6 +6,8 @@
 //! [`snapshot`], [`status`] and [`subscribe`] are what readers get.
 
 mod builder;
+mod overrides;
+mod provenance;
 mod snapshot;
 mod status;
 mod subscribe;
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub use builder::{Builder, OnInvalid};
+pub use provenance::{ActiveOverride, Provenance};
 pub use snapshot::Snapshot;
 pub use status::{Stale, StaleReason, Status};
 pub use subscribe::{Change, Subscription};
@@ -177,6 +180,7 @@ impl<T: KvConfig> LiveConfig<T> {
     /// Health, freshness, refused values and counters.
     pub fn status(&self) -> Status {
         let mut status = self.shared.state().status.clone();
+        status.overrides = self.get().overrides().into_iter().cloned().collect();
         status.connected = self.shared.bucket.is_connected();
         if !status.connected && status.stale.is_none() {
             status.stale = Some(Stale { since: SystemTime::now(), reason: StaleReason::Disconnected });

@@ -5,8 +5,10 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::config::RawValues;
+use crate::config::{KvConfig, RawValues};
 use crate::view::View;
+
+use super::provenance::{ActiveOverride, Provenance};
 
 /// One immutable version of the config: the decoded value plus the revisions it was built from.
 ///
@@ -23,6 +25,16 @@ pub struct Snapshot<T> {
     pub(super) repair: HashSet<String>,
     /// The latest revision of the write guard key (see [`GUARD_KEY`](crate::GUARD_KEY)).
     pub(super) guard: u64,
+    /// Keys whose value in effect comes from a live override, by key (usually empty).
+    pub(super) overridden: HashMap<String, ActiveOverride>,
+    /// The key's own bucket value under each override in effect (absent: none), to check a write
+    /// stays valid once the override expires.
+    pub(super) underlying: HashMap<String, crate::config::RawValue>,
+    /// The latest revision of every override key (markers included), for `set_for`'s check.
+    pub(super) override_revisions: HashMap<String, u64>,
+    /// The config is the start-up fallback ([`OnInvalid::Fallback`](crate::OnInvalid)), not
+    /// decoded from the bucket.
+    pub(super) fallback: bool,
     pub(super) revision: u64,
     /// Which load of the bucket this came from (bumped when the bucket is replaced).
     pub(super) epoch: u64,
@@ -36,6 +48,10 @@ impl<T: Clone> Clone for Snapshot<T> {
             overrides: self.overrides.clone(),
             repair: self.repair.clone(),
             guard: self.guard,
+            overridden: self.overridden.clone(),
+            underlying: self.underlying.clone(),
+            override_revisions: self.override_revisions.clone(),
+            fallback: self.fallback,
             revision: self.revision,
             epoch: self.epoch,
         }
@@ -58,8 +74,43 @@ impl<T: fmt::Debug> fmt::Debug for Snapshot<T> {
 impl<T> Snapshot<T> {
     /// A snapshot of `config` built from `values` as the watcher's `view` holds them.
     pub(super) fn new(config: T, values: Arc<RawValues>, view: &View, any_rejected: bool, epoch: u64) -> Self {
-        let (overrides, repair) = divergence(view, &values, any_rejected);
-        Snapshot { config, values, overrides, repair, guard: view.guard, revision: view.seen, epoch }
+        let (mut overrides, mut repair) = divergence(view, &values, any_rejected);
+        let mut overridden = HashMap::new();
+        let mut underlying = HashMap::new();
+        for (key, o) in &view.overrides {
+            // In effect unless it was refused (then the key kept another value).
+            if values.get(key).map(|v| v.revision) != Some(o.value.revision) {
+                continue;
+            }
+            // A write of the overridden key expects the key's own revision, and the override is
+            // not something to repair.
+            overrides.insert(key.clone(), view.revision_of(key));
+            repair.remove(key);
+            let active = ActiveOverride {
+                key: key.clone(),
+                revision: o.value.revision,
+                created: o.value.created,
+                expires: o.expires,
+                underlying: view.values.get(key).map(|v| v.revision),
+            };
+            overridden.insert(key.clone(), active);
+            if let Some(v) = view.values.get(key) {
+                underlying.insert(key.clone(), v.clone());
+            }
+        }
+        Snapshot {
+            config,
+            values,
+            overrides,
+            repair,
+            guard: view.guard,
+            overridden,
+            underlying,
+            override_revisions: if view.override_revisions.is_empty() { HashMap::new() } else { view.override_revisions.clone() },
+            fallback: false,
+            revision: view.seen,
+            epoch,
+        }
     }
 
     /// The config.
@@ -86,6 +137,14 @@ impl<T> Snapshot<T> {
         }
     }
 
+    /// The overrides in effect (see [`LiveConfig::set_for`](crate::LiveConfig::set_for)), sorted by
+    /// key.
+    pub fn overrides(&self) -> Vec<&ActiveOverride> {
+        let mut all: Vec<&ActiveOverride> = self.overridden.values().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
     /// Keys whose value in effect differs between two snapshots, sorted.
     pub fn changed_keys(&self, newer: &Snapshot<T>) -> Vec<String> {
         let mut keys: Vec<String> = newer
@@ -97,6 +156,48 @@ impl<T> Snapshot<T> {
             .collect();
         keys.sort();
         keys
+    }
+}
+
+impl<T: KvConfig> Snapshot<T> {
+    /// Where the value in effect for `key` (relative to the prefix) came from: the default, the
+    /// bucket (with revision and time), an override (with its expiry), or the start-up fallback.
+    /// `None` for a key the schema does not know.
+    ///
+    /// ```
+    /// use kv_config::{KvConfig, LiveConfig, Provenance, store::MemoryStore};
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     #[kv(default = 8080)]
+    ///     port: u16,
+    ///     #[kv(default = "info")]
+    ///     log_level: String,
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kv_config::Error> {
+    /// let cfg = LiveConfig::<App>::builder(MemoryStore::new(), "app")
+    ///     .create_if_missing()
+    ///     .seed_defaults(false) // keep defaults out of the bucket
+    ///     .start()
+    ///     .await?;
+    /// cfg.set("port", 9090).await?;
+    /// let snap = cfg.get();
+    /// assert!(matches!(snap.source("port"), Some(Provenance::Bucket { .. })));
+    /// assert_eq!(snap.source("log_level"), Some(Provenance::Default));
+    /// assert_eq!(snap.source("nope"), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn source(&self, key: &str) -> Option<Provenance> {
+        if let Some(o) = self.overridden.get(key) {
+            return Some(Provenance::Override { revision: o.revision, created: o.created, expires: o.expires });
+        }
+        if let Some(v) = self.values.get(key) {
+            return Some(Provenance::Bucket { revision: v.revision, created: v.created });
+        }
+        if !T::schema().fields.iter().any(|f| f.key == key) {
+            return None;
+        }
+        Some(if self.fallback { Provenance::Fallback } else { Provenance::Default })
     }
 }
 

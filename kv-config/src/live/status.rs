@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use super::ActiveOverride;
 use crate::config::KeyError;
 
 /// Why a handle's snapshot may be behind the bucket.
@@ -91,6 +92,9 @@ pub struct Status {
     /// Times the whole config was reloaded because the bucket was replaced (deleted and created
     /// again, or a server restarted with an empty store).
     pub reloads: u64,
+    /// Expiring overrides in effect, sorted by key (see
+    /// [`LiveConfig::set_for`](crate::LiveConfig::set_for)).
+    pub overrides: Vec<ActiveOverride>,
 }
 
 impl Status {

@@ -15,7 +15,7 @@ use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
 use crate::config::KvConfig;
 use crate::feed::{catch_up, watch_initial, CatchUp, BATCH_SETTLE};
 use crate::store::{Bucket, Entry, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
-use crate::view::{decode_latest, unknown_keys, View};
+use crate::view::{decode_view, unknown_keys, View};
 
 /// What the loop waits for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,8 +275,8 @@ impl<T: KvConfig> Shared<T> {
         st.status.seen_revision = seen;
         if st.view.take_dirty() {
             let current = self.snapshot.load_full();
-            // decode_latest never panics: validators and Deserialize impls run under catch_unwind.
-            match decode_latest::<T>(&st.view.values, Some(&current.values), &self.source) {
+            // decode_view never panics: validators and Deserialize impls run under catch_unwind.
+            match decode_view::<T>(&st.view, Some(&current.values), &self.source) {
                 Ok(decoded) => {
                     for e in &decoded.rejected {
                         tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
@@ -304,7 +304,8 @@ impl<T: KvConfig> Shared<T> {
                     st.status.rejected = e.errors().to_vec();
                     st.status.last_error = Some(e.to_string());
                     // Same config, but writers must now expect the refused revisions (to repair them).
-                    let snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
+                    let mut snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
+                    snapshot.fallback = current.fallback;
                     self.snapshot.store(Arc::new(snapshot));
                 }
             }

@@ -14,22 +14,22 @@ use crate::store::{StoreErrorKind, WriteKind, WriteOp, AUTHOR_HEADER};
 use crate::view::{GUARD_KEY, SCHEMA_KEY};
 
 /// An encoded config as raw values (revision 0: not from the bucket), for validation by decoding.
-fn to_raw(encoded: &crate::Encoded) -> RawValues {
+pub(super) fn to_raw(encoded: &crate::Encoded) -> RawValues {
     encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0, created: None })).collect()
 }
 
 /// Pauses between conflicting attempts: exponential from 2 ms to 250 ms, with full jitter so
 /// writers that collided do not collide again in lockstep.
-struct Backoff {
+pub(super) struct Backoff {
     ceiling: Duration,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Backoff { ceiling: Duration::from_millis(2) }
     }
 
-    async fn pause(&mut self) {
+    pub(super) async fn pause(&mut self) {
         let nanos = self.ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
         tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=nanos))).await;
         self.ceiling = (self.ceiling * 2).min(Duration::from_millis(250));
@@ -37,9 +37,19 @@ impl Backoff {
 }
 
 impl<T: KvConfig> Shared<T> {
+    /// [`Error::UnknownKey`] unless `key` (relative to the prefix) is one of the schema's keys.
+    pub(super) fn check_known(&self, key: &str) -> Result<()> {
+        if self.known().contains(key) {
+            return Ok(());
+        }
+        let mut known: Vec<&str> = self.known().iter().map(String::as_str).collect();
+        known.sort_unstable();
+        Err(Error::UnknownKey { key: crate::redact::bound(key, 120), type_name: T::__KV_NAME.to_string(), known: known.join(", ") })
+    }
+
     /// Waits until the watcher has applied `revision` of this epoch; `false` on timeout or when
     /// the bucket was replaced meanwhile.
-    async fn wait_applied(&self, epoch: u64, revision: u64) -> bool {
+    pub(super) async fn wait_applied(&self, epoch: u64, revision: u64) -> bool {
         let mut rx = self.applied.subscribe();
         let reached = tokio::time::timeout(
             self.options.write_timeout,
@@ -86,15 +96,7 @@ impl<T: KvConfig> LiveConfig<T> {
     /// Sets one key (relative to the prefix, e.g. `server.port`) to a typed value, with the same
     /// validation, revision check and outcomes as [`update`](Self::update).
     pub async fn set<V: serde::Serialize>(&self, key: &str, value: V) -> Result<Arc<Snapshot<T>>> {
-        if !self.shared.known().contains(key) {
-            let mut known: Vec<&str> = self.shared.known().iter().map(String::as_str).collect();
-            known.sort_unstable();
-            return Err(Error::UnknownKey {
-                key: crate::redact::bound(key, 120),
-                type_name: T::__KV_NAME.to_string(),
-                known: known.join(", "),
-            });
-        }
+        self.shared.check_known(key)?;
         let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| crate::EncodeError { key: key.to_string(), message: e.to_string() })?);
         let source = self.shared.source.clone();
         self.modify(|base| {
@@ -127,6 +129,12 @@ impl<T: KvConfig> LiveConfig<T> {
         let mut ops = Vec::new();
         let required = self.shared.required();
         for (k, v) in next {
+            if base.overridden.contains_key(k) {
+                if old.get(k) != Some(v) {
+                    return Err(self.overridden_error(base, k));
+                }
+                continue;
+            }
             // A required key the bucket lacks (a start-up fallback) is written too.
             let missing = required.contains(k) && !base.values.contains_key(k) && base.expected_revision(k) == 0;
             if old.get(k) != Some(v) || base.repair.contains(k) || missing {
@@ -134,6 +142,9 @@ impl<T: KvConfig> LiveConfig<T> {
             }
         }
         for k in old.keys().filter(|k| !next.contains_key(*k)) {
+            if base.overridden.contains_key(k) {
+                return Err(self.overridden_error(base, k));
+            }
             if base.values.contains_key(k) || base.repair.contains(k) {
                 ops.push(WriteOp::delete(format!("{prefix}{k}")).expect_revision(base.expected_revision(k)));
             }
@@ -148,6 +159,32 @@ impl<T: KvConfig> LiveConfig<T> {
         Ok(ops)
     }
 
+    fn overridden_error(&self, base: &Snapshot<T>, key: &str) -> Error {
+        let expires = base.overridden.get(key).and_then(|o| o.expires);
+        Error::Overridden { bucket: self.shared.source.bucket.clone(), key: key.to_string(), expires }
+    }
+
+    /// With overrides in effect, `encoded` must also be valid once they expire: the overridden
+    /// keys then hold their own bucket values (or defaults) again.
+    pub(super) fn check_after_expiry(&self, base: &Snapshot<T>, encoded: &crate::Encoded, except: Option<&str>) -> Result<()> {
+        let keys: Vec<&String> = base.overridden.keys().filter(|k| Some(k.as_str()) != except).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut raw = to_raw(encoded);
+        for k in &keys {
+            match base.underlying.get(*k) {
+                Some(v) => raw.insert((*k).clone(), v.clone()),
+                None => raw.remove(*k),
+            };
+        }
+        T::decode(&raw, &self.shared.source).map(|_| ()).map_err(|source| {
+            let mut names: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+            names.sort();
+            Error::InvalidAfterExpiry { bucket: self.shared.source.bucket.clone(), keys: names.join(", "), source }
+        })
+    }
+
     async fn modify(&self, mut make: impl FnMut(&T) -> Result<T>) -> Result<Arc<Snapshot<T>>> {
         let shared = &self.shared;
         let mut backoff = Backoff::new();
@@ -160,6 +197,9 @@ impl<T: KvConfig> LiveConfig<T> {
             // Refuse an invalid config before anything is sent.
             T::decode(&to_raw(&encoded), &shared.source)?;
             let mut ops = self.plan(&base, &encoded)?;
+            if !ops.is_empty() {
+                self.check_after_expiry(&base, &encoded, None)?;
+            }
             if ops.is_empty() {
                 // Nothing to write says the snapshot; if it may be behind, that proves nothing.
                 if let Some(stale) = self.status().stale {

@@ -1,0 +1,214 @@
+//! Expiring overrides (`LiveConfig::set_for`) and provenance (`Snapshot::source`) on a real
+//! nats-server: the override is in effect for every handle while it lives, the server's per-key
+//! TTL ends it, and the key's own value (not the default) is back.
+
+use std::time::{Duration, SystemTime};
+
+use kv_config::store::{BucketConfig, NatsStore, Store};
+use kv_config::{Error, KvConfig, LiveConfig, Provenance};
+use kv_config_testing::NatsServer;
+use serde::{Deserialize, Serialize};
+
+fn check_max(v: &u32) -> Result<(), String> {
+    if *v > 1000 {
+        Err(format!("{v} is above 1000"))
+    } else {
+        Ok(())
+    }
+}
+
+fn min_le_max(c: &Cfg) -> Result<(), String> {
+    if c.min > c.max {
+        Err(format!("min {} > max {}", c.min, c.max))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+#[kv(validate = min_le_max)]
+struct Cfg {
+    #[kv(default = "info")]
+    log_level: String,
+    #[kv(default = 0)]
+    min: u32,
+    #[kv(default = 10, validate = check_max)]
+    max: u32,
+    #[kv(default)]
+    workers: u32,
+}
+
+async fn server() -> (NatsServer, NatsStore) {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    (server, store)
+}
+
+/// A handle on bucket `cfg` with per-key TTLs enabled.
+async fn handle(store: &NatsStore) -> LiveConfig<Cfg> {
+    let bucket = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
+    LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_with(bucket).heartbeat(Duration::from_millis(250)).start().await.unwrap()
+}
+
+async fn eventually(what: &str, within: Duration, cond: impl FnMut() -> bool) -> Duration {
+    kv_config_testing::eventually(what, within, cond).await
+}
+
+#[tokio::test]
+async fn an_override_lives_for_its_ttl_then_the_underlying_value_returns() {
+    let (server, store) = server().await;
+    let cfg = handle(&store).await;
+    let other = handle(&store).await;
+    cfg.update(|c| c.log_level = "warn".into()).await.unwrap();
+
+    let set_at = SystemTime::now();
+    let snap = cfg.set_for("log_level", "debug", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(snap.log_level, "debug", "set_for returns once the override is in effect");
+    match snap.source("log_level") {
+        Some(Provenance::Override { expires: Some(expires), .. }) => {
+            let ttl = expires.duration_since(set_at).unwrap();
+            assert!(ttl >= Duration::from_millis(1900) && ttl <= Duration::from_secs(3), "expiry {ttl:?}");
+        }
+        other => panic!("log_level should come from an override, got {other:?}"),
+    }
+    eventually("the other handle sees the override", Duration::from_secs(5), || other.get().log_level == "debug").await;
+    let status = other.status();
+    assert_eq!(status.overrides.len(), 1, "{status:?}");
+    assert_eq!(status.overrides[0].key, "log_level");
+    assert!(status.is_healthy(), "an override is not a refused value: {status:?}");
+
+    // Meanwhile someone changes the key's own value: that is what comes back.
+    let raw = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let kv = raw.get_key_value("cfg").await.unwrap();
+    kv.put("log_level", "\"error\"".into()).await.unwrap();
+    let mut changes = other.subscribe();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(other.get().log_level, "debug", "the override still wins over the new own value");
+
+    // The server expires it; both handles go back to the key's own value, not the default.
+    let took = eventually("override expired", Duration::from_secs(6), || {
+        cfg.get().log_level == "error" && other.get().log_level == "error"
+    })
+    .await;
+    let lived = SystemTime::now().duration_since(set_at).unwrap();
+    println!("figure: override with TTL 2 s ended after {:.2} s ({took:?} after the check began)", lived.as_secs_f64());
+    assert!(lived >= Duration::from_secs(2), "ended before its TTL: {lived:?}");
+    assert!(matches!(cfg.get().source("log_level"), Some(Provenance::Bucket { .. })));
+    assert!(cfg.status().overrides.is_empty());
+    let change = changes.changed().await.unwrap();
+    assert!(change.keys.contains(&"log_level".to_string()), "subscribers hear about the expiry: {:?}", change.keys);
+}
+
+#[tokio::test]
+async fn updates_cannot_fight_an_override_and_stay_valid_after_it() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    cfg.set_for("max", 100, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cfg.get().max, 100);
+
+    // Changing the overridden key cannot take effect: refused, nothing written.
+    let before = bucket.info().await.unwrap().last_revision;
+    let err = cfg.update(|c| c.max = 20).await.unwrap_err();
+    assert!(matches!(&err, Error::Overridden { key, expires: Some(_), .. } if key == "max"), "{err}");
+    assert!(err.to_string().contains("`max`") && err.to_string().contains("clear the override"), "{err}");
+
+    // A change valid only while the override lasts (min 50 <= max 100, but not <= the own max 10).
+    let err = cfg.update(|c| c.min = 50).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidAfterExpiry { .. }), "{err}");
+    assert!(err.to_string().contains("min 50 > max 10"), "{err}");
+    assert_eq!(bucket.info().await.unwrap().last_revision, before, "refused updates write nothing");
+
+    // Other keys update normally, and the override stays.
+    let snap = cfg.update(|c| c.workers = 4).await.unwrap();
+    assert_eq!((snap.workers, snap.max), (4, 100));
+    assert_eq!(bucket.get("max").await.unwrap().unwrap(), "10", "the own value is untouched");
+
+    // An override value the validators refuse is refused before anything is sent.
+    let err = cfg.set_for("max", 5000, Duration::from_secs(60)).await.unwrap_err();
+    assert!(err.to_string().contains("5000 is above 1000"), "{err}");
+    let err = cfg.set_for("min", 500, Duration::from_secs(60)).await.unwrap_err();
+    assert!(err.to_string().contains("min 500 > max 100"), "{err}");
+    let err = cfg.set_for("nope", 1, Duration::from_secs(60)).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownKey { .. }), "{err}");
+    assert_eq!(cfg.get().max, 100);
+
+    // Clearing the override ends it at once.
+    let snap = cfg.clear_override("max").await.unwrap();
+    assert_eq!(snap.max, 10);
+    assert!(snap.overrides().is_empty());
+    cfg.update(|c| c.max = 20).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_garbage_override_is_refused_and_named() {
+    let (server, store) = server().await;
+    let cfg = handle(&store).await;
+    let raw = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let kv = raw.get_key_value("cfg").await.unwrap();
+    let rev = kv.put("__kvconfig.override.max", "\"lots\"".into()).await.unwrap();
+    eventually("garbage seen", Duration::from_secs(5), || cfg.status().seen_revision >= rev).await;
+    let status = cfg.status();
+    assert_eq!(cfg.get().max, 10, "the last good value stays");
+    let rejected = status.rejected.iter().find(|e| e.revision == Some(rev)).expect("refused value reported");
+    assert_eq!(rejected.key, "__kvconfig.override.max", "the error names where the value came from");
+    assert!(rejected.to_string().contains("expected u32"), "{rejected}");
+    assert!(status.overrides.is_empty());
+    // A good override from any client (here without kv-config's expiry header) applies.
+    kv.put("__kvconfig.override.max", "7".into()).await.unwrap();
+    eventually("good override", Duration::from_secs(5), || cfg.get().max == 7).await;
+    assert!(matches!(cfg.get().source("max"), Some(Provenance::Override { expires: None, .. })));
+}
+
+#[tokio::test]
+async fn overrides_need_a_bucket_with_key_ttls() {
+    let (_server, store) = server().await;
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "plain").create_if_missing().start().await.unwrap();
+    let err = cfg.set_for("log_level", "debug", Duration::from_secs(30)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("plain") && msg.to_lowercase().contains("ttl"), "{msg}");
+    assert_eq!(cfg.get().log_level, "info");
+    assert!(cfg.status().overrides.is_empty());
+}
+
+#[tokio::test]
+async fn a_new_handle_starts_with_the_live_override() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    cfg.set_for("workers", 9, Duration::from_secs(60)).await.unwrap();
+    let later = handle(&store).await;
+    assert_eq!(later.get().workers, 9);
+    assert_eq!(later.status().overrides[0].key, "workers");
+    // One-shot load sees it too.
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    assert_eq!(kv_config::load::<Cfg>(&*bucket, "").await.unwrap().config.workers, 9);
+}
+
+#[tokio::test]
+async fn provenance_names_default_bucket_and_fallback() {
+    let (_server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    let rev = bucket.put("max", "50".into()).await.unwrap();
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").start().await.unwrap();
+    let snap = cfg.get();
+    match snap.source("max") {
+        Some(Provenance::Bucket { revision, created: Some(created) }) => {
+            assert_eq!(revision, rev);
+            assert!(SystemTime::now().duration_since(created).unwrap() < Duration::from_secs(60));
+        }
+        other => panic!("max: {other:?}"),
+    }
+    assert_eq!(snap.source("log_level"), Some(Provenance::Default));
+    assert_eq!(snap.source("no_such_key"), None);
+    assert_eq!(snap.source("max").unwrap().to_string(), format!("bucket (revision {rev})"));
+
+    // A start-up fallback says so.
+    bucket.put("min", "99".into()).await.unwrap();
+    let fallback = Cfg { log_level: "info".into(), min: 0, max: 1, workers: 1 };
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg")
+        .on_invalid(kv_config::OnInvalid::Fallback(fallback))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(cfg.get().source("workers"), Some(Provenance::Fallback));
+}
