@@ -212,3 +212,27 @@ async fn provenance_names_default_bucket_and_fallback() {
         .unwrap();
     assert_eq!(cfg.get().source("workers"), Some(Provenance::Fallback));
 }
+
+#[tokio::test]
+async fn an_override_survives_a_server_restart_and_still_expires() {
+    let (mut server, store) = server().await;
+    let cfg = handle(&store).await;
+    cfg.update(|c| c.workers = 2).await.unwrap();
+    // Long enough that a restart on a loaded machine finishes well before it expires.
+    let set_at = SystemTime::now();
+    cfg.set_for("workers", 8, Duration::from_secs(6)).await.unwrap();
+    server.kill();
+    server.restart().await;
+    // The override is stored with the bucket: after the restart it is still in effect ...
+    let later = handle(&store).await;
+    let elapsed = SystemTime::now().duration_since(set_at).unwrap();
+    assert!(elapsed < Duration::from_secs(5), "the restart took {elapsed:?}; the test needs it under the TTL");
+    assert_eq!(later.get().workers, 8, "a handle started after the restart uses the live override");
+    // ... and the restarted server still expires it on time, for both handles.
+    eventually("override expired after restart", Duration::from_secs(10), || {
+        cfg.get().workers == 2 && later.get().workers == 2
+    })
+    .await;
+    assert!(SystemTime::now().duration_since(set_at).unwrap() >= Duration::from_secs(6), "expired early");
+    eventually("healthy again", Duration::from_secs(10), || cfg.status().is_healthy()).await;
+}
