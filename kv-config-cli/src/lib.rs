@@ -61,6 +61,7 @@ pub mod connect;
 pub mod error;
 pub mod ops;
 pub mod output;
+pub mod overrides;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;

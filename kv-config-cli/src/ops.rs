@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use kv_config::store::{
     is_valid_key, Bucket, Entry, Operation, Store, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
 };
-use kv_config::{DecodeError, FieldSchema, KvConfig, RawValue, RawValues, Schema, Source, GUARD_KEY, RESERVED_PREFIX, SCHEMA_KEY};
+use kv_config::{DecodeError, FieldSchema, KvConfig, RawValue, RawValues, Schema, Source, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHEMA_KEY};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -78,6 +78,9 @@ pub struct Current {
     /// The revision of the config's write guard key ([`GUARD_KEY`]), markers included, if it
     /// was ever written.
     pub guard: Option<u64>,
+    /// The latest entry of every override key (`__kvconfig.override.<key>`), by the relative key
+    /// it overrides, markers included (see [`crate::overrides`]).
+    pub overrides: BTreeMap<String, Entry>,
 }
 
 impl Current {
@@ -261,15 +264,19 @@ impl Ctx {
         let entries = read_entries(bucket.as_ref(), &self.prefix, WatchStart::LatestPerKey).await?;
         let mut latest = BTreeMap::new();
         let mut guard = None;
+        let mut overrides = BTreeMap::new();
         let guard_key = self.full_key(GUARD_KEY);
+        let override_prefix = self.full_key(OVERRIDE_PREFIX);
         for e in entries {
             if e.key == guard_key {
                 guard = Some(e.revision);
+            } else if let Some(rel) = e.key.strip_prefix(override_prefix.as_str()) {
+                overrides.insert(rel.to_string(), e);
             } else if let Some(rel) = self.relative(&e.key) {
                 latest.insert(rel, e);
             }
         }
-        Ok(Current { bucket, schema, entries: latest, guard })
+        Ok(Current { bucket, schema, entries: latest, guard, overrides })
     }
 
     /// The relative key of a full key under the prefix, `None` outside it or for reserved keys.

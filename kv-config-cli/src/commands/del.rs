@@ -12,12 +12,15 @@ use crate::output::Report;
 
 /// Arguments of `kvc del`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(after_help = "A deleted key returns to its default; its history is kept.\n\nExamples:\n  kvc del app log_level -m 'back to the default'\n  kvc del app log_level --yes")]
+#[command(after_help = "A deleted key returns to its default; its history is kept. With --override, only the key's expiring override (`kvc set --for`) ends and its own value is back.\n\nExamples:\n  kvc del app log_level -m 'back to the default'\n  kvc del app log_level --yes\n  kvc del app log_level --override -m 'incident over'")]
 pub struct Args {
     /// The bucket.
     pub bucket: String,
     /// The key (relative to --prefix).
     pub key: String,
+    /// End the key's expiring override instead of deleting the key.
+    #[arg(long = "override")]
+    pub override_: bool,
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,
@@ -45,6 +48,20 @@ pub struct PurgeArgs {
 /// Deletes the key.
 pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let cur = ctx.load(&args.bucket).await?;
+    if args.override_ {
+        let Some(entry) = cur.live_override(&args.key) else {
+            return Err(CliError::NotFound(format!("bucket `{}`, key `{}`: no override in effect", args.bucket, args.key)));
+        };
+        let secret = cur.is_secret(&args.key);
+        let row = crate::ops::DiffRow {
+            key: args.key.clone(),
+            old: Some(ctx.show(secret, &entry.value)),
+            new: cur.live_entry(&args.key).map(|e| ctx.show(secret, &e.value)),
+        };
+        ctx.confirm(&format!("End the override of key `{}` in bucket `{}`?", args.key, args.bucket), args.yes)?;
+        let rev = ctx.clear_override(&cur, &args.key, args.write.reason.as_deref()).await?;
+        return Ok(Written { bucket: args.bucket.clone(), prefix: ctx.prefix.clone(), dry_run: false, changes: vec![row], revision: Some(rev) }.report());
+    }
     if cur.live_entry(&args.key).is_none() {
         return Err(CliError::no_key(&args.bucket, &args.key));
     }

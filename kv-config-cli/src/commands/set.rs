@@ -3,10 +3,11 @@
 //! JSON: the write result shape (see [`Written`](crate::ops::Written)).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use crate::cli::WriteArgs;
+use crate::cli::{parse_duration, WriteArgs};
 use crate::error::{CliError, CliResult, Refusal};
-use crate::ops::{parse_input, parse_stored, Change, Ctx};
+use crate::ops::{parse_input, parse_stored, Change, Ctx, Written};
 use crate::output::Report;
 
 /// Arguments of `kvc set`.
@@ -17,10 +18,15 @@ string works too (`log_level=debug`). Every value is checked against the schema 
 kvc, the struct's validators) before anything is sent; several keys are written in one atomic
 batch, each checked against the revision read, so either all change or none.
 
+With --for, the values are expiring overrides: every service uses them until the TTL ends, then
+the keys' own values are back (the bucket needs per-key TTLs: `kvc add --key-ttl`). `kvc del
+--override KEY` ends one early; `kvc show` lists them with the time left.
+
 Examples:
   kvc set app server.port=9090
   kvc set app limits.min=5 limits.max=50 -m 'bigger pool for the sale'
-  kvc set app 'tags=[\"a\",\"b\"]' --dry-run")]
+  kvc set app 'tags=[\"a\",\"b\"]' --dry-run
+  kvc set app log_level=debug --for 30m -m 'incident 4711'")]
 pub struct Args {
     /// The bucket.
     pub bucket: String,
@@ -30,6 +36,9 @@ pub struct Args {
     /// Validate and show the diff, write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write the values as overrides that expire after this long (e.g. 30m, 2h).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub for_: Option<Duration>,
     /// Reason and author.
     #[command(flatten)]
     pub write: WriteArgs,
@@ -54,6 +63,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let mut problems = Vec::new();
     for (k, v) in pairs {
         match parse_input(cur.field(&k), &v) {
+            Ok(bytes) if args.for_.is_some() => changes.push(Change { key: k, new: Some(bytes) }),
             Ok(bytes) => {
                 let unchanged = cur.live_entry(&k).is_some_and(|e| parse_stored(&e.value) == parse_stored(&bytes));
                 if !unchanged {
@@ -66,5 +76,32 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     if !problems.is_empty() {
         return Err(CliError::Refused { bucket: args.bucket.clone(), problems });
     }
-    Ok(ctx.apply(&cur, changes, args.dry_run, args.write.reason.as_deref()).await?.report())
+    let Some(ttl) = args.for_ else {
+        for c in &changes {
+            if let Some(o) = cur.live_override(&c.key) {
+                ctx.printer.note(&format!(
+                    "note: key `{}` has an override in effect ({}); the new value applies when it ends (`kvc del --override`)",
+                    c.key,
+                    crate::overrides::time_left(o)
+                ));
+            }
+        }
+        return Ok(ctx.apply(&cur, changes, args.dry_run, args.write.reason.as_deref()).await?.report());
+    };
+    ctx.check(&cur, &changes)?;
+    let mut rows = ctx.change_rows(&cur, &changes);
+    for row in &mut rows {
+        // The old value is the one in effect: an override already there, or the key's own.
+        if let Some(e) = cur.live_override(&row.key) {
+            row.old = Some(ctx.show(cur.is_secret(&row.key), &e.value));
+        }
+    }
+    let revision = if args.dry_run { None } else { Some(ctx.commit_overrides(&cur, &changes, ttl, args.write.reason.as_deref()).await?) };
+    if revision.is_some() {
+        ctx.printer.note(&format!(
+            "override(s) expire in {}; the keys' own values return then",
+            humantime::format_duration(Duration::from_secs(ttl.as_secs().max(1)))
+        ));
+    }
+    Ok(Written { bucket: args.bucket.clone(), prefix: ctx.prefix.clone(), dry_run: args.dry_run, changes: rows, revision }.report())
 }

@@ -4,7 +4,8 @@
 //! JSON: `{"bucket", "prefix", "schema": null | "Name version", "keys": [{"key", "value",
 //! "type", "default", "doc", "secret", "revision", "created", "state", "reason"}]}` where
 //! `state` is `set`, `default`, `missing`, `invalid` (with `reason`) or `unknown` (not in the
-//! schema); `value` is `null` when the key has no value; secrets are `"<redacted>"`.
+//! schema); `value` is `null` when the key has no value; secrets are `"<redacted>"`. A key with an
+//! expiring override in effect also has `"override": {"value", "revision", "expires"}`.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -47,6 +48,20 @@ pub struct KeyRow {
     pub state: String,
     /// Why the value is invalid.
     pub reason: Option<String>,
+    /// The expiring override in effect instead of `value`, if any (`kvc set --for`).
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub override_: Option<OverrideRow>,
+}
+
+/// An expiring override in `kvc show --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverrideRow {
+    /// The value in effect until it expires.
+    pub value: Value,
+    /// The override key's revision.
+    pub revision: u64,
+    /// When it expires (RFC 3339; `null` when it was written without kv-config's header).
+    pub expires: Option<String>,
 }
 
 /// Shows the config.
@@ -82,6 +97,11 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             created: entry.map(|e| ops::time_precise(e.created)),
             state: state.into(),
             reason,
+            override_: cur.live_override(&f.key).map(|o| OverrideRow {
+                value: ctx.show(f.secret, &o.value),
+                revision: o.revision,
+                expires: crate::overrides::expires(o).map(ops::time_precise),
+            }),
         });
     }
     for (k, e) in cur.entries.iter().filter(|(k, e)| e.is_put() && wanted(k)) {
@@ -100,6 +120,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             created: Some(ops::time_precise(e.created)),
             state: if known { "unknown".into() } else { "set".into() },
             reason: None,
+            override_: None,
         });
     }
     if let Some(reason) = problems.get("(whole config)") {
@@ -120,6 +141,13 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
                         (None, "unknown") => Text::toned("unknown: not in schema", Tone::Warn),
                         (None, "default") => Text::toned("default", Tone::Dim),
                         (None, s) => Text::plain(s),
+                    };
+                    let state = match (&r.override_, cur.live_override(&r.key)) {
+                        (Some(o), Some(e)) => Text::toned(
+                            format!("override {} ({})", compact(&o.value), crate::overrides::time_left(e)),
+                            Tone::Warn,
+                        ),
+                        _ => state,
                     };
                     vec![
                         Text::plain(r.key.clone()),
