@@ -143,3 +143,35 @@ async fn losing_a_follower_loses_no_acknowledged_write() {
 async fn handle_fails_over_when_its_node_is_killed() {
     lose_a_node_while_writing(Victim::ClientNode).await;
 }
+
+/// An expiring override on an R3 bucket still ends when the stream leader that stored it is
+/// killed: the new leader expires it, and the handle returns to the key's own value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_still_expires_after_its_stream_leader_is_lost() {
+    let mut nodes = kv_config_testing::start_cluster(3).await;
+    let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
+    let client = connect(&urls).await;
+    let store = NatsStore::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match store.create_bucket(&BucketConfig::new("cfg").replicas(3).key_ttl(Duration::from_secs(1))).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "cluster never accepted an R3 bucket: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let cfg = LiveConfig::<Cfg>::builder(store, "cfg").heartbeat(Duration::from_millis(500)).start().await.expect("start");
+    cfg.update(|c| c.a = 1).await.expect("own value");
+    let set_at = Instant::now();
+    cfg.set_for("a", 99, Duration::from_secs(5)).await.expect("set_for");
+    assert_eq!(cfg.get().a, 99);
+
+    let leader = stream_leader(&client).await.expect("the stream has a leader");
+    let index = nodes.iter().position(|n| format!("n{}", n_index(&nodes, n)) == leader).expect("the leader node");
+    nodes[index].kill();
+
+    wait(&cfg, "the override expires after the leader is lost", Duration::from_secs(45), |c| c.get().a == 1).await;
+    let lived = set_at.elapsed();
+    assert!(lived >= Duration::from_secs(5), "the override ended before its TTL: {lived:?}");
+    eprintln!("figure: override (TTL 5 s) on R3 ended {lived:?} after set_for, its stream leader killed meanwhile");
+}

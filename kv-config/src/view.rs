@@ -114,6 +114,17 @@ impl View {
         true
     }
 
+    /// Drops the override of `target` at `revision` that the server no longer holds (its expiry
+    /// marker was never delivered: a marker lives only its marker TTL). `now` is the key's latest
+    /// revision on the server, `None` when it holds nothing for it.
+    pub(crate) fn drop_override(&mut self, target: &str, revision: u64, now: Option<u64>) {
+        if self.overrides.get(target).is_some_and(|o| o.value.revision == revision) {
+            self.overrides.remove(target);
+            self.override_revisions.insert(target.to_string(), now.unwrap_or(0));
+            self.dirty = true;
+        }
+    }
+
     /// The values with every live override in place of the value it overrides. Shares the
     /// view's map when there is no override.
     pub(crate) fn effective(&self) -> Arc<RawValues> {

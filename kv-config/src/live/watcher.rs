@@ -173,6 +173,7 @@ async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern
             shared.state().incarnation = Some(now);
             match next {
                 None => {
+                    reconcile_overrides(&shared, bucket, last_revision > seen).await;
                     // Also applies a burst whose remaining entries were removed before delivery.
                     shared.finish_burst();
                     shared.mark_heard();
@@ -185,6 +186,35 @@ async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern
                 }
                 Some(rev) => Check::Suspect(rev),
             }
+        }
+    }
+}
+
+/// Overrides past their expiry whose expiry marker never arrived: the server writes the marker
+/// with the bucket's marker TTL, so a watch re-created after a failover or a reconnect can miss
+/// it for good. Asks the server about each such override (and, when entries vanished unseen,
+/// about those without a known expiry) and drops the ones it no longer holds; the next swap
+/// brings the keys' own values back.
+async fn reconcile_overrides<T: KvConfig>(shared: &Shared<T>, bucket: &dyn Bucket, vanished: bool) {
+    let now = SystemTime::now();
+    let due: Vec<(String, u64)> = {
+        let st = shared.state();
+        st.view
+            .overrides
+            .iter()
+            .filter(|(_, o)| o.expires.map_or(vanished, |e| e <= now))
+            .map(|(k, o)| (k.clone(), o.value.revision))
+            .collect()
+    };
+    for (key, revision) in due {
+        let full = format!("{}{}{key}", shared.source.prefix, crate::view::OVERRIDE_PREFIX);
+        match bucket.entry(&full).await {
+            Ok(Some(e)) if e.is_put() && e.revision >= revision => {}
+            Ok(latest) => {
+                tracing::info!(bucket = bucket.name(), key = %full, "override expired without a marker reaching the watch; dropped");
+                shared.state().view.drop_override(&key, revision, latest.map(|e| e.revision));
+            }
+            Err(_) => return,
         }
     }
 }
