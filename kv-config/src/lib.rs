@@ -103,7 +103,7 @@ pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
 pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
 pub use load::{load, Loaded};
-pub use schema::{FieldSchema, KvType, Schema, TypeDesc};
+pub use schema::{key_matches, FieldSchema, KvType, Schema, SchemaLookup, TypeDesc};
 pub use view::{GUARD_KEY, RESERVED_PREFIX, SCHEMA_KEY};
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]
@@ -136,6 +136,15 @@ pub mod __private {
         let mut s = String::with_capacity(prefix.len() + name.len());
         s.push_str(prefix);
         s.push_str(name);
+        s
+    }
+
+    /// The prefix of a nested map entry's keys: `tenants.` + `acme` -> `tenants.acme.`.
+    pub fn entry_prefix(map_prefix: &str, name: &str) -> String {
+        let mut s = String::with_capacity(map_prefix.len() + name.len() + 1);
+        s.push_str(map_prefix);
+        s.push_str(name);
+        s.push('.');
         s
     }
 

@@ -1,10 +1,11 @@
 //! The watcher's view of a bucket: the latest revision of every key, and decoding it into a
 //! config with a per-key fallback to the last good values.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{decode_counting, DecodeError, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
+use crate::schema::KeySet;
 use crate::store::Entry;
 
 /// Keys under this first token belong to kv-config itself (the published schema); the derive
@@ -89,8 +90,8 @@ impl View {
     }
 }
 
-/// Keys with a live value that the schema does not know, sorted.
-pub(crate) fn unknown_keys(values: &RawValues, known: &HashSet<String>) -> Vec<String> {
+/// Keys with a live value that the schema does not know (map entries count as known), sorted.
+pub(crate) fn unknown_keys(values: &RawValues, known: &KeySet) -> Vec<String> {
     let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(*k)).cloned().collect();
     keys.sort();
     keys

@@ -87,12 +87,10 @@ impl<T: KvConfig> LiveConfig<T> {
     /// validation, revision check and outcomes as [`update`](Self::update).
     pub async fn set<V: serde::Serialize>(&self, key: &str, value: V) -> Result<Arc<Snapshot<T>>> {
         if !self.shared.known().contains(key) {
-            let mut known: Vec<&str> = self.shared.known().iter().map(String::as_str).collect();
-            known.sort_unstable();
             return Err(Error::UnknownKey {
                 key: crate::redact::bound(key, 120),
                 type_name: T::__KV_NAME.to_string(),
-                known: known.join(", "),
+                known: self.shared.known().listing(),
             });
         }
         let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| crate::EncodeError { key: key.to_string(), message: e.to_string() })?);
