@@ -47,7 +47,7 @@ fn check_duplicate_keys(cx: &Ctxt, input: &Input) {
 fn check_conflicts(cx: &Ctxt, input: &Input) {
     for f in &input.fields {
         let a = &f.attrs;
-        if let (Some(_), Some((span, _))) = (a.nested, &a.default) {
+        if let (Some(_), Some((span, _)), None) = (a.nested, &a.default, f.dynamic_map()) {
             cx.error_at(*span, "#[kv(default)] conflicts with #[kv(nested)]: a nested struct takes its defaults from its own fields");
         }
         if let (Some(_), Some(span)) = (a.nested, a.secret) {
