@@ -57,7 +57,7 @@ async fn entries_from_another_client_are_added_changed_and_deleted() {
     kv.put("flags.beta", "true".into()).await.unwrap();
     kv.put("flags.dark-mode", "false".into()).await.unwrap();
     eventually("two flags", || cfg.get().flags.len() == 2).await;
-    assert_eq!(cfg.get().flags["beta"], true);
+    assert!(cfg.get().flags["beta"]);
     kv.put("flags.beta", "false".into()).await.unwrap();
     eventually("beta changed", || cfg.get().flags.get("beta") == Some(&false)).await;
     kv.delete("flags.beta").await.unwrap();
@@ -137,7 +137,7 @@ async fn garbage_entries_from_another_client_are_refused_and_the_rest_applies() 
     kv.put("flags.ok", "\"maybe\"".into()).await.unwrap();
     kv.put("log_level", "debug".into()).await.unwrap();
     eventually("log level applied", || cfg.get().log_level == "debug").await;
-    assert_eq!(cfg.get().flags["ok"], true, "last good value of flags.ok");
+    assert!(cfg.get().flags["ok"], "last good value of flags.ok");
     assert!(cfg.status().rejected.iter().any(|e| e.key == "flags.ok"));
     // A nested map key without a leaf, and an entry refused by its validator.
     kv.put("tenants.acme", "1".into()).await.unwrap();
@@ -154,7 +154,7 @@ async fn garbage_entries_from_another_client_are_refused_and_the_rest_applies() 
     kv.delete("tenants.acme").await.unwrap();
     kv.put("tenants.zeta.limit", "1".into()).await.unwrap();
     eventually("healthy", || cfg.status().rejected.is_empty() && cfg.get().tenants.contains_key("zeta")).await;
-    assert_eq!(cfg.get().flags["ok"], false);
+    assert!(!cfg.get().flags["ok"]);
 }
 
 async fn next(sub: &mut kv_config::Subscription<Cfg>) -> kv_config::Change<Cfg> {
@@ -207,5 +207,5 @@ async fn unknown_keys_and_schema_cover_entries() {
     let bucket = store.open_bucket("cfg").await.unwrap();
     let loaded = kv_config::load::<Cfg>(&*bucket, "").await.unwrap();
     assert_eq!(loaded.unknown_keys, ["other", "tenants.acme.extra"]);
-    assert_eq!(loaded.config.flags["beta"], true);
+    assert!(loaded.config.flags["beta"]);
 }

@@ -92,7 +92,7 @@ impl View {
 
 /// Keys with a live value that the schema does not know (map entries count as known), sorted.
 pub(crate) fn unknown_keys(values: &RawValues, known: &KeySet) -> Vec<String> {
-    let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(*k)).cloned().collect();
+    let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(k)).cloned().collect();
     keys.sort();
     keys
 }

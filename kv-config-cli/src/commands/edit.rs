@@ -450,7 +450,7 @@ fn render(
     let extra: Vec<(&String, &Option<Value>)> =
         pending
             .iter()
-            .filter(|(k, _)| cur.field(k).is_none_or(|f| f.is_map_entry()) && cur.live_entry(k).is_none())
+            .filter(|(k, _)| cur.field(k).map_or(true, |f| f.is_map_entry()) && cur.live_entry(k).is_none())
             .collect();
     for (k, v) in extra {
         if let Some(text) = v.as_ref().and_then(toml_inline) {
