@@ -148,6 +148,14 @@ async fn garbage_entries_from_another_client_are_refused_and_the_rest_applies() 
     assert!(status.rejected.iter().any(|e| e.key == "tenants.acme"), "{status:?}");
     assert!(status.rejected.iter().any(|e| e.key == "tenants.zeta.limit"), "{status:?}");
     assert!(!cfg.get().tenants.contains_key("zeta"));
+    // A new entry without its required leaf is refused as a whole; later writes still apply.
+    kv.put("tenants.half.plan", "pro".into()).await.unwrap();
+    kv.put("log_level", "warn".into()).await.unwrap();
+    eventually("log level applied", || cfg.get().log_level == "warn").await;
+    assert!(!cfg.get().tenants.contains_key("half"));
+    assert!(cfg.status().rejected.iter().any(|e| e.key == "tenants.half.limit"), "{:?}", cfg.status());
+    kv.put("tenants.half.limit", "4".into()).await.unwrap();
+    eventually("half complete", || cfg.get().tenants.get("half").is_some_and(|t| t.limit == 4 && t.plan == "pro")).await;
     // Cleaning up the garbage makes the handle healthy again.
     kv.delete("flags.a.b").await.unwrap();
     kv.put("flags.ok", "false".into()).await.unwrap();

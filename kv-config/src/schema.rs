@@ -313,6 +313,15 @@ impl Schema {
     }
 }
 
+impl Schema {
+    /// The map entry a concrete key belongs to (`tenants.acme` for `tenants.acme.limit` when
+    /// the schema has `tenants.*.limit`), `None` for a key that is no map entry's.
+    pub(crate) fn entry_of(&self, key: &str) -> Option<String> {
+        let f = self.field_for(key).filter(|f| f.is_map_entry())?;
+        Some(entry_of(&f.key, key))
+    }
+}
+
 /// [`Schema::lookup`]: the field of a concrete key, a hash lookup for plain keys.
 #[derive(Debug, Clone)]
 pub struct SchemaLookup<'a> {

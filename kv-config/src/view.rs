@@ -124,8 +124,15 @@ pub(crate) fn decode_latest<T: KvConfig>(
         return Err(err);
     }
     let mut candidate = RawValues::clone(latest);
+    let mut schema = None;
     for e in err.errors() {
         let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
+        // A required leaf missing from a nested map entry: the whole entry falls back.
+        let rel = match e.problem {
+            Problem::Missing => schema.get_or_insert_with(T::schema).entry_of(rel).unwrap_or_else(|| rel.to_string()),
+            _ => rel.to_string(),
+        };
+        let rel = rel.as_str();
         let nested = format!("{rel}.");
         candidate.retain(|k, _| k != rel && !k.starts_with(&nested));
         for (k, v) in good.iter().filter(|(k, _)| *k == rel || k.starts_with(&nested)) {
