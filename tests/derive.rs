@@ -361,3 +361,36 @@ async fn live_update_adds_and_removes_entry_keys() {
     assert!(cfg.set("flags.a.b", true).await.is_err(), "not an entry key");
     assert!(cfg.status().unknown_keys.is_empty());
 }
+
+fn no_admin(m: &BTreeMap<String, String>) -> Result<(), String> {
+    match m.get("admin") {
+        Some(v) => Err(format!("admin token {v} is not allowed here")),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn a_secret_maps_validator_message_is_never_shown() {
+    #[derive(KvConfig, Clone, Serialize, Deserialize)]
+    struct S {
+        #[kv(secret, validate = no_admin)]
+        tokens: BTreeMap<String, String>,
+    }
+    let err = S::decode(&values(&[("tokens.admin", "\"hunter2\"")]), &src()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("key `prod.tokens`") && msg.contains("message redacted") && !msg.contains("hunter2"), "{msg}");
+}
+
+#[test]
+fn check_values_matches_entries_to_their_pattern() {
+    let schema = Maps::schema();
+    let values: BTreeMap<String, Vec<u8>> = [("flags.beta", "maybe"), ("tenants.acme.name", "\"Acme\""), ("quotas.a", "1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let problems = schema.check_values(&values);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].0, "flags.beta");
+    assert!(problems[0].1.contains("expected bool"), "{problems:?}");
+    assert_eq!(problems[1], ("tenants.acme.limit".to_string(), "missing required value".to_string()));
+}

@@ -213,13 +213,13 @@ fn map_decode(i: usize, f: &Field, value: &syn::Type) -> TokenStream {
     let var = format_ident!("__kv_f{}", i);
     let prefix = map_prefix_expr(f);
     let nested = f.attrs.nested.is_some();
+    let secret = f.attrs.secret.is_some();
     let validate = validator(f.attrs.validate.as_ref(), ty);
     let entry = if nested {
         quote_spanned! {value.span()=>
             <#value as ::kv_config::KvConfig>::__kv_decode(&::kv_config::__private::entry_prefix(&__kv_map_prefix, &__kv_name), __kv_d)
         }
     } else {
-        let secret = f.attrs.secret.is_some();
         let each = validator(f.attrs.validate_each.as_ref(), value);
         quote! {
             __kv_d.leaf::<#value>(&__kv_map_prefix, &__kv_name, #secret, ::core::option::Option::None, #each)
@@ -240,7 +240,7 @@ fn map_decode(i: usize, f: &Field, value: &syn::Type) -> TokenStream {
             }
             if __kv_ok {
                 __kv_d
-                    .validate(__kv_map_prefix.trim_end_matches('.'), ::core::option::Option::None, &__kv_map, #validate)
+                    .validate_map(__kv_map_prefix.trim_end_matches('.'), &__kv_map, #validate, #secret)
                     .map(|()| __kv_map)
             } else {
                 ::core::option::Option::None

@@ -562,6 +562,12 @@ impl<'a> Decoder<'a> {
         self.check_leaf(key, revision, value, validate, false)
     }
 
+    /// Runs a validator over a whole map field; for a secret map its message is never shown.
+    #[doc(hidden)]
+    pub fn validate_map<T>(&mut self, key: &str, value: &T, validate: Option<Validator<'_, T>>, secret: bool) -> Option<()> {
+        self.check_leaf(key, None, value, validate, secret)
+    }
+
     #[doc(hidden)]
     pub fn check_struct<T>(&mut self, prefix: &str, value: &T, check: &dyn Fn(&T) -> Result<(), String>) -> Option<()> {
         match guarded("the struct check", || check(value)) {
