@@ -190,3 +190,207 @@ fn encode_round_trips_and_skips_none() {
         .collect();
     assert!(App::decode(&raw, &src()).unwrap() == app);
 }
+
+// ---- Map fields: one key per entry ----
+
+fn at_least(n: &u32) -> Result<(), String> {
+    if *n == 0 {
+        Err("a limit of 0 blocks the tenant".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn at_most_three(m: &std::collections::BTreeMap<String, bool>) -> Result<(), String> {
+    if m.len() > 3 {
+        Err(format!("{} flags, at most 3", m.len()))
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Tenant {
+    #[kv(validate = at_least)]
+    limit: u32,
+    #[kv(default)]
+    name: String,
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Maps {
+    /// Feature flags by name.
+    flags: std::collections::HashMap<String, bool>,
+    #[kv(nested)]
+    tenants: std::collections::BTreeMap<String, Tenant>,
+    #[kv(validate_each = at_least)]
+    quotas: BTreeMap<String, u32>,
+    #[kv(json)]
+    labels: HashMap<String, String>,
+    #[kv(secret)]
+    tokens: BTreeMap<String, String>,
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct WholeMapCheck {
+    #[kv(validate = at_most_three)]
+    flags: BTreeMap<String, bool>,
+}
+
+use std::collections::{BTreeMap, HashMap};
+
+#[test]
+fn map_fields_publish_one_pattern_per_entry_leaf() {
+    let schema = Maps::schema();
+    let keys: Vec<&str> = schema.fields.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(keys, ["flags.*", "tenants.*.limit", "tenants.*.name", "quotas.*", "labels", "tokens.*"]);
+    let flags = schema.field("flags.*").unwrap();
+    assert_eq!((flags.ty.clone(), flags.required, flags.doc.as_str()), (TypeDesc::Bool, false, "Feature flags by name."));
+    assert_eq!(schema.field("labels").unwrap().ty, TypeDesc::Object { values: Box::new(TypeDesc::String) });
+    assert!(schema.field("tokens.*").unwrap().secret);
+    assert_eq!(schema.field_for("tenants.acme.limit").unwrap().key, "tenants.*.limit");
+    assert!(schema.field_for("tenants.acme").is_none());
+    assert!(schema.field_for("flags.a.b").is_none());
+    assert!(!schema.cross_checks, "per-entry validators read one key each");
+    assert!(WholeMapCheck::schema().cross_checks, "a validator over the whole map reads every entry");
+}
+
+#[test]
+fn map_entries_decode_from_their_own_keys_and_encode_back() {
+    let raw = values(&[
+        ("flags.beta", "true"),
+        ("flags.dark-mode", "false"),
+        ("tenants.acme.limit", "10"),
+        ("tenants.acme.name", "\"Acme\""),
+        ("tenants.zeta.limit", "5"),
+        ("quotas.a", "3"),
+        ("labels", "{\"team\":\"core\"}"),
+        ("tokens.ci", "\"s3cret\""),
+    ]);
+    let m = Maps::decode(&raw, &src()).unwrap();
+    assert_eq!(m.flags, HashMap::from([("beta".to_string(), true), ("dark-mode".to_string(), false)]));
+    assert_eq!(m.tenants["acme"], Tenant { limit: 10, name: "Acme".into() });
+    assert_eq!(m.tenants["zeta"], Tenant { limit: 5, name: String::new() });
+    assert_eq!(m.labels["team"], "core");
+    assert!(!format!("{m:?}").contains("s3cret"));
+    let enc = m.encode().unwrap();
+    let keys: Vec<&str> = enc.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "flags.beta",
+            "flags.dark-mode",
+            "labels",
+            "quotas.a",
+            "tenants.acme.limit",
+            "tenants.acme.name",
+            "tenants.zeta.limit",
+            "tenants.zeta.name",
+            "tokens.ci"
+        ]
+    );
+    // No entries at all: every map is empty, nothing is missing.
+    let empty = Maps::decode(&RawValues::new(), &src()).unwrap();
+    assert!(empty.flags.is_empty() && empty.tenants.is_empty() && empty.labels.is_empty());
+}
+
+#[test]
+fn illegal_entry_names_are_refused_on_read_and_on_write() {
+    let err = Maps::decode(
+        &values(&[("flags.a.b", "true"), ("flags.ok", "true"), ("tenants.acme", "1"), ("quotas.z", "0")]),
+        &src(),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.len(), 3, "{msg}");
+    assert!(
+        msg.contains("key `prod.flags.a.b` in bucket `cfg` (revision 1): invalid value: not an entry of map `flags`: `a.b` is not a legal entry name"),
+        "{msg}"
+    );
+    assert!(msg.contains("key `prod.tenants.acme` in bucket `cfg` (revision 3): invalid value: not an entry of map `tenants`"), "{msg}");
+    assert!(msg.contains("key `prod.quotas.z` in bucket `cfg` (revision 4): rejected by validator: a limit of 0 blocks the tenant"), "{msg}");
+    let err = Maps::decode(&values(&[("tenants.acme.limit", "0")]), &src()).unwrap_err();
+    assert_eq!(err.errors()[0].key, "prod.tenants.acme.limit");
+
+    let mut m = Maps::decode(&RawValues::new(), &src()).unwrap();
+    m.flags.insert("has space".into(), true);
+    let err = m.encode().unwrap_err();
+    assert_eq!(err.key, "flags");
+    assert!(err.to_string().contains("map entry `has space` cannot be stored as a key"), "{err}");
+    let mut m = Maps::decode(&RawValues::new(), &src()).unwrap();
+    m.tenants.insert("a.b".into(), Tenant { limit: 1, name: String::new() });
+    assert!(m.encode().unwrap_err().to_string().contains("map entry `a.b`"));
+    let mut m = Maps::decode(&RawValues::new(), &src()).unwrap();
+    m.flags.insert(format!("{} x", "x".repeat(10_000)), true);
+    assert!(m.encode().unwrap_err().to_string().len() < 1_000, "the bad name is bounded in the message");
+}
+
+#[test]
+fn a_validator_over_the_whole_map_reports_at_the_map() {
+    let err = WholeMapCheck::decode(&values(&[("flags.a", "true"), ("flags.b", "true"), ("flags.c", "true"), ("flags.d", "true")]), &src())
+        .unwrap_err();
+    assert_eq!(err.errors()[0].key, "prod.flags");
+    assert_eq!(err.errors()[0].problem, Problem::Rejected("4 flags, at most 3".into()));
+}
+
+#[tokio::test]
+async fn live_update_adds_and_removes_entry_keys() {
+    use kv_config::{store::MemoryStore, LiveConfig};
+    let cfg = LiveConfig::<Maps>::builder(MemoryStore::new(), "maps").create_if_missing().start().await.unwrap();
+    cfg.update(|c| {
+        c.flags.insert("beta".into(), true);
+        c.tenants.insert("acme".into(), Tenant { limit: 3, name: "Acme".into() });
+    })
+    .await
+    .unwrap();
+    let bucket = cfg.bucket().clone();
+    assert_eq!(bucket.entry("flags.beta").await.unwrap().unwrap().value, "true");
+    assert_eq!(bucket.entry("tenants.acme.limit").await.unwrap().unwrap().value, "3");
+    cfg.update(|c| {
+        c.flags.remove("beta");
+        c.tenants.remove("acme");
+    })
+    .await
+    .unwrap();
+    for key in ["flags.beta", "tenants.acme.limit", "tenants.acme.name"] {
+        assert!(!matches!(bucket.entry(key).await.unwrap(), Some(e) if e.is_put()), "{key} deleted");
+    }
+    assert!(cfg.get().flags.is_empty());
+    cfg.set("flags.gamma", true).await.unwrap();
+    assert!(cfg.get().flags["gamma"]);
+    assert!(cfg.set("flags.a.b", true).await.is_err(), "not an entry key");
+    assert!(cfg.status().unknown_keys.is_empty());
+}
+
+fn no_admin(m: &BTreeMap<String, String>) -> Result<(), String> {
+    match m.get("admin") {
+        Some(v) => Err(format!("admin token {v} is not allowed here")),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn a_secret_maps_validator_message_is_never_shown() {
+    #[derive(KvConfig, Clone, Serialize, Deserialize)]
+    struct S {
+        #[kv(secret, validate = no_admin)]
+        tokens: BTreeMap<String, String>,
+    }
+    let err = S::decode(&values(&[("tokens.admin", "\"hunter2\"")]), &src()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("key `prod.tokens`") && msg.contains("message redacted") && !msg.contains("hunter2"), "{msg}");
+}
+
+#[test]
+fn check_values_matches_entries_to_their_pattern() {
+    let schema = Maps::schema();
+    let values: BTreeMap<String, Vec<u8>> = [("flags.beta", "maybe"), ("tenants.acme.name", "\"Acme\""), ("quotas.a", "1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let problems = schema.check_values(&values);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems[0].0, "flags.beta");
+    assert!(problems[0].1.contains("expected bool"), "{problems:?}");
+    assert_eq!(problems[1], ("tenants.acme.limit".to_string(), "missing required value".to_string()));
+}

@@ -99,9 +99,9 @@ impl Current {
         self.entries.get(key).filter(|e| e.is_put())
     }
 
-    /// The schema field of a key.
+    /// The schema field of a key (for a map entry such as `flags.beta`, the field `flags.*`).
     pub fn field(&self, key: &str) -> Option<&FieldSchema> {
-        self.schema.as_ref().and_then(|s| s.field(key))
+        self.schema.as_ref().and_then(|s| s.field_for(key))
     }
 
     /// `true` if the key's value must not be shown.
@@ -346,7 +346,7 @@ impl Ctx {
                 }
                 continue;
             };
-            let Some(field) = schema.field(&c.key) else {
+            let Some(field) = schema.field_for(&c.key) else {
                 refuse(&mut problems, &c.key, format!("unknown key: not in the schema of `{}`", schema.name));
                 continue;
             };
@@ -355,6 +355,19 @@ impl Ctx {
                     if let Err(e) = field.ty.parse(v) {
                         let msg = if field.secret { format!("invalid value (redacted); expected {}", field.ty) } else { e };
                         refuse(&mut problems, &c.key, msg);
+                    }
+                }
+                None if field.required && field.is_map_entry() => {
+                    // Required within a map entry: deleting it is fine when the whole entry goes.
+                    if let Some(entry) = entry_prefix(&field.key, &c.key) {
+                        let deleted = |k: &str| changes.iter().any(|d| d.key == k && d.new.is_none());
+                        if cur.live().keys().any(|k| k.starts_with(&entry) && !deleted(k)) {
+                            refuse(
+                                &mut problems,
+                                &c.key,
+                                format!("required in each entry (no default): delete every key of entry `{}` or set a value", entry.trim_end_matches('.')),
+                            );
+                        }
                     }
                 }
                 None if field.required => {
@@ -611,6 +624,14 @@ impl Ctx {
 }
 
 /// `\r` and `\n` are not allowed in a header value.
+/// The keys of the map entry `key` belongs to, by the schema pattern it matches:
+/// `tenants.*.limit` + `tenants.acme.limit` -> `tenants.acme.`.
+fn entry_prefix(pattern: &str, key: &str) -> Option<String> {
+    let n = pattern.split('.').position(|t| t == "*")? + 1;
+    let tokens: Vec<&str> = key.split('.').take(n).collect();
+    (tokens.len() == n).then(|| format!("{}.", tokens.join(".")))
+}
+
 fn one_line(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
 }

@@ -23,6 +23,14 @@ pub struct Field<'a> {
     pub key_span: Span,
     /// `Option<...>`: missing means `None`.
     pub optional: bool,
+    /// The type is syntactically `HashMap<K, V>` / `BTreeMap<K, V>` (any path prefix).
+    pub map: Option<MapType<'a>>,
+}
+
+/// The parts of a `HashMap<K, V>` / `BTreeMap<K, V>` field type.
+pub struct MapType<'a> {
+    pub key: &'a syn::Type,
+    pub value: &'a syn::Type,
 }
 
 impl<'a> Input<'a> {
@@ -71,6 +79,7 @@ impl<'a> Input<'a> {
                     ty: &f.ty,
                     doc: attr::doc_of(&f.attrs),
                     optional: is_option(&f.ty),
+                    map: map_type(&f.ty),
                     attrs: field_attrs,
                     key,
                     key_span,
@@ -91,8 +100,48 @@ fn is_option(ty: &syn::Type) -> bool {
     }
 }
 
-impl Field<'_> {
+/// `HashMap<K, V, ...>` or `BTreeMap<K, V>` by the last path segment.
+fn map_type(ty: &syn::Type) -> Option<MapType<'_>> {
+    match ty {
+        syn::Type::Path(p) if p.qself.is_none() => {
+            let last = p.path.segments.last()?;
+            if last.ident != "HashMap" && last.ident != "BTreeMap" {
+                return None;
+            }
+            let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+            let mut types = args.args.iter().filter_map(|a| match a {
+                syn::GenericArgument::Type(t) => Some(t),
+                _ => None,
+            });
+            Some(MapType { key: types.next()?, value: types.next()? })
+        }
+        syn::Type::Group(g) => map_type(&g.elem),
+        _ => None,
+    }
+}
+
+/// `String` (any path prefix, no arguments).
+pub fn is_string(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(p) if p.qself.is_none() => {
+            p.path.segments.last().is_some_and(|s| s.ident == "String" && s.arguments.is_empty())
+        }
+        syn::Type::Group(g) => is_string(&g.elem),
+        _ => false,
+    }
+}
+
+impl<'a> Field<'a> {
     pub fn ty_span(&self) -> Span {
         self.ty.span()
+    }
+
+    /// A map field stored as one key per entry (not `#[kv(json)]`).
+    pub fn dynamic_map(&self) -> Option<&MapType<'a>> {
+        if self.attrs.json.is_some() {
+            None
+        } else {
+            self.map.as_ref()
+        }
     }
 }

@@ -56,6 +56,10 @@ pub struct Field {
     pub secret: Option<Span>,
     pub skip: Option<Span>,
     pub validate: Option<(Span, Path)>,
+    /// `#[kv(validate_each = path)]`: run on every entry of a map field.
+    pub validate_each: Option<(Span, Path)>,
+    /// `#[kv(json)]`: a map field stored as one JSON object instead of one key per entry.
+    pub json: Option<Span>,
 }
 
 fn path_name(path: &Path) -> String {
@@ -137,6 +141,8 @@ impl Field {
         let mut secret = Attr::none(cx, SECRET);
         let mut skip = Attr::none(cx, SKIP);
         let mut validate = Attr::none(cx, VALIDATE);
+        let mut validate_each = Attr::none(cx, VALIDATE_EACH);
+        let mut json = Attr::none(cx, JSON);
         for_each_kv(cx, &field.attrs, |meta| {
             if meta.path == RENAME {
                 let lit: LitStr = meta.value()?.parse()?;
@@ -157,6 +163,11 @@ impl Field {
             } else if meta.path == VALIDATE {
                 let path = parse_path(meta)?;
                 validate.set(&meta.path, path);
+            } else if meta.path == VALIDATE_EACH {
+                let path = parse_path(meta)?;
+                validate_each.set(&meta.path, path);
+            } else if meta.path == JSON {
+                json.set(&meta.path, ());
             } else {
                 cx.error_spanned_by(&meta.path, format!("unknown kv field attribute `{}`", path_name(&meta.path)));
                 skip_value(meta)?;
@@ -170,6 +181,8 @@ impl Field {
             secret: secret.get().map(|(s, _)| s),
             skip: skip.get().map(|(s, _)| s),
             validate: validate.get(),
+            validate_each: validate_each.get(),
+            json: json.get().map(|(s, _)| s),
         }
     }
 }

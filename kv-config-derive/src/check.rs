@@ -9,6 +9,8 @@ pub fn check(cx: &Ctxt, input: &Input) {
     check_keys(cx, input);
     check_duplicate_keys(cx, input);
     check_conflicts(cx, input);
+    check_maps(cx, input);
+    check_map_overlap(cx, input);
 }
 
 /// Every key token follows the NATS key rules: `[-/_=.a-zA-Z0-9]`, no empty token.
@@ -45,7 +47,7 @@ fn check_duplicate_keys(cx: &Ctxt, input: &Input) {
 fn check_conflicts(cx: &Ctxt, input: &Input) {
     for f in &input.fields {
         let a = &f.attrs;
-        if let (Some(_), Some((span, _))) = (a.nested, &a.default) {
+        if let (Some(_), Some((span, _)), None) = (a.nested, &a.default, f.dynamic_map()) {
             cx.error_at(*span, "#[kv(default)] conflicts with #[kv(nested)]: a nested struct takes its defaults from its own fields");
         }
         if let (Some(_), Some(span)) = (a.nested, a.secret) {
@@ -57,10 +59,74 @@ fn check_conflicts(cx: &Ctxt, input: &Input) {
                 a.nested.map(|s| ("nested", s)),
                 a.secret.map(|s| ("secret", s)),
                 a.validate.as_ref().map(|(s, _)| ("validate", *s)),
+                a.validate_each.as_ref().map(|(s, _)| ("validate_each", *s)),
+                a.json.map(|s| ("json", s)),
             ];
             for (name, span) in others.into_iter().flatten() {
                 cx.error_at(span, format!("#[kv({name})] conflicts with #[kv(skip)]: a skipped field has no key"));
             }
+        }
+    }
+}
+
+/// Map fields (`HashMap<String, V>` / `BTreeMap<String, V>`): one key per entry, so the entry
+/// name must be a `String`, an absent map is empty (no default), and `json` / `validate_each`
+/// only make sense on maps.
+fn check_maps(cx: &Ctxt, input: &Input) {
+    for f in input.fields.iter().filter(|f| f.attrs.skip.is_none()) {
+        let a = &f.attrs;
+        match (&f.map, a.json) {
+            (None, Some(span)) => cx.error_at(
+                span,
+                "#[kv(json)] belongs on a HashMap or BTreeMap field (to store the whole map as one JSON key); other fields are one JSON key already",
+            ),
+            (Some(_), Some(_)) => {
+                if let Some(nested) = a.nested {
+                    cx.error_at(nested, "#[kv(nested)] conflicts with #[kv(json)]: a map stored as one JSON key has no keys per entry");
+                }
+                if let Some((each, _)) = &a.validate_each {
+                    cx.error_at(*each, "#[kv(validate_each)] conflicts with #[kv(json)]: use #[kv(validate = ...)] on the whole map");
+                }
+            }
+            (Some(map), None) => {
+                if !crate::ast::is_string(map.key) {
+                    cx.error_spanned_by(
+                        map.key,
+                        "a map field needs `String` keys: each entry name becomes a key token (`field.<name>`); use #[kv(json)] to store the map as one JSON key",
+                    );
+                }
+                if let Some((span, _)) = &a.default {
+                    cx.error_at(
+                        *span,
+                        "#[kv(default)] is not supported on a map field: a map with no entries in the bucket is empty; use #[kv(json)] to store the map as one key with a default",
+                    );
+                }
+                if let (Some(_), Some((each, _))) = (a.nested, &a.validate_each) {
+                    cx.error_at(
+                        *each,
+                        "#[kv(validate_each)] conflicts with #[kv(nested)]: validate a nested entry with #[kv(validate = ...)] on its struct",
+                    );
+                }
+            }
+            (None, None) => {
+                if let Some((each, _)) = &a.validate_each {
+                    cx.error_at(*each, "#[kv(validate_each)] belongs on a HashMap<String, V> or BTreeMap<String, V> field; use #[kv(validate = ...)] here");
+                }
+            }
+        }
+    }
+}
+
+/// A map field owns every key under `field.`: no other field may map there.
+fn check_map_overlap(cx: &Ctxt, input: &Input) {
+    let fields: Vec<_> = input.fields.iter().filter(|f| f.attrs.skip.is_none()).collect();
+    for m in fields.iter().filter(|f| f.dynamic_map().is_some()) {
+        let owned = format!("{}.", m.key);
+        for f in fields.iter().filter(|f| f.key.starts_with(&owned)) {
+            cx.error_at(
+                f.key_span,
+                format!("key `{}` lies under map field `{}`, whose entries own every key `{}<name>`", f.key, m.ident, owned),
+            );
         }
     }
 }

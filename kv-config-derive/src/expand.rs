@@ -2,6 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use crate::ast::{Field, Input};
 use crate::attr::Default;
@@ -53,10 +54,17 @@ fn expand(input: &Input) -> TokenStream {
             })?;
         }
     });
+    // A validator reads several keys when it is on the struct, on a nested field, or on a whole
+    // map stored one key per entry.
     let has_own_check = input.attrs.validate.is_some()
-        || leaf_fields(input).any(|(_, f)| f.attrs.nested.is_some() && f.attrs.validate.is_some());
+        || leaf_fields(input).any(|(_, f)| {
+            (f.attrs.nested.is_some() || f.dynamic_map().is_some()) && f.attrs.validate.is_some()
+        });
     let nested_checks = leaf_fields(input).filter(|(_, f)| f.attrs.nested.is_some()).map(|(_, f)| {
-        let ty = f.ty;
+        let ty = match f.dynamic_map() {
+            Some(map) => map.value,
+            None => f.ty,
+        };
         quote!(|| <#ty as ::kv_config::KvConfig>::__KV_CROSS_CHECKS)
     });
     let debug_fields = input.fields.iter().filter(|f| f.attrs.skip.is_none()).map(|f| {
@@ -146,11 +154,116 @@ fn default_value(f: &Field) -> TokenStream {
     }
 }
 
+/// Optional fields, fields with a default, and maps (absent = empty) need no key.
 fn has_default(f: &Field) -> bool {
-    f.attrs.default.is_some() || f.optional
+    f.attrs.default.is_some() || f.optional || f.map.is_some()
+}
+
+/// `field.` under the prefix: where a map field's entries live.
+fn map_prefix_expr(f: &Field) -> TokenStream {
+    let dotted = format!("{}.", f.key);
+    quote!(::kv_config::__private::join(__kv_prefix, #dotted))
+}
+
+fn map_schema_entry(f: &Field, value: &syn::Type) -> TokenStream {
+    if f.attrs.nested.is_some() {
+        let pattern = format!("{}.*.", f.key);
+        return quote_spanned! {value.span()=>
+            <#value as ::kv_config::KvConfig>::__kv_fields(&::kv_config::__private::join(__kv_prefix, #pattern), __kv_out);
+        };
+    }
+    let pattern = format!("{}.*", f.key);
+    let doc = &f.doc;
+    let secret = f.attrs.secret.is_some();
+    quote! {
+        __kv_out.push(::kv_config::__private::FieldSchema {
+            key: ::kv_config::__private::join(__kv_prefix, #pattern),
+            ty: {
+                #[allow(unused_imports)]
+                use ::kv_config::__private::{DescribeAny as _, DescribeKnown as _};
+                (&&::kv_config::__private::Probe::<#value>::new()).__kv_describe()
+            },
+            doc: ::std::string::String::from(#doc),
+            default: ::core::option::Option::None,
+            required: false,
+            secret: #secret,
+        });
+    }
+}
+
+fn map_encode(f: &Field, value: &syn::Type) -> TokenStream {
+    let member = f.ident;
+    let key = &f.key;
+    let nested = f.attrs.nested.is_some();
+    let write = if nested {
+        quote_spanned!(value.span()=> <#value as ::kv_config::KvConfig>::__kv_encode(__kv_v, &__kv_key, __kv_out)?;)
+    } else {
+        quote!(__kv_out.leaf(__kv_key, __kv_v)?;)
+    };
+    quote! {
+        for (__kv_name, __kv_v) in &self.#member {
+            let __kv_key = __kv_out.entry_key(__kv_prefix, #key, __kv_name, #nested)?;
+            #write
+        }
+    }
+}
+
+fn map_decode(i: usize, f: &Field, value: &syn::Type) -> TokenStream {
+    let ty = f.ty;
+    let var = format_ident!("__kv_f{}", i);
+    let prefix = map_prefix_expr(f);
+    let nested = f.attrs.nested.is_some();
+    let secret = f.attrs.secret.is_some();
+    let validate = validator(f.attrs.validate.as_ref(), ty);
+    let entry = if nested {
+        quote_spanned! {value.span()=>
+            <#value as ::kv_config::KvConfig>::__kv_decode(&::kv_config::__private::entry_prefix(&__kv_map_prefix, &__kv_name), __kv_d)
+        }
+    } else {
+        let each = validator(f.attrs.validate_each.as_ref(), value);
+        quote! {
+            __kv_d.leaf::<#value>(&__kv_map_prefix, &__kv_name, #secret, ::core::option::Option::None, #each)
+        }
+    };
+    quote! {
+        let #var: ::core::option::Option<#ty> = {
+            let __kv_map_prefix = #prefix;
+            let mut __kv_map: #ty = ::core::default::Default::default();
+            let mut __kv_ok = true;
+            for __kv_name in __kv_d.map_entries(&__kv_map_prefix, #nested) {
+                match #entry {
+                    ::core::option::Option::Some(__kv_v) => {
+                        __kv_map.insert(__kv_name, __kv_v);
+                    }
+                    ::core::option::Option::None => __kv_ok = false,
+                }
+            }
+            if __kv_ok {
+                __kv_d
+                    .validate_map(__kv_map_prefix.trim_end_matches('.'), &__kv_map, #validate, #secret)
+                    .map(|()| __kv_map)
+            } else {
+                ::core::option::Option::None
+            }
+        };
+    }
+}
+
+fn validator(attr: Option<&(proc_macro2::Span, syn::Path)>, ty: &syn::Type) -> TokenStream {
+    match attr {
+        Some((_, path)) => quote_spanned! {path_span(path)=>
+            ::core::option::Option::Some(&|__kv_v: &#ty| {
+                #path(__kv_v).map_err(|__kv_e| ::std::string::ToString::to_string(&__kv_e))
+            })
+        },
+        None => quote!(::core::option::Option::None),
+    }
 }
 
 fn schema_entry(f: &Field) -> TokenStream {
+    if let Some(map) = f.dynamic_map() {
+        return map_schema_entry(f, map.value);
+    }
     let ty = f.ty;
     let key = key_expr(f);
     if f.attrs.nested.is_some() {
@@ -184,6 +297,9 @@ fn schema_entry(f: &Field) -> TokenStream {
 }
 
 fn encode_field(f: &Field) -> TokenStream {
+    if let Some(map) = f.dynamic_map() {
+        return map_encode(f, map.value);
+    }
     let ty = f.ty;
     let member = f.ident;
     let key = key_expr(f);
@@ -197,17 +313,13 @@ fn encode_field(f: &Field) -> TokenStream {
 }
 
 fn decode_field(i: usize, f: &Field) -> TokenStream {
+    if let Some(map) = f.dynamic_map() {
+        return map_decode(i, f, map.value);
+    }
     let ty = f.ty;
     let var = format_ident!("__kv_f{}", i);
     let key = key_expr(f);
-    let validate = match &f.attrs.validate {
-        Some((_, path)) => quote_spanned! {path_span(path)=>
-            ::core::option::Option::Some(&|__kv_v: &#ty| {
-                #path(__kv_v).map_err(|__kv_e| ::std::string::ToString::to_string(&__kv_e))
-            })
-        },
-        None => quote!(::core::option::Option::None),
-    };
+    let validate = validator(f.attrs.validate.as_ref(), ty);
     if f.attrs.nested.is_some() {
         return quote_spanned! {f.ty_span()=>
             let #var: ::core::option::Option<#ty> = {

@@ -15,6 +15,8 @@ pub const NESTED: Symbol = Symbol("nested");
 pub const SECRET: Symbol = Symbol("secret");
 pub const SKIP: Symbol = Symbol("skip");
 pub const VALIDATE: Symbol = Symbol("validate");
+pub const VALIDATE_EACH: Symbol = Symbol("validate_each");
+pub const JSON: Symbol = Symbol("json");
 
 impl PartialEq<Symbol> for Ident {
     fn eq(&self, word: &Symbol) -> bool {

@@ -105,7 +105,8 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
 /// Decodes and also returns how many of `values` the schema used: when that equals
 /// `values.len()`, no key in the bucket is unknown to the schema.
 pub(crate) fn decode_counting<T: KvConfig>(values: &RawValues, source: &Source) -> Result<(T, usize), DecodeError> {
-    let mut d = Decoder { values, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new() };
+    let mut d =
+        Decoder { values, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new(), sorted: None };
     match T::__kv_decode("", &mut d) {
         Some(v) if d.errors.is_empty() => Ok((v, d.hits)),
         _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: source.bucket.clone(), errors: d.errors }),
@@ -273,6 +274,31 @@ impl Encoder {
         }
     }
 
+    /// The key of map entry `name` of the map field at `prefix` + `field`, with a trailing `.`
+    /// for a nested entry; an error naming the field and the entry when `name` is not one key
+    /// token.
+    #[doc(hidden)]
+    pub fn entry_key(&self, prefix: &str, field: &str, name: &str, nested: bool) -> Result<String, EncodeError> {
+        if !is_key_token(name) {
+            return Err(EncodeError {
+                key: format!("{prefix}{field}"),
+                message: format!(
+                    "map entry `{}` cannot be stored as a key: {TOKEN_RULE}",
+                    crate::redact::bound(name, 120)
+                ),
+            });
+        }
+        let mut key = String::with_capacity(prefix.len() + field.len() + name.len() + 2);
+        key.push_str(prefix);
+        key.push_str(field);
+        key.push('.');
+        key.push_str(name);
+        if nested {
+            key.push('.');
+        }
+        Ok(key)
+    }
+
     #[doc(hidden)]
     pub fn optional<T: Serialize>(&mut self, key: String, value: &Option<T>) -> Result<(), EncodeError> {
         match value {
@@ -296,7 +322,18 @@ pub struct Decoder<'a> {
     hits: usize,
     /// The text of every secret value decoded so far, scrubbed from struct-level messages.
     secrets: Vec<String>,
+    /// Every key, sorted: built once, on the first map field, so each map finds its entries by
+    /// a binary search instead of a scan over all keys.
+    sorted: Option<Vec<&'a str>>,
 }
+
+/// `true` if `name` can be one token of a NATS key: non-empty, no `.`, only `[-/_=a-zA-Z0-9]`.
+pub(crate) fn is_key_token(name: &str) -> bool {
+    !name.contains('.') && crate::store::is_valid_key(name)
+}
+
+/// What is wrong with a map entry name, for messages.
+const TOKEN_RULE: &str = "an entry name must be one NATS key token: non-empty, no `.`, only [-/_=a-zA-Z0-9]";
 
 /// The message of a caught panic.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -362,7 +399,58 @@ pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> 
     }
 }
 
-impl Decoder<'_> {
+impl<'a> Decoder<'a> {
+    /// The entry names of the map whose keys start with `prefix` (`flags.`): for a leaf map every
+    /// key `flags.<name>`, for a nested map (`nested`) every distinct `<name>` of
+    /// `flags.<name>.<leaf>`. A key under `prefix` that is no such entry (`flags.a.b` for a leaf
+    /// map, an illegal name) is reported as an invalid value at that key.
+    #[doc(hidden)]
+    pub fn map_entries(&mut self, prefix: &str, nested: bool) -> Vec<String> {
+        let values = self.values;
+        let sorted = self.sorted.take().unwrap_or_else(|| {
+            let mut keys: Vec<&'a str> = values.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            keys
+        });
+        let start = sorted.partition_point(|k| *k < prefix);
+        let mut names: Vec<String> = Vec::new();
+        let map = prefix.trim_end_matches('.');
+        for key in sorted[start..].iter().take_while(|k| k.starts_with(prefix)) {
+            let rest = &key[prefix.len()..];
+            let name = if nested {
+                match rest.split_once('.') {
+                    Some((name, leaf)) if is_key_token(name) && !leaf.is_empty() => Some(name),
+                    Some((name, _)) if !is_key_token(name) => None,
+                    _ => {
+                        let revision = values.get(*key).map(|v| v.revision);
+                        let msg = format!(
+                            "not an entry of map `{map}`: its entries are structs, stored as `{map}.<name>.<field>`"
+                        );
+                        self.error(key, revision, Problem::Invalid(msg));
+                        continue;
+                    }
+                }
+            } else {
+                Some(rest).filter(|r| is_key_token(r))
+            };
+            match name {
+                Some(name) => {
+                    if names.last().map(String::as_str) != Some(name) {
+                        names.push(name.to_string());
+                    }
+                }
+                None => {
+                    let revision = values.get(*key).map(|v| v.revision);
+                    let bad = if nested { rest.split('.').next().unwrap_or(rest) } else { rest };
+                    let msg = format!("not an entry of map `{map}`: `{bad}` is not a legal entry name; {TOKEN_RULE}");
+                    self.error(key, revision, Problem::Invalid(msg));
+                }
+            }
+        }
+        self.sorted = Some(sorted);
+        names
+    }
+
     fn error(&mut self, key: &str, revision: Option<u64>, problem: Problem) {
         // Every message is bounded (a refused 1 MiB value is not echoed) and scrubbed of secrets.
         let clean = |m: String| crate::redact::bound(&crate::redact::scrub(&m, &self.secrets), crate::redact::MAX_MESSAGE);
@@ -477,6 +565,12 @@ impl Decoder<'_> {
         validate: Option<Validator<'_, T>>,
     ) -> Option<()> {
         self.check_leaf(key, revision, value, validate, false)
+    }
+
+    /// Runs a validator over a whole map field; for a secret map its message is never shown.
+    #[doc(hidden)]
+    pub fn validate_map<T>(&mut self, key: &str, value: &T, validate: Option<Validator<'_, T>>, secret: bool) -> Option<()> {
+        self.check_leaf(key, None, value, validate, secret)
     }
 
     #[doc(hidden)]

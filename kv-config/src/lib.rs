@@ -50,10 +50,63 @@
 //! | `#[kv(secret)]` | field | redacted in `Debug`, errors and admin output; its default is never published |
 //! | `#[kv(skip)]` | field | not a key; takes its default |
 //! | `#[kv(validate = path)]` | field | `fn(&T) -> Result<(), impl Display>` run on decode and before every write |
+//! | `#[kv(validate_each = path)]` | map field | `fn(&V) -> Result<(), impl Display>` run on every entry, reported at the entry's key |
+//! | `#[kv(json)]` | map field | store the whole map as one JSON object key instead of one key per entry |
 //!
 //! `Option<T>` fields are optional (a missing key is `None`). The derive also implements `Debug`
 //! (with secrets redacted), so do not derive `Debug` yourself. Enums of unit variants stored in one
 //! key can `#[derive(KvValue)]` so the schema lists their names.
+//!
+//! # Map fields
+//!
+//! A field whose type is `HashMap<String, V>` or `BTreeMap<String, V>` (any path prefix) holds
+//! one key per entry: `flags.<name>` holding `V` as JSON, or with `#[kv(nested)]` (`V` derives
+//! `KvConfig`) the keys of each entry under `tenants.<name>.`. Other clients add and delete
+//! entries one key at a time; [`LiveConfig::update`] writes the keys of entries that were added
+//! or changed and deletes the keys of removed ones, each with its own revision check, and
+//! [`Change::keys`] names every entry key that changed.
+//!
+//! ```
+//! use std::collections::{BTreeMap, HashMap};
+//! use kv_config::{KvConfig, RawValue, RawValues, Source};
+//!
+//! #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+//! struct Tenant {
+//!     limit: u32,
+//! }
+//!
+//! #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+//! struct App {
+//!     flags: HashMap<String, bool>,
+//!     #[kv(nested)]
+//!     tenants: BTreeMap<String, Tenant>,
+//! }
+//!
+//! let keys: Vec<String> = App::schema().fields.into_iter().map(|f| f.key).collect();
+//! assert_eq!(keys, ["flags.*", "tenants.*.limit"]);
+//! let mut values = RawValues::new();
+//! for (k, v) in [("flags.beta", "true"), ("tenants.acme.limit", "10")] {
+//!     values.insert(k.into(), RawValue { value: v.into(), revision: 1, created: None });
+//! }
+//! let app = App::decode(&values, &Source::new("cfg", "")).unwrap();
+//! assert!(app.flags["beta"]);
+//! assert_eq!(app.tenants["acme"].limit, 10);
+//! assert_eq!(app.encode().unwrap()["tenants.acme.limit"], "10");
+//! ```
+//!
+//! - An absent map is empty: map fields are never required and take no `default` (with
+//!   `#[kv(json)]` they are one ordinary key, and may have one).
+//! - Entry names must be one NATS key token: non-empty, no `.`, only `[-/_=a-zA-Z0-9]`. Encoding
+//!   a map with another name fails with an [`EncodeError`] naming the field and the name; a key
+//!   in the bucket such as `flags.a.b` is refused like an invalid value (the last good value
+//!   stays in effect and [`Status::rejected`] names the key).
+//! - The schema publishes one [`FieldSchema`] per entry leaf, with a `*` token for the entry
+//!   name (`flags.*`, `tenants.*.limit`); [`Schema::field_for`] finds the field of a concrete
+//!   key. For a nested entry, `required` means required within each entry.
+//! - `#[kv(validate = f)]` on a map field checks the whole map (it reads several keys, so writes
+//!   carry the cross-check guard); `#[kv(validate_each = f)]` checks each entry of a map of
+//!   values; `#[kv(secret)]` makes every entry of a map of values secret.
+//! - The key type must be `String`, and no other field may have a key under the map's `field.`.
 //!
 //! # Values from other clients
 //!
@@ -103,7 +156,7 @@ pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
 pub use live::{ActiveOverride, Builder, Change, LiveConfig, Provenance, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
 pub use load::{load, Loaded};
-pub use schema::{FieldSchema, KvType, Schema, TypeDesc};
+pub use schema::{key_matches, FieldSchema, KvType, Schema, SchemaLookup, TypeDesc};
 pub use view::{EXPIRES_HEADER, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHEMA_KEY};
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]
@@ -136,6 +189,15 @@ pub mod __private {
         let mut s = String::with_capacity(prefix.len() + name.len());
         s.push_str(prefix);
         s.push_str(name);
+        s
+    }
+
+    /// The prefix of a nested map entry's keys: `tenants.` + `acme` -> `tenants.acme.`.
+    pub fn entry_prefix(map_prefix: &str, name: &str) -> String {
+        let mut s = String::with_capacity(map_prefix.len() + name.len() + 1);
+        s.push_str(map_prefix);
+        s.push_str(name);
+        s.push('.');
         s
     }
 

@@ -49,7 +49,7 @@ pub async fn load<T: KvConfig>(bucket: &dyn Bucket, prefix: &str) -> Result<Load
     let source = Source::new(bucket.name(), prefix);
     let decoded = decode_view::<T>(&view, None, &source)?;
     let unknown_keys = if decoded.has_unknown {
-        unknown_keys(&view.values, &T::schema().fields.into_iter().map(|f| f.key).collect())
+        unknown_keys(&view.values, &crate::schema::KeySet::from_keys(T::schema().fields.into_iter().map(|f| f.key)))
     } else {
         Vec::new()
     };

@@ -160,6 +160,25 @@ pub struct FieldSchema {
     pub secret: bool,
 }
 
+impl FieldSchema {
+    /// `true` for the field of a map entry: its key has a `*` token standing for the entry name
+    /// (`flags.*`, `tenants.*.limit`), so it describes every key that
+    /// [matches](key_matches) it rather than one key.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use kv_config::KvConfig;
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     flags: HashMap<String, bool>,
+    /// }
+    /// assert!(App::schema().fields[0].is_map_entry());
+    /// ```
+    pub fn is_map_entry(&self) -> bool {
+        is_pattern(&self.key)
+    }
+}
+
 /// Everything the derive knows about a config struct, publishable as JSON.
 ///
 /// ```
@@ -193,33 +212,212 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// The field with this key.
+    /// The field with exactly this key (for a map entry, the pattern such as `flags.*`; see
+    /// [`field_for`](Self::field_for) to look up a concrete key).
     pub fn field(&self, key: &str) -> Option<&FieldSchema> {
         self.fields.iter().find(|f| f.key == key)
     }
 
-    /// Key -> field index, for lookups in a loop.
+    /// The field that describes the concrete key `key`: the field with exactly this key, or the
+    /// map-entry field whose pattern matches it (`*` stands for exactly one legal key token, so
+    /// `flags.beta` matches `flags.*` and `tenants.acme.limit` matches `tenants.*.limit`).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use kv_config::KvConfig;
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     flags: BTreeMap<String, bool>,
+    /// }
+    /// let schema = App::schema();
+    /// assert_eq!(schema.fields[0].key, "flags.*");
+    /// assert_eq!(schema.field_for("flags.beta").unwrap().key, "flags.*");
+    /// assert!(schema.field_for("flags.a.b").is_none());
+    /// assert!(schema.field_for("flags").is_none());
+    /// ```
+    pub fn field_for(&self, key: &str) -> Option<&FieldSchema> {
+        self.field(key).or_else(|| self.fields.iter().find(|f| is_pattern(&f.key) && key_matches(&f.key, key)))
+    }
+
+    /// Key -> field index, for lookups in a loop. Map-entry fields appear under their pattern
+    /// (`flags.*`); use [`lookup`](Self::lookup) to find the field of a concrete key.
     pub fn index(&self) -> HashMap<&str, &FieldSchema> {
         self.fields.iter().map(|f| (f.key.as_str(), f)).collect()
     }
 
+    /// An index for [`field_for`](Self::field_for) in a loop: a hash lookup for plain keys, and a
+    /// pattern match over the map-entry fields only for keys that are not plain.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use kv_config::KvConfig;
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     #[kv(default = 1)]
+    ///     workers: u32,
+    ///     limits: HashMap<String, u64>,
+    /// }
+    /// let schema = App::schema();
+    /// let lookup = schema.lookup();
+    /// assert_eq!(lookup.get("workers").unwrap().key, "workers");
+    /// assert_eq!(lookup.get("limits.acme").unwrap().key, "limits.*");
+    /// assert!(lookup.get("limits").is_none());
+    /// ```
+    pub fn lookup(&self) -> SchemaLookup<'_> {
+        let (patterns, plain): (Vec<&FieldSchema>, Vec<&FieldSchema>) = self.fields.iter().partition(|f| is_pattern(&f.key));
+        SchemaLookup { plain: plain.into_iter().map(|f| (f.key.as_str(), f)).collect(), patterns }
+    }
+
     /// Checks raw values (key -> bytes, relative keys) against the schema without the Rust type:
-    /// returns every problem as (key, message). Missing required keys are reported too.
+    /// returns every problem as (key, message). Missing required keys are reported too (for
+    /// map entries, a required leaf missing from an entry that has other keys); keys that no
+    /// field describes are not checked here.
     pub fn check_values(&self, values: &BTreeMap<String, Vec<u8>>) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        for f in &self.fields {
+        let check = |problems: &mut Vec<(String, String)>, f: &FieldSchema, key: &str, raw: &[u8]| {
+            if let Err(e) = f.ty.parse(raw) {
+                let msg = if f.secret { format!("invalid value (redacted); expected {}", f.ty) } else { e };
+                problems.push((key.to_string(), msg));
+            }
+        };
+        for f in self.fields.iter().filter(|f| !is_pattern(&f.key)) {
             match values.get(&f.key) {
-                Some(raw) => {
-                    if let Err(e) = f.ty.parse(raw) {
-                        let msg = if f.secret { format!("invalid value (redacted); expected {}", f.ty) } else { e };
-                        problems.push((f.key.clone(), msg));
-                    }
-                }
+                Some(raw) => check(&mut problems, f, &f.key, raw),
                 None if f.required => problems.push((f.key.clone(), "missing required value".into())),
                 None => {}
             }
         }
+        let patterns: Vec<&FieldSchema> = self.fields.iter().filter(|f| is_pattern(&f.key)).collect();
+        if patterns.is_empty() {
+            return problems;
+        }
+        let mut entries: BTreeMap<String, ()> = BTreeMap::new();
+        for (key, raw) in values {
+            if let Some(f) = patterns.iter().find(|f| key_matches(&f.key, key)) {
+                check(&mut problems, f, key, raw);
+                entries.insert(entry_of(&f.key, key), ());
+            }
+        }
+        // A required leaf of a nested entry: missing when the entry has some key but not this one.
+        for f in patterns.iter().filter(|f| f.required) {
+            for entry in entries.keys() {
+                if let Some(key) = instantiate(&f.key, entry) {
+                    if key_matches(&f.key, &key) && !values.contains_key(&key) && problems.iter().all(|(k, _)| *k != key) {
+                        problems.push((key, "missing required value".into()));
+                    }
+                }
+            }
+        }
+        problems.sort_by(|a, b| a.0.cmp(&b.0));
         problems
+    }
+}
+
+impl Schema {
+    /// The map entry a concrete key belongs to (`tenants.acme` for `tenants.acme.limit` when
+    /// the schema has `tenants.*.limit`), `None` for a key that is no map entry's.
+    pub(crate) fn entry_of(&self, key: &str) -> Option<String> {
+        let f = self.field_for(key).filter(|f| f.is_map_entry())?;
+        Some(entry_of(&f.key, key))
+    }
+}
+
+/// [`Schema::lookup`]: the field of a concrete key, a hash lookup for plain keys.
+#[derive(Debug, Clone)]
+pub struct SchemaLookup<'a> {
+    plain: HashMap<&'a str, &'a FieldSchema>,
+    patterns: Vec<&'a FieldSchema>,
+}
+
+impl<'a> SchemaLookup<'a> {
+    /// The field that describes `key` (see [`Schema::field_for`]).
+    pub fn get(&self, key: &str) -> Option<&'a FieldSchema> {
+        if let Some(f) = self.plain.get(key) {
+            return Some(f);
+        }
+        self.patterns.iter().copied().find(|f| key_matches(&f.key, key))
+    }
+}
+
+/// `true` when a schema key is a map-entry pattern (has a `*` token).
+fn is_pattern(schema_key: &str) -> bool {
+    schema_key.split('.').any(|t| t == "*")
+}
+
+/// `true` when `key` matches the schema key `pattern`: token by token, `*` matching exactly one
+/// legal key token (non-empty, only `[-/_=a-zA-Z0-9]`).
+///
+/// ```
+/// use kv_config::key_matches;
+/// assert!(key_matches("tenants.*.limit", "tenants.acme.limit"));
+/// assert!(key_matches("port", "port"));
+/// assert!(!key_matches("flags.*", "flags.a.b"));
+/// assert!(!key_matches("flags.*", "flags.a b"));
+/// ```
+pub fn key_matches(pattern: &str, key: &str) -> bool {
+    let mut keys = key.split('.');
+    for p in pattern.split('.') {
+        match keys.next() {
+            Some(k) if p == "*" => {
+                if !crate::config::is_key_token(k) {
+                    return false;
+                }
+            }
+            Some(k) if k == p => {}
+            _ => return false,
+        }
+    }
+    keys.next().is_none()
+}
+
+/// The part of `key` up to and including the first `*` of `pattern` (`tenants.acme`).
+fn entry_of(pattern: &str, key: &str) -> String {
+    let n = pattern.split('.').position(|t| t == "*").map_or(0, |i| i + 1);
+    key.split('.').take(n).collect::<Vec<_>>().join(".")
+}
+
+/// `pattern` with its first `*` and everything before replaced by `entry` (`tenants.acme` +
+/// `tenants.*.limit` -> `tenants.acme.limit`).
+fn instantiate(pattern: &str, entry: &str) -> Option<String> {
+    let n = pattern.split('.').position(|t| t == "*")? + 1;
+    let rest: Vec<&str> = pattern.split('.').skip(n).collect();
+    if entry.split('.').count() != n {
+        return None;
+    }
+    Some(if rest.is_empty() { entry.to_string() } else { format!("{entry}.{}", rest.join(".")) })
+}
+
+/// The schema's keys as the live handle checks bucket keys against them: a hash set for plain
+/// keys, the map-entry patterns otherwise.
+#[derive(Debug, Default)]
+pub(crate) struct KeySet {
+    plain: std::collections::HashSet<String>,
+    patterns: Vec<String>,
+}
+
+impl KeySet {
+    pub(crate) fn from_keys(keys: impl IntoIterator<Item = String>) -> Self {
+        let mut set = KeySet::default();
+        for k in keys {
+            if is_pattern(&k) {
+                set.patterns.push(k);
+            } else {
+                set.plain.insert(k);
+            }
+        }
+        set
+    }
+
+    /// `true` when `key` is a schema key or a map entry of one.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.plain.contains(key) || self.patterns.iter().any(|p| key_matches(p, key))
+    }
+
+    /// Every key and pattern, sorted, for messages.
+    pub(crate) fn listing(&self) -> String {
+        let mut all: Vec<&str> = self.plain.iter().chain(&self.patterns).map(String::as_str).collect();
+        all.sort_unstable();
+        all.join(", ")
     }
 }
 

@@ -1,11 +1,12 @@
 //! The watcher's view of a bucket: the latest revision of every key, and decoding it into a
 //! config with a per-key fallback to the last good values.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{decode_counting, DecodeError, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
+use crate::schema::KeySet;
 use crate::store::Entry;
 
 /// Keys under this first token belong to kv-config itself (the published schema); the derive
@@ -161,9 +162,9 @@ impl View {
     }
 }
 
-/// Keys with a live value that the schema does not know, sorted.
-pub(crate) fn unknown_keys(values: &RawValues, known: &HashSet<String>) -> Vec<String> {
-    let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(*k)).cloned().collect();
+/// Keys with a live value that the schema does not know (map entries count as known), sorted.
+pub(crate) fn unknown_keys(values: &RawValues, known: &KeySet) -> Vec<String> {
+    let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(k)).cloned().collect();
     keys.sort();
     keys
 }
@@ -195,8 +196,15 @@ pub(crate) fn decode_latest<T: KvConfig>(
         return Err(err);
     }
     let mut candidate = RawValues::clone(latest);
+    let mut schema = None;
     for e in err.errors() {
         let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
+        // A required leaf missing from a nested map entry: the whole entry falls back.
+        let rel = match e.problem {
+            Problem::Missing => schema.get_or_insert_with(T::schema).entry_of(rel).unwrap_or_else(|| rel.to_string()),
+            _ => rel.to_string(),
+        };
+        let rel = rel.as_str();
         let nested = format!("{rel}.");
         candidate.retain(|k, _| k != rel && !k.starts_with(&nested));
         for (k, v) in good.iter().filter(|(k, _)| *k == rel || k.starts_with(&nested)) {

@@ -57,6 +57,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         let defaults = schema
             .fields
             .iter()
+            .filter(|f| !f.is_map_entry())
             .filter_map(|f| f.default.as_ref().map(|d| (f.key.clone(), Bytes::from(serde_json::to_vec(d).unwrap_or_default()))))
             .collect();
         ("defaults".into(), defaults)

@@ -395,10 +395,27 @@ fn render(
             if f.secret {
                 head.push_str("; secret");
             }
+            if f.is_map_entry() {
+                head.push_str("; one key per map entry, `*` is the entry name");
+            }
             doc.push_str(&head);
             doc.push('\n');
             for l in f.doc.lines() {
                 doc.push_str(&format!("# {l}\n"));
+            }
+            if f.is_map_entry() {
+                let entries = cur.entries.iter().filter(|(k, e)| e.is_put() && wanted(k) && kv_config::key_matches(&f.key, k));
+                for (k, e) in entries {
+                    if f.secret && !ctx.reveal {
+                        doc.push_str(&format!("# {k}: (set; hidden: run with --reveal to edit it, or add a line to replace it)\n"));
+                        if let Some(text) = pending.get(k).cloned().flatten().as_ref().and_then(toml_inline) {
+                            doc.push_str(&format!("{} = {text}\n", toml_string(k)));
+                        }
+                    } else {
+                        line(&mut doc, k, Some(&parse_stored(&e.value)), None);
+                    }
+                }
+                continue;
             }
             let entry = cur.live_entry(&f.key);
             if f.secret && !ctx.reveal {
@@ -431,7 +448,10 @@ fn render(
         }
     }
     let extra: Vec<(&String, &Option<Value>)> =
-        pending.iter().filter(|(k, _)| cur.field(k).is_none() && cur.live_entry(k).is_none()).collect();
+        pending
+            .iter()
+            .filter(|(k, _)| cur.field(k).map_or(true, |f| f.is_map_entry()) && cur.live_entry(k).is_none())
+            .collect();
     for (k, v) in extra {
         if let Some(text) = v.as_ref().and_then(toml_inline) {
             doc.push_str(&format!("{} = {text}\n", toml_string(k)));

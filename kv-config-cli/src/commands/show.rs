@@ -71,15 +71,16 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let mut rows = Vec::new();
     let wanted = |k: &str| args.filter.as_deref().map_or(true, |f| k.starts_with(f));
     let fields = cur.schema.as_ref().map(|s| s.fields.clone()).unwrap_or_default();
-    for f in fields.iter().filter(|f| wanted(&f.key)) {
+    // A problem of a nested struct or a map (its validator) marks every key under it.
+    let reason_for = |key: &str| {
+        problems.get(key).cloned().or_else(|| {
+            problems.iter().find(|(p, _)| key.starts_with(&format!("{p}."))).map(|(p, m)| format!("`{p}`: {m}"))
+        })
+    };
+    // Map entries (`flags.*`) are listed below, one row per entry key in the bucket.
+    for f in fields.iter().filter(|f| wanted(&f.key) && !f.is_map_entry()) {
         let entry = cur.live_entry(&f.key);
-        // A problem of a nested struct (its validator) marks every key under it.
-        let reason = problems.get(&f.key).cloned().or_else(|| {
-            problems
-                .iter()
-                .find(|(p, _)| f.key.starts_with(&format!("{p}.")))
-                .map(|(p, m)| format!("`{p}`: {m}"))
-        });
+        let reason = reason_for(&f.key);
         let state = match (&reason, entry) {
             (Some(_), Some(_)) => "invalid",
             (Some(_), None) => "missing",
@@ -105,10 +106,33 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         });
     }
     for (k, e) in cur.entries.iter().filter(|(k, e)| e.is_put() && wanted(k)) {
-        if cur.field(k).is_some() {
-            continue;
+        match cur.field(k) {
+            Some(f) if f.is_map_entry() => {
+                let reason = reason_for(k);
+                rows.push(KeyRow {
+                    key: k.clone(),
+                    value: Some(ctx.show(f.secret, &e.value)),
+                    ty: Some(f.ty.to_string()),
+                    default: None,
+                    doc: f.doc.clone(),
+                    secret: f.secret,
+                    revision: Some(e.revision),
+                    created: Some(ops::time_precise(e.created)),
+                    state: if reason.is_some() { "invalid" } else { "set" }.into(),
+                    reason,
+                    override_: cur.live_override(k).map(|o| OverrideRow {
+                        value: ctx.show(f.secret, &o.value),
+                        revision: o.revision,
+                        expires: crate::overrides::expires(o).map(ops::time_precise),
+                    }),
+                });
+                continue;
+            }
+            Some(_) => continue,
+            None => {}
         }
         let known = cur.schema.is_some();
+        let reason = problems.get(k).cloned();
         rows.push(KeyRow {
             key: k.clone(),
             value: Some(ctx.show(false, &e.value)),
@@ -118,8 +142,8 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             secret: false,
             revision: Some(e.revision),
             created: Some(ops::time_precise(e.created)),
-            state: if known { "unknown".into() } else { "set".into() },
-            reason: None,
+            state: if reason.is_some() { "invalid".into() } else if known { "unknown".into() } else { "set".into() },
+            reason,
             override_: None,
         });
     }

@@ -203,7 +203,7 @@ impl<T: KvConfig> Builder<T> {
 }
 
 async fn seed(bucket: &dyn Bucket, prefix: &str, schema: &Schema) -> Result<()> {
-    for f in schema.fields.iter().filter(|f| !f.secret) {
+    for f in schema.fields.iter().filter(|f| !f.secret && !f.is_map_entry()) {
         let Some(default) = &f.default else { continue };
         let key = format!("{prefix}{}", f.key);
         let value = Bytes::from(serde_json::to_vec(default).map_err(|e| crate::EncodeError { key: key.clone(), message: e.to_string() })?);

@@ -30,6 +30,7 @@ pub use status::{Stale, StaleReason, Status};
 pub use subscribe::{Change, Subscription};
 
 use crate::config::{KvConfig, Source};
+use crate::schema::KeySet;
 use crate::store::{Bucket, Store};
 use crate::view::View;
 
@@ -83,8 +84,8 @@ struct Shared<T> {
     swaps: watch::Sender<u64>,
     bucket: Arc<dyn Bucket>,
     source: Source,
-    known: OnceLock<HashSet<String>>,
-    required: OnceLock<HashSet<String>>,
+    known: OnceLock<KeySet>,
+    required: OnceLock<KeySet>,
     options: Options,
     task: Mutex<Option<AbortHandle>>,
 }
@@ -102,14 +103,16 @@ impl<T: KvConfig> Shared<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The schema's keys, built on first use.
-    fn known(&self) -> &HashSet<String> {
-        self.known.get_or_init(|| T::schema().fields.into_iter().map(|f| f.key).collect())
+    /// The schema's keys (map entries by pattern, `flags.*`), built on first use.
+    fn known(&self) -> &KeySet {
+        self.known.get_or_init(|| KeySet::from_keys(T::schema().fields.into_iter().map(|f| f.key)))
     }
 
-    /// Keys with no default that must hold a value (the schema's `required`), built on first use.
-    fn required(&self) -> &HashSet<String> {
-        self.required.get_or_init(|| T::schema().fields.into_iter().filter(|f| f.required).map(|f| f.key).collect())
+    /// Keys with no default that must hold a value (the schema's `required`; for a nested map
+    /// entry, required within the entry), built on first use.
+    fn required(&self) -> &KeySet {
+        self.required
+            .get_or_init(|| KeySet::from_keys(T::schema().fields.into_iter().filter(|f| f.required).map(|f| f.key)))
     }
 }
 

@@ -194,7 +194,7 @@ impl<T: KvConfig> Snapshot<T> {
         if let Some(v) = self.values.get(key) {
             return Some(Provenance::Bucket { revision: v.revision, created: v.created });
         }
-        if !T::schema().fields.iter().any(|f| f.key == key) {
+        if T::schema().field_for(key).is_none() {
             return None;
         }
         Some(if self.fallback { Provenance::Fallback } else { Provenance::Default })

@@ -42,9 +42,7 @@ impl<T: KvConfig> Shared<T> {
         if self.known().contains(key) {
             return Ok(());
         }
-        let mut known: Vec<&str> = self.known().iter().map(String::as_str).collect();
-        known.sort_unstable();
-        Err(Error::UnknownKey { key: crate::redact::bound(key, 120), type_name: T::__KV_NAME.to_string(), known: known.join(", ") })
+        Err(Error::UnknownKey { key: crate::redact::bound(key, 120), type_name: T::__KV_NAME.to_string(), known: self.known().listing() })
     }
 
     /// Waits until the watcher has applied `revision` of this epoch; `false` on timeout or when

@@ -1,0 +1,14 @@
+use std::collections::HashMap;
+use kv_config::KvConfig;
+
+fn positive(v: &u32) -> Result<(), String> {
+    if *v == 0 { Err("zero".into()) } else { Ok(()) }
+}
+
+#[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+struct App {
+    #[kv(json, validate_each = positive)]
+    limits: HashMap<String, u32>,
+}
+
+fn main() {}
