@@ -101,7 +101,7 @@ pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem,
 pub use error::{Error, Result};
 pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
-pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
+pub use live::{Builder, CacheProblem, Change, LiveConfig, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
 pub use load::{load, Loaded};
 pub use schema::{FieldSchema, KvType, Schema, TypeDesc};
 pub use view::{GUARD_KEY, RESERVED_PREFIX, SCHEMA_KEY};

@@ -5,7 +5,10 @@
 //! it current (and notices when it cannot), [`write`] is the compare-and-swap write path,
 //! [`snapshot`], [`status`] and [`subscribe`] are what readers get.
 
+mod attach;
 mod builder;
+mod cache;
+mod lazy;
 mod snapshot;
 mod status;
 mod subscribe;
@@ -22,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub use builder::{Builder, OnInvalid};
+pub use cache::CacheProblem;
 pub use snapshot::Snapshot;
 pub use status::{Stale, StaleReason, Status};
 pub use subscribe::{Change, Subscription};
@@ -178,6 +182,7 @@ impl<T: KvConfig> LiveConfig<T> {
     pub fn status(&self) -> Status {
         let mut status = self.shared.state().status.clone();
         status.connected = self.shared.bucket.is_connected();
+        status.from_cache = self.shared.snapshot.load().from_cache;
         if !status.connected && status.stale.is_none() {
             status.stale = Some(Stale { since: SystemTime::now(), reason: StaleReason::Disconnected });
         }

@@ -26,6 +26,8 @@ pub struct Snapshot<T> {
     pub(super) revision: u64,
     /// Which load of the bucket this came from (bumped when the bucket is replaced).
     pub(super) epoch: u64,
+    /// The cache file's save time when this snapshot was built from it (`None` otherwise).
+    pub(super) from_cache: Option<std::time::SystemTime>,
 }
 
 impl<T: Clone> Clone for Snapshot<T> {
@@ -38,6 +40,7 @@ impl<T: Clone> Clone for Snapshot<T> {
             guard: self.guard,
             revision: self.revision,
             epoch: self.epoch,
+            from_cache: self.from_cache,
         }
     }
 }
@@ -59,7 +62,7 @@ impl<T> Snapshot<T> {
     /// A snapshot of `config` built from `values` as the watcher's `view` holds them.
     pub(super) fn new(config: T, values: Arc<RawValues>, view: &View, any_rejected: bool, epoch: u64) -> Self {
         let (overrides, repair) = divergence(view, &values, any_rejected);
-        Snapshot { config, values, overrides, repair, guard: view.guard, revision: view.seen, epoch }
+        Snapshot { config, values, overrides, repair, guard: view.guard, revision: view.seen, epoch, from_cache: None }
     }
 
     /// The config.
