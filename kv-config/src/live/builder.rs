@@ -397,7 +397,11 @@ impl<T: KvConfig> Builder<T> {
             resumed_from: None,
         };
         let resume = Resume { incarnation: cached.incarnation, revision: view.seen, resumable: cached.resumable };
-        let lazy = Arc::new(LazyBucket::new(self.store.clone(), self.bucket.clone(), self.create.clone()));
+        let why = match &cause {
+            Error::Store(e) => e.kind().clone(),
+            _ => StoreErrorKind::Connection,
+        };
+        let lazy = Arc::new(LazyBucket::new(self.store.clone(), self.bucket.clone(), self.create.clone(), &why));
         let seed = self.seed_defaults;
         let shared = build(snapshot, view, status, cached.incarnation, lazy.clone(), source, self.options, decoded.has_unknown);
         let task = tokio::spawn(super::attach::run(Arc::downgrade(&shared), lazy, resume, seed));

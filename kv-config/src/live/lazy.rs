@@ -30,8 +30,10 @@ impl std::fmt::Debug for LazyBucket {
 }
 
 impl LazyBucket {
-    pub(super) fn new(store: Arc<dyn Store>, name: String, create: Option<BucketConfig>) -> Self {
-        LazyBucket { name, store, create, inner: OnceLock::new(), why: Mutex::new(StoreErrorKind::Connection) }
+    /// `why` is what the first attempt ran into: `NotFound` or (any other) `Connection`.
+    pub(super) fn new(store: Arc<dyn Store>, name: String, create: Option<BucketConfig>, why: &StoreErrorKind) -> Self {
+        let why = if *why == StoreErrorKind::NotFound { StoreErrorKind::NotFound } else { StoreErrorKind::Connection };
+        LazyBucket { name, store, create, inner: OnceLock::new(), why: Mutex::new(why) }
     }
 
     /// Opens the bucket (creating it when the builder was told to); `Ok(true)` when this call
@@ -52,7 +54,8 @@ impl LazyBucket {
         match opened {
             Ok((b, created)) => Ok((self.inner.get_or_init(|| b).clone(), created)),
             Err(e) => {
-                *self.why.lock().unwrap_or_else(|p| p.into_inner()) = e.kind().clone();
+                let kind = if *e.kind() == StoreErrorKind::NotFound { StoreErrorKind::NotFound } else { StoreErrorKind::Connection };
+                *self.why.lock().unwrap_or_else(|p| p.into_inner()) = kind;
                 Err(e)
             }
         }
