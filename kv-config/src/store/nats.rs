@@ -171,6 +171,11 @@ impl NatsStore {
     /// [`StoreErrorKind::PermissionDenied`] (this sets the options' event callback, which logs
     /// every other connection event through `tracing`).
     ///
+    /// To be able to start while the server is down (see
+    /// [`Builder::cache_file`](crate::Builder::cache_file)), pass
+    /// `options.retry_on_initial_connect()`: `connect` then returns at once and the client keeps
+    /// connecting in the background; without it `connect` fails while the server is unreachable.
+    ///
     /// ```no_run
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), kv_config::store::StoreError> {
