@@ -183,6 +183,18 @@ async fn a_cache_of_another_bucket_prefix_or_schema_is_refused() {
     assert!(matches!(&err, Error::NoServerNoCache { problem: CacheProblem::Foreign { what: "schema", .. }, .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("bucket `cfg` could not be read") && msg.contains("schema"), "{msg}");
+
+    // With the server up, the config's older schema is only a warning and the first save
+    // replaces the file with one the new schema can start from.
+    server.restart().await;
+    let store = self::store(&server).await;
+    let c = builder::<v2::App>(&store, &dir.file()).start().await.expect("server up");
+    let revision = c.get().revision();
+    eventually("cache saved", Duration::from_secs(5), || c.status().cache_revision == Some(revision)).await;
+    drop(c);
+    server.stop();
+    let d = builder::<v2::App>(&store, &dir.file()).start().await.expect("the replaced cache has the new schema");
+    assert_eq!((d.get().port, d.get().workers), (9000, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

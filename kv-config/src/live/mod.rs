@@ -3,7 +3,9 @@
 //!
 //! One job per file: [`builder`] opens the bucket and takes the first snapshot, [`watcher`] keeps
 //! it current (and notices when it cannot), [`write`] is the compare-and-swap write path,
-//! [`snapshot`], [`status`] and [`subscribe`] are what readers get.
+//! [`snapshot`], [`status`] and [`subscribe`] are what readers get. [`cache`] owns the
+//! last-known-good file; after a start from it, [`lazy`] stands in for the bucket and [`attach`]
+//! reaches the server.
 
 mod attach;
 mod builder;
