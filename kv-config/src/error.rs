@@ -103,6 +103,32 @@ pub enum Error {
         /// What the validators refuse once the overrides expire.
         source: DecodeError,
     },
+    /// The cache file ([`Builder::cache_file`](crate::Builder::cache_file)) cannot be used: it
+    /// belongs to another bucket, prefix or config type (a handle never overwrites such a file),
+    /// or its values do not make a valid config (e.g. a required secret was left out).
+    #[error("config cache `{}` for bucket `{bucket}`: {problem}", path.display())]
+    Cache {
+        /// The cache file.
+        path: std::path::PathBuf,
+        /// The bucket of the handle.
+        bucket: String,
+        /// What is wrong with it.
+        problem: crate::CacheProblem,
+    },
+    /// The server could not be reached (or the bucket is missing) at start, and the cache file
+    /// cannot stand in for it.
+    #[error("bucket `{bucket}` could not be read ({cause}) and the config cache `{}` cannot stand in: {problem}", path.display())]
+    NoServerNoCache {
+        /// The bucket.
+        bucket: String,
+        /// The cache file.
+        path: std::path::PathBuf,
+        /// Why the bucket could not be read.
+        #[source]
+        cause: Box<Error>,
+        /// Why the cache cannot be used.
+        problem: crate::CacheProblem,
+    },
     /// The handle's watcher has stopped.
     #[error("the config watcher for bucket `{0}` has stopped")]
     Closed(String),

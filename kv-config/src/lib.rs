@@ -154,7 +154,7 @@ pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem,
 pub use error::{Error, Result};
 pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
-pub use live::{ActiveOverride, Builder, Change, LiveConfig, Provenance, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
+pub use live::{ActiveOverride, Builder, CacheProblem, Change, LiveConfig, OnInvalid, Provenance, Snapshot, Stale, StaleReason, Status, Subscription};
 pub use load::{load, Loaded};
 pub use schema::{key_matches, FieldSchema, KvType, Schema, SchemaLookup, TypeDesc};
 pub use view::{EXPIRES_HEADER, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHEMA_KEY};

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -9,13 +10,16 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::{Applied, LiveConfig, Options, Shared, Snapshot, State, Status};
+use super::attach::Resume;
+use super::cache::{self, CacheProblem, Cached, Identity};
+use super::lazy::LazyBucket;
+use super::{Applied, LiveConfig, Options, Shared, Snapshot, Stale, StaleReason, State, Status};
 use crate::config::{KvConfig, RawValues, Source};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::feed::{check_prefix, pattern_for, watch_initial};
 use crate::schema::Schema;
-use crate::store::{Bucket, BucketConfig, Store, StoreErrorKind};
-use crate::view::decode_view;
+use crate::store::{Bucket, BucketConfig, Store, StoreError, StoreErrorKind, Watch};
+use crate::view::{decode_latest, decode_view, View};
 
 /// What to do when the bucket's values do not make a valid config at start-up.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +40,9 @@ pub struct Builder<T: KvConfig> {
     seed_defaults: bool,
     on_invalid: OnInvalid<T>,
     options: Options,
+    cache_file: Option<PathBuf>,
+    cache_secrets: bool,
+    cache_wait: Duration,
 }
 
 impl<T: KvConfig> fmt::Debug for Builder<T> {
@@ -54,6 +61,9 @@ impl<T: KvConfig> Builder<T> {
             seed_defaults: false,
             on_invalid: OnInvalid::Fail,
             options: Options::default(),
+            cache_file: None,
+            cache_secrets: false,
+            cache_wait: Duration::from_secs(2),
         }
     }
 
@@ -125,14 +135,140 @@ impl<T: KvConfig> Builder<T> {
         self
     }
 
+    /// Keeps a last-known-good copy of the config in the file at `path`, and starts from it when
+    /// the server cannot be reached or the bucket is missing.
+    ///
+    /// After every snapshot swap a writer task (never the watcher) saves the values in effect with
+    /// their revisions, the bucket's incarnation and the revision applied, atomically (temporary
+    /// file in the same directory, fsync, rename, fsync of the directory); swaps that come while a
+    /// save runs are coalesced into one save of the newest. Secret fields are left out unless
+    /// [`cache_secrets`](Self::cache_secrets) is on. See [`start`](Self::start) for when the file
+    /// is used and when it is refused; the format is described in the `live::cache` module.
+    ///
+    /// With [`NatsStore`](crate::store::NatsStore), connect with
+    /// `async_nats::ConnectOptions::retry_on_initial_connect()`: otherwise creating the store
+    /// already fails while the server is down, before the cache can help.
+    ///
+    /// ```no_run
+    /// use kv_config::{KvConfig, LiveConfig, store::NatsStore};
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     #[kv(default = 8080)]
+    ///     port: u16,
+    /// }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), kv_config::Error> {
+    /// let options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+    /// let store = NatsStore::connect("nats://127.0.0.1:4222", options).await?;
+    /// let cfg = LiveConfig::<App>::builder(store, "app")
+    ///     .cache_file("/var/lib/myapp/app-config.cache")
+    ///     .start()
+    ///     .await?;
+    /// if let Some(age) = cfg.status().cache_age() {
+    ///     eprintln!("running on a cached config {age:?} old; the server is not reachable yet");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn cache_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cache_file = Some(path.into());
+        self
+    }
+
+    /// Also writes `#[kv(secret)]` fields to the [`cache_file`](Self::cache_file) (default off:
+    /// they are left out, a start from a cache that lacks a required secret fails saying so, and
+    /// a cache that left something out is never resumed from, so the first contact with the
+    /// server loads the bucket in full).
+    pub fn cache_secrets(mut self, on: bool) -> Self {
+        self.cache_secrets = on;
+        self
+    }
+
+    /// How long [`start`](Self::start) waits to reach the server (open the bucket, and seed or
+    /// create it) before it starts from a usable [`cache_file`](Self::cache_file) (default 2 s).
+    /// A service at boot usually prefers running on its last known config over waiting; a
+    /// reachable server that then takes long to deliver the bucket is still given the whole
+    /// [`load_timeout`](Self::load_timeout). Without a usable cache `start` waits up to
+    /// `load_timeout` as usual.
+    pub fn cache_wait(mut self, wait: Duration) -> Self {
+        self.cache_wait = wait;
+        self
+    }
+
     /// Opens (or creates) the bucket, loads the config and starts the watcher.
     ///
     /// One watch delivers the current value of every key and then every change, so a write made
     /// while the handle starts is either in the first snapshot or arrives as a change. Fails
     /// within [`load_timeout`](Self::load_timeout), never hangs.
+    ///
+    /// With a [`cache_file`](Self::cache_file):
+    /// - A file of another bucket, prefix or config type is refused: `start` fails with
+    ///   [`Error::Cache`] naming the path and the mismatch, and the file is left alone.
+    /// - If the server is not reached within [`cache_wait`](Self::cache_wait) (or the initial
+    ///   load times out, or the bucket is missing and not to be created) and the file is valid,
+    ///   the handle starts from it: [`Status::stale`] is [`StaleReason::FromCache`] and
+    ///   [`Status::from_cache`] holds the file's save time. A background task tries again every
+    ///   heartbeat; once the bucket answers it resumes the watch from the cached revision + 1 if
+    ///   the bucket is the same incarnation and still holds that revision
+    ///   ([`Status::resumed_from`]), else it loads the bucket in full (counted in
+    ///   [`Status::reloads`]). Writes fail with [`StoreErrorKind::Connection`] (or `NotFound`)
+    ///   until then.
+    /// - If the server is not reached and the file is missing, corrupt (checksum, truncation),
+    ///   of another schema, or its values do not decode (a required secret left out), `start`
+    ///   fails with [`Error::NoServerNoCache`] naming both problems.
+    /// - If the server is reached, a corrupt file or one of another schema is only a warning
+    ///   and is overwritten by the first save.
+    ///
+    /// [`Error::Cache`]: crate::Error::Cache
+    /// [`Error::NoServerNoCache`]: crate::Error::NoServerNoCache
+    /// [`StaleReason::FromCache`]: crate::StaleReason::FromCache
     pub async fn start(self) -> Result<LiveConfig<T>> {
-        let prefix = self.prefix;
-        check_prefix(&prefix)?;
+        check_prefix(&self.prefix)?;
+        let Some(path) = self.cache_file.clone() else {
+            let (bucket, incarnation) = self.open().await?;
+            let (watch, view) = watch_initial(&*bucket, &self.prefix, self.options.load_timeout).await?;
+            return self.finish(bucket, incarnation, watch, view, None);
+        };
+        let id = Arc::new(Identity::new(path.clone(), &T::schema(), &self.bucket, &self.prefix, self.cache_secrets));
+        let cached = cache::load(&id);
+        match &cached {
+            Err(problem) if problem.is_other_config() => {
+                return Err(Error::Cache { path, bucket: self.bucket.clone(), problem: problem.clone() })
+            }
+            Ok(c) => tracing::debug!(bucket = %self.bucket, path = %path.display(), revision = c.view.seen, "config cache is usable"),
+            Err(_) => {}
+        }
+        let wait = if cached.is_ok() { self.cache_wait } else { self.options.load_timeout };
+        let attempt = async {
+            let opened = tokio::time::timeout(wait, self.open()).await.map_err(|_| {
+                Error::Store(
+                    StoreError::new(StoreErrorKind::Timeout)
+                        .bucket(self.bucket.clone())
+                        .detail(format!("the server was not reached within {wait:?}")),
+                )
+            })??;
+            let (watch, view) = watch_initial(&*opened.0, &self.prefix, self.options.load_timeout).await?;
+            Ok::<_, Error>((opened, watch, view))
+        }
+        .await;
+        match attempt {
+            Ok(((bucket, incarnation), watch, view)) => {
+                if let Err(problem) = &cached {
+                    if *problem != CacheProblem::Missing {
+                        tracing::warn!(bucket = %self.bucket, path = %path.display(), %problem, "config cache refused; the next save replaces it");
+                    }
+                }
+                self.finish(bucket, incarnation, watch, view, Some(id))
+            }
+            Err(cause) if falls_back(&cause) => match cached {
+                Ok(c) => self.finish_cached(c, id, cause),
+                Err(problem) => Err(Error::NoServerNoCache { bucket: self.bucket, path, cause: Box::new(cause), problem }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens (or creates and seeds) the bucket and asks which incarnation it is.
+    async fn open(&self) -> Result<(Arc<dyn Bucket>, Option<u64>)> {
         let bucket = match self.store.open_bucket(&self.bucket).await {
             Ok(b) => b,
             Err(e) if *e.kind() == StoreErrorKind::NotFound && self.create.is_some() => {
@@ -143,13 +279,24 @@ impl<T: KvConfig> Builder<T> {
             Err(e) => return Err(e.into()),
         };
         if self.seed_defaults {
-            seed(&*bucket, &prefix, &T::schema()).await?;
+            seed(&*bucket, &self.prefix, &T::schema()).await?;
         }
-        let source = Source::new(self.bucket.clone(), prefix.clone());
         // Which incarnation of the bucket this is, before reading it: a bucket replaced later is
         // then told apart even if its revisions climb past ours.
-        let incarnation = bucket.probe(&pattern_for(&prefix), u64::MAX).await.ok().map(|p| p.incarnation);
-        let (watch, view) = watch_initial(&*bucket, &prefix, self.options.load_timeout).await?;
+        let incarnation = bucket.probe(&pattern_for(&self.prefix), u64::MAX).await.ok().map(|p| p.incarnation);
+        Ok((bucket, incarnation))
+    }
+
+    /// A handle on the bucket's state as just loaded.
+    fn finish(
+        self,
+        bucket: Arc<dyn Bucket>,
+        incarnation: Option<u64>,
+        watch: Watch,
+        view: View,
+        cache: Option<Arc<Identity>>,
+    ) -> Result<LiveConfig<T>> {
+        let source = Source::new(self.bucket.clone(), self.prefix.clone());
         let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source) {
             Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown, false),
             Err(e) => match self.on_invalid {
@@ -177,32 +324,135 @@ impl<T: KvConfig> Builder<T> {
             watch_restarts: 0,
             reloads: 0,
             overrides: Vec::new(),
+            from_cache: None,
+            cache_revision: None,
+            resumed_from: None,
         };
-        let seen = view.seen;
-        let state = State { view, status, warned_unknown: HashSet::new(), epoch: 0, incarnation, behind_probes: 0, last_heard: Instant::now() };
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            state: Mutex::new(state),
-            applied: watch::channel(Applied { epoch: 0, seen }).0,
-            swaps: watch::channel(0).0,
-            bucket: bucket.clone(),
-            source,
-            known: OnceLock::new(),
-            required: OnceLock::new(),
-            options: self.options,
-            task: Mutex::new(None),
-        });
-        if has_unknown {
-            let mut st = shared.state();
-            shared.note_unknown(&mut st);
-        }
-        let task = tokio::spawn(super::watcher::run(Arc::downgrade(&shared), watch, bucket, pattern_for(&prefix)));
+        let shared = build(snapshot, view, status, incarnation, bucket.clone(), source, self.options, has_unknown);
+        let pattern = pattern_for(&shared.source.prefix);
+        let task = tokio::spawn(super::watcher::run(Arc::downgrade(&shared), watch, bucket, pattern));
         *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        if let Some(id) = cache {
+            tokio::spawn(cache::writer(Arc::downgrade(&shared), id, true));
+        }
+        Ok(LiveConfig { shared })
+    }
+
+    /// A handle on the cached state; a background task reaches the server.
+    fn finish_cached(self, cached: Cached, id: Arc<Identity>, cause: Error) -> Result<LiveConfig<T>> {
+        let source = Source::new(self.bucket.clone(), self.prefix.clone());
+        let refuse = |problem: CacheProblem, cause: Error| Error::NoServerNoCache {
+            bucket: self.bucket.clone(),
+            path: id.path.clone(),
+            cause: Box::new(cause),
+            problem,
+        };
+        let decoded = match decode_latest::<T>(&cached.view.values, None, &source) {
+            Ok(d) => d,
+            Err(e) => {
+                let missing: Vec<String> = e
+                    .errors()
+                    .iter()
+                    .map(|k| k.key.strip_prefix(source.prefix.as_str()).unwrap_or(&k.key).to_string())
+                    .filter(|k| cached.omitted.contains(k) || (!cached.view.values.contains_key(k) && !id.secrets && id.secret_keys.contains(k)))
+                    .collect();
+                let problem = if missing.is_empty() {
+                    CacheProblem::Invalid(format!("its values do not make a valid config: {e}"))
+                } else {
+                    CacheProblem::Invalid(format!(
+                        "it leaves out the secret {} the config requires (secrets are cached only with `cache_secrets(true)`)",
+                        missing.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    ))
+                };
+                return Err(refuse(problem, cause));
+            }
+        };
+        let saved = cached.saved;
+        let age = SystemTime::now().duration_since(saved).unwrap_or_default();
+        tracing::warn!(
+            bucket = %source.bucket,
+            path = %id.path.display(),
+            revision = cached.view.seen,
+            age_s = age.as_secs_f64(),
+            error = %cause,
+            "the bucket cannot be read; starting from the config cache and trying again"
+        );
+        let view = cached.view;
+        let mut snapshot = Snapshot::new(decoded.config, decoded.values, &view, false, 0);
+        snapshot.from_cache = Some(saved);
+        let status = Status {
+            bucket: source.bucket.clone(),
+            connected: false,
+            stale: Some(Stale { since: SystemTime::now(), reason: StaleReason::FromCache { saved } }),
+            last_heard: saved,
+            revision: view.seen,
+            seen_revision: view.seen,
+            rejected: Vec::new(),
+            last_error: Some(cause.to_string()),
+            unknown_keys: Vec::new(),
+            swaps: 1,
+            conflicts: 0,
+            watch_restarts: 0,
+            reloads: 0,
+            overrides: Vec::new(),
+            from_cache: Some(saved),
+            cache_revision: Some(view.seen),
+            resumed_from: None,
+        };
+        let resume = Resume { incarnation: cached.incarnation, revision: view.seen, resumable: cached.resumable };
+        let why = match &cause {
+            Error::Store(e) => e.kind().clone(),
+            _ => StoreErrorKind::Connection,
+        };
+        let lazy = Arc::new(LazyBucket::new(self.store.clone(), self.bucket.clone(), self.create.clone(), &why));
+        let seed = self.seed_defaults;
+        let shared = build(snapshot, view, status, cached.incarnation, lazy.clone(), source, self.options, decoded.has_unknown);
+        let task = tokio::spawn(super::attach::run(Arc::downgrade(&shared), lazy, resume, seed));
+        *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+        tokio::spawn(cache::writer(Arc::downgrade(&shared), id, false));
         Ok(LiveConfig { shared })
     }
 }
 
-async fn seed(bucket: &dyn Bucket, prefix: &str, schema: &Schema) -> Result<()> {
+/// Errors after which a usable cache stands in: the server was not reached in time, the
+/// connection is down, or the bucket is missing.
+fn falls_back(e: &Error) -> bool {
+    matches!(e, Error::Store(s) if matches!(s.kind(), StoreErrorKind::Timeout | StoreErrorKind::Connection | StoreErrorKind::NotFound | StoreErrorKind::OutcomeUnknown))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build<T: KvConfig>(
+    snapshot: Snapshot<T>,
+    view: View,
+    status: Status,
+    incarnation: Option<u64>,
+    bucket: Arc<dyn Bucket>,
+    source: Source,
+    options: Options,
+    has_unknown: bool,
+) -> Arc<Shared<T>> {
+    let seen = view.seen;
+    let state = State { view, status, warned_unknown: HashSet::new(), epoch: 0, incarnation, behind_probes: 0, last_heard: Instant::now() };
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        state: Mutex::new(state),
+        applied: watch::channel(Applied { epoch: 0, seen }).0,
+        swaps: watch::channel(0).0,
+        bucket,
+        source,
+        known: OnceLock::new(),
+        required: OnceLock::new(),
+        options,
+        task: Mutex::new(None),
+    });
+    if has_unknown {
+        let mut st = shared.state();
+        shared.note_unknown(&mut st);
+    }
+    shared
+}
+
+pub(super) async fn seed(bucket: &dyn Bucket, prefix: &str, schema: &Schema) -> Result<()> {
     for f in schema.fields.iter().filter(|f| !f.secret && !f.is_map_entry()) {
         let Some(default) = &f.default else { continue };
         let key = format!("{prefix}{}", f.key);

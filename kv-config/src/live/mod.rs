@@ -3,11 +3,16 @@
 //!
 //! One job per file: [`builder`] opens the bucket and takes the first snapshot, [`watcher`] keeps
 //! it current (and notices when it cannot), [`write`] is the compare-and-swap write path,
-//! [`snapshot`], [`status`] and [`subscribe`] are what readers get.
+//! [`snapshot`], [`status`] and [`subscribe`] are what readers get. [`cache`] owns the
+//! last-known-good file; after a start from it, [`lazy`] stands in for the bucket and [`attach`]
+//! reaches the server.
 
+mod attach;
 mod builder;
 mod overrides;
 mod provenance;
+mod cache;
+mod lazy;
 mod snapshot;
 mod status;
 mod subscribe;
@@ -25,6 +30,7 @@ use tokio::task::AbortHandle;
 
 pub use builder::{Builder, OnInvalid};
 pub use provenance::{ActiveOverride, Provenance};
+pub use cache::CacheProblem;
 pub use snapshot::Snapshot;
 pub use status::{Stale, StaleReason, Status};
 pub use subscribe::{Change, Subscription};
@@ -185,6 +191,7 @@ impl<T: KvConfig> LiveConfig<T> {
         let mut status = self.shared.state().status.clone();
         status.overrides = self.get().overrides().into_iter().cloned().collect();
         status.connected = self.shared.bucket.is_connected();
+        status.from_cache = self.shared.snapshot.load().from_cache;
         if !status.connected && status.stale.is_none() {
             status.stale = Some(Stale { since: SystemTime::now(), reason: StaleReason::Disconnected });
         }

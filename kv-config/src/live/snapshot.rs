@@ -38,6 +38,8 @@ pub struct Snapshot<T> {
     pub(super) revision: u64,
     /// Which load of the bucket this came from (bumped when the bucket is replaced).
     pub(super) epoch: u64,
+    /// The cache file's save time when this snapshot was built from it (`None` otherwise).
+    pub(super) from_cache: Option<std::time::SystemTime>,
 }
 
 impl<T: Clone> Clone for Snapshot<T> {
@@ -54,6 +56,7 @@ impl<T: Clone> Clone for Snapshot<T> {
             fallback: self.fallback,
             revision: self.revision,
             epoch: self.epoch,
+            from_cache: self.from_cache,
         }
     }
 }
@@ -108,6 +111,7 @@ impl<T> Snapshot<T> {
             underlying,
             override_revisions: if view.override_revisions.is_empty() { HashMap::new() } else { view.override_revisions.clone() },
             fallback: false,
+            from_cache: None,
             revision: view.seen,
             epoch,
         }
@@ -161,7 +165,8 @@ impl<T> Snapshot<T> {
 
 impl<T: KvConfig> Snapshot<T> {
     /// Where the value in effect for `key` (relative to the prefix) came from: the default, the
-    /// bucket (with revision and time), an override (with its expiry), or the start-up fallback.
+    /// bucket (with revision and time), an override (with its expiry), the local cache file (with
+    /// its save time, while the server cannot be reached), or the start-up fallback.
     /// `None` for a key the schema does not know.
     ///
     /// ```
@@ -192,6 +197,9 @@ impl<T: KvConfig> Snapshot<T> {
             return Some(Provenance::Override { revision: o.revision, created: o.created, expires: o.expires });
         }
         if let Some(v) = self.values.get(key) {
+            if let Some(saved) = self.from_cache {
+                return Some(Provenance::Cache { revision: v.revision, saved });
+            }
             return Some(Provenance::Bucket { revision: v.revision, created: v.created });
         }
         if T::schema().field_for(key).is_none() {

@@ -20,6 +20,14 @@ pub enum StaleReason {
     /// The bucket no longer exists (deleted, or the server's store was wiped). The last good
     /// snapshot stays in effect; the handle reattaches when the bucket is created again.
     BucketMissing,
+    /// The handle started from its cache file (see
+    /// [`Builder::cache_file`](crate::Builder::cache_file)), saved at `saved`, because the server
+    /// could not be reached or the bucket was missing; it keeps trying and is current once the
+    /// server confirmed or delivered the state after the cached revision.
+    FromCache {
+        /// When the cache file was saved.
+        saved: SystemTime,
+    },
 }
 
 impl std::fmt::Display for StaleReason {
@@ -29,6 +37,10 @@ impl std::fmt::Display for StaleReason {
             StaleReason::NoResponse => "the server does not answer",
             StaleReason::WatchStalled => "the watch stalled; re-creating it",
             StaleReason::BucketMissing => "the bucket is missing",
+            StaleReason::FromCache { saved } => {
+                let age = SystemTime::now().duration_since(*saved).unwrap_or_default();
+                return write!(f, "started from the cache file saved {:.1} s ago; the server has not been reached yet", age.as_secs_f64());
+            }
         })
     }
 }
@@ -95,6 +107,17 @@ pub struct Status {
     /// Expiring overrides in effect, sorted by key (see
     /// [`LiveConfig::set_for`](crate::LiveConfig::set_for)).
     pub overrides: Vec<ActiveOverride>,
+    /// When the snapshot in effect was built from the cache file
+    /// ([`Builder::cache_file`](crate::Builder::cache_file)): the time that file was saved. `None`
+    /// once a snapshot was built from the bucket.
+    pub from_cache: Option<SystemTime>,
+    /// The revision of the last snapshot saved to the cache file, if one is configured and a save
+    /// succeeded (failures are logged and set [`last_error`](Self::last_error)).
+    pub cache_revision: Option<u64>,
+    /// After a start from the cache: the revision the watch resumed from (the cached revision + 1),
+    /// or `None` if the bucket had to be loaded in full (another incarnation, history no longer
+    /// held, or a cache that left values out).
+    pub resumed_from: Option<u64>,
 }
 
 impl Status {
@@ -102,6 +125,22 @@ impl Status {
     /// in effect.
     pub fn is_healthy(&self) -> bool {
         self.is_current() && self.rejected.is_empty()
+    }
+
+    /// How old the cache file behind the snapshot in effect is, when it came from one.
+    ///
+    /// ```
+    /// # use kv_config::{KvConfig, LiveConfig, store::MemoryStore};
+    /// # #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// # struct App { #[kv(default = 1)] workers: u32 }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kv_config::Error> {
+    /// let cfg = LiveConfig::<App>::builder(MemoryStore::new(), "app").create_if_missing().start().await?;
+    /// assert_eq!(cfg.status().cache_age(), None); // read from the bucket
+    /// # Ok(()) }
+    /// ```
+    pub fn cache_age(&self) -> Option<std::time::Duration> {
+        self.from_cache.map(|saved| SystemTime::now().duration_since(saved).unwrap_or_default())
     }
 
     /// `true` when connected and the server confirmed nothing newer is left to apply.

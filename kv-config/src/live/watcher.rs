@@ -157,7 +157,7 @@ async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern
             shared.mark_stale(StaleReason::NoResponse, Some(e.to_string()));
             Check::Fine
         }
-        Ok(Ok(Probe { incarnation: now, last_revision, next })) => {
+        Ok(Ok(Probe { incarnation: now, last_revision, next, .. })) => {
             // A new incarnation is a replaced bucket. A last revision below ours with the same
             // incarnation may be a new cluster leader still catching up: only if it persists.
             let behind = {
@@ -346,7 +346,7 @@ impl<T: KvConfig> Shared<T> {
     }
 
     /// Starts a new epoch from a fresh view of a replaced bucket.
-    fn replace_view(&self, view: View, incarnation: Option<u64>) {
+    pub(super) fn replace_view(&self, view: View, incarnation: Option<u64>) {
         let mut st = self.state();
         st.view = view;
         st.view.mark_dirty();

@@ -388,7 +388,8 @@ impl Bucket for MemBucket {
     async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
         let st = self.live_state()?;
         let next = st.msgs.range(after.saturating_add(1)..).find(|(_, m)| key_matches(pattern, &m.key)).map(|(s, _)| *s);
-        Ok(Probe { incarnation: self.incarnation, last_revision: st.seq, next })
+        let first_revision = st.msgs.keys().next().copied().unwrap_or(st.seq + 1);
+        Ok(Probe { incarnation: self.incarnation, last_revision: st.seq, first_revision, next })
     }
 
     async fn write(&self, op: WriteOp) -> StoreResult<u64> {

@@ -331,6 +331,9 @@ pub struct Probe {
     pub incarnation: u64,
     /// The bucket's last revision (any key).
     pub last_revision: u64,
+    /// The oldest revision the bucket still holds (any key; `last_revision + 1` when it holds
+    /// none). A watch from revision `n` misses nothing only if `first_revision <= n`.
+    pub first_revision: u64,
     /// The revision of the first entry matching the pattern after the revision asked about.
     pub next: Option<u64>,
 }

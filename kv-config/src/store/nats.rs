@@ -171,6 +171,11 @@ impl NatsStore {
     /// [`StoreErrorKind::PermissionDenied`] (this sets the options' event callback, which logs
     /// every other connection event through `tracing`).
     ///
+    /// To be able to start while the server is down (see
+    /// [`Builder::cache_file`](crate::Builder::cache_file)), pass
+    /// `options.retry_on_initial_connect()`: `connect` then returns at once and the client keeps
+    /// connecting in the background; without it `connect` fails while the server is unreachable.
+    ///
     /// ```no_run
     /// # #[tokio::main]
     /// # async fn main() -> Result<(), kv_config::store::StoreError> {
@@ -643,6 +648,7 @@ impl Bucket for NatsBucket {
             let info = self.kv.stream.get_info().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
             let incarnation = info.created.unix_timestamp_nanos().max(0) as u64;
             let last_revision = info.state.last_sequence;
+            let first_revision = if info.state.messages == 0 { last_revision + 1 } else { info.state.first_sequence };
             let next = if last_revision > after {
                 let subject = format!("{}{}", self.kv.prefix, pattern);
                 match self.kv.stream.direct_get_next_for_subject(subject, Some(after + 1)).await {
@@ -653,7 +659,7 @@ impl Bucket for NatsBucket {
             } else {
                 None
             };
-            Ok(Probe { incarnation, last_revision, next })
+            Ok(Probe { incarnation, last_revision, first_revision, next })
         }
         .await;
         result.map_err(|e| self.perms.refine(e, started))
