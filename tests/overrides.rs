@@ -236,3 +236,38 @@ async fn an_override_survives_a_server_restart_and_still_expires() {
     assert!(SystemTime::now().duration_since(set_at).unwrap() >= Duration::from_secs(6), "expired early");
     eventually("healthy again", Duration::from_secs(10), || cfg.status().is_healthy()).await;
 }
+
+/// The cache file holds the keys' own values, not overrides (which the server expires): a handle
+/// started from the cache while the server is down runs on the own value, and once the server
+/// is back it loads the bucket in full and picks the live override up.
+#[tokio::test]
+async fn a_cache_holds_own_values_and_the_override_returns_with_the_server() {
+    let (mut server, _) = server().await;
+    let dir = std::env::temp_dir().join(format!("kvc-override-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.cache");
+    let _ = std::fs::remove_file(&path);
+    let store = NatsStore::connect(server.url(), async_nats::ConnectOptions::new().retry_on_initial_connect()).await.unwrap();
+    let builder = || {
+        LiveConfig::<Cfg>::builder(store.clone(), "cfg")
+            .heartbeat(Duration::from_millis(250))
+            .cache_file(&path)
+            .cache_wait(Duration::from_millis(500))
+    };
+    let bucket = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
+    let cfg = builder().create_with(bucket).start().await.unwrap();
+    cfg.update(|c| c.workers = 2).await.unwrap();
+    let snap = cfg.set_for("workers", 9, Duration::from_secs(120)).await.unwrap();
+    eventually("cache saved", Duration::from_secs(5), || cfg.status().cache_revision >= Some(snap.revision())).await;
+    drop(cfg);
+    server.stop();
+
+    let offline = builder().start().await.unwrap();
+    assert_eq!(offline.get().workers, 2, "the cache holds the key's own value, not the override");
+    assert!(matches!(offline.get().source("workers"), Some(Provenance::Cache { .. })));
+    server.restart().await;
+    eventually("back with the live override", Duration::from_secs(15), || offline.get().workers == 9).await;
+    assert_eq!(offline.status().overrides.len(), 1);
+    assert_eq!(offline.status().resumed_from, None, "a cache taken under an override is loaded in full");
+    let _ = std::fs::remove_dir_all(&dir);
+}
