@@ -89,6 +89,7 @@
 mod config;
 mod error;
 mod feed;
+pub mod json_schema;
 mod lease;
 mod live;
 mod load;
@@ -99,6 +100,7 @@ mod view;
 
 pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
 pub use error::{Error, Result};
+pub use json_schema::{JSON_SCHEMA_DRAFT, JSON_SCHEMA_KEY};
 pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
 pub use live::{Builder, Change, LiveConfig, OnInvalid, Snapshot, Stale, StaleReason, Status, Subscription};
