@@ -50,6 +50,7 @@ Examples:
   kvc revert app --time 2026-11-26T17:00:00Z -m 'back to before the deploy'
   kvc watch app server
   kvc export app > app.json && kvc import app app.json --dry-run
+  kvc schema app > app.schema.json              JSON Schema of the config, for editors
   kvc completions bash > /etc/bash_completion.d/kvc";
 
 /// `kvc`'s command line.
@@ -176,6 +177,8 @@ pub enum Command {
     Import(commands::import::Args),
     /// Run a command while holding a lease on a key (or show who holds it).
     Lock(commands::lock::Args),
+    /// Print the config's JSON Schema (draft 2020-12), for validators and editors.
+    Schema(commands::schema::Args),
     /// Print a shell completion script.
     Completions(commands::completions::Args),
 }

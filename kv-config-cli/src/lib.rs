@@ -47,6 +47,7 @@
 //! | `diff` | `{"bucket", "prefix", "against", "changes": [{"key", "old", "new"}]}` (`old` = the other state) |
 //! | `history` | `{"bucket", "key", "revisions": [{"revision", "created", "operation", "value", "author", "reason"}]}` |
 //! | `watch` | one object per line: `{"revision", "created", "operation", "key", "value", "author", "reason", "problem"}` |
+//! | `schema` | the JSON Schema document itself (`--kv`: kv-config's schema, `{"name", "version", "fields", "cross_checks"}`) |
 //! | `export` | `{"kvc_export": 1, "bucket", "prefix", "filter", "revision", "exported_at", "values": {"key": {"value", "revision", "redacted"?}}}` |
 //!
 //! Errors are never JSON: one line on stderr (`kvc: error: bucket `b`, key `k`: ...`) and the
@@ -125,6 +126,10 @@ where
         clap_complete::generate(c.shell, &mut cmd, "kvc", &mut std::io::stdout());
         return error::EXIT_OK;
     }
+    if let Command::Schema(commands::schema::Args { bucket: None, .. }) = &cli.command {
+        // Without a bucket, `schema` reads no server (typed: the type's schema; generic: a usage error).
+        return execute(cli, Arc::new(kv_config::store::MemoryStore::new()), mode, printer).await;
+    }
     let store = match connect::connect(&cli.global).await {
         Ok(s) => s,
         Err(e) => {
@@ -179,6 +184,7 @@ pub async fn dispatch(command: &Command, ctx: &mut Ctx) -> CliResult<Option<outp
         Command::Export(a) => export::exec(a, ctx).await?,
         Command::Import(a) => import::exec(a, ctx).await?,
         Command::Lock(a) => lock::exec(a, ctx).await?,
+        Command::Schema(a) => schema::exec(a, ctx).await?,
         Command::Completions(c) => {
             let mut cmd = Cli::command();
             let mut buf = Vec::new();

@@ -88,6 +88,39 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
         }
     }
 
+    /// The config as a JSON Schema (draft 2020-12) of one JSON document holding every key, for
+    /// validators and editors: `Self::schema().json_schema()` (see [`Schema::json_schema`]).
+    /// [`LiveConfig::publish_schema`](crate::LiveConfig::publish_schema) stores it under
+    /// [`JSON_SCHEMA_KEY`](crate::JSON_SCHEMA_KEY).
+    ///
+    /// ```
+    /// use kv_config::KvConfig;
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     /// Service name.
+    ///     name: String,
+    ///     #[kv(nested)]
+    ///     server: Server,
+    /// }
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct Server {
+    ///     #[kv(default = 8080)]
+    ///     port: u16,
+    ///     #[kv(secret, default)]
+    ///     token: String,
+    /// }
+    /// let js = App::json_schema();
+    /// assert_eq!(js["title"], "App");
+    /// assert_eq!(js["required"], serde_json::json!(["name"]));
+    /// assert_eq!(js["properties"]["name"]["description"], "Service name.");
+    /// let server = &js["properties"]["server"]["properties"];
+    /// assert_eq!(server["port"]["default"], 8080);
+    /// assert_eq!(server["token"]["writeOnly"], true);
+    /// ```
+    fn json_schema() -> serde_json::Value {
+        Self::schema().json_schema()
+    }
+
     /// Encodes every leaf as JSON, keyed by its dotted key.
     fn encode(&self) -> Result<Encoded, EncodeError> {
         let mut out = Encoder { out: Encoded::new() };

@@ -142,6 +142,7 @@
 mod config;
 mod error;
 mod feed;
+pub mod json_schema;
 mod lease;
 mod live;
 mod load;
@@ -152,6 +153,7 @@ mod view;
 
 pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
 pub use error::{Error, Result};
+pub use json_schema::{JSON_SCHEMA_DRAFT, JSON_SCHEMA_KEY};
 pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
 pub use live::{ActiveOverride, Builder, CacheProblem, Change, LiveConfig, OnInvalid, Provenance, Snapshot, Stale, StaleReason, Status, Subscription};

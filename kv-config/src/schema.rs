@@ -239,6 +239,38 @@ impl Schema {
         self.field(key).or_else(|| self.fields.iter().find(|f| is_pattern(&f.key) && key_matches(&f.key, key)))
     }
 
+
+    /// This schema as a JSON Schema (draft 2020-12) of the whole config as one JSON document:
+    /// dotted keys become nested objects, map fields (`flags.*`) `additionalProperties`; types,
+    /// ranges, enums, docs and defaults are kept, secrets are `writeOnly` without a default. The
+    /// [`json_schema`](crate::json_schema) module lists every rule. For a derived config,
+    /// [`KvConfig::json_schema`](crate::KvConfig::json_schema) is the same.
+    ///
+    /// ```
+    /// use kv_config::{FieldSchema, Schema, TypeDesc};
+    /// let schema = Schema {
+    ///     name: "App".into(),
+    ///     version: "1.0.0".into(),
+    ///     fields: vec![FieldSchema {
+    ///         key: "server.port".into(),
+    ///         ty: TypeDesc::Integer { min: 0, max: 65535 },
+    ///         doc: "Port to listen on.".into(),
+    ///         default: None,
+    ///         required: true,
+    ///         secret: false,
+    ///     }],
+    ///     cross_checks: false,
+    /// };
+    /// let js = schema.json_schema();
+    /// assert_eq!(js["required"], serde_json::json!(["server"]));
+    /// let port = &js["properties"]["server"]["properties"]["port"];
+    /// assert_eq!(port["maximum"], 65535);
+    /// assert_eq!(port["description"], "Port to listen on.");
+    /// ```
+    pub fn json_schema(&self) -> Value {
+        crate::json_schema::of(self)
+    }
+
     /// Key -> field index, for lookups in a loop. Map-entry fields appear under their pattern
     /// (`flags.*`); use [`lookup`](Self::lookup) to find the field of a concrete key.
     pub fn index(&self) -> HashMap<&str, &FieldSchema> {

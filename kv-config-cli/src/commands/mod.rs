@@ -14,6 +14,7 @@ pub mod lock;
 pub mod ls;
 pub mod revert;
 pub mod rm;
+pub mod schema;
 pub mod set;
 pub mod show;
 pub mod watch;

@@ -11,6 +11,7 @@ use super::{Applied, LiveConfig, Shared, Snapshot};
 use crate::config::{KvConfig, RawValue, RawValues};
 use crate::error::{Error, Result};
 use crate::store::{StoreErrorKind, WriteKind, WriteOp, AUTHOR_HEADER};
+use crate::json_schema::JSON_SCHEMA_KEY;
 use crate::view::{GUARD_KEY, SCHEMA_KEY};
 
 /// An encoded config as raw values (revision 0: not from the bucket), for validation by decoding.
@@ -107,16 +108,56 @@ impl<T: KvConfig> LiveConfig<T> {
 
     /// Publishes the schema (keys, types, docs, defaults, secret flags, struct name and crate
     /// version) as JSON under the reserved key `__kvconfig.schema` (after the prefix), for admin
-    /// tools. Returns the revision, or the existing one when nothing changed.
+    /// tools, and next to it its JSON Schema ([`KvConfig::json_schema`]) under
+    /// [`JSON_SCHEMA_KEY`](crate::JSON_SCHEMA_KEY) (`__kvconfig.json_schema`), for validators and
+    /// editors. Only a document that changed is written; both together go in one atomic batch
+    /// (on a bucket without atomic writes, one after the other). Returns the latest revision of
+    /// the two keys: the new one, or the existing one when nothing changed.
+    ///
+    /// ```no_run
+    /// # use kv_config::{KvConfig, LiveConfig, store::NatsStore};
+    /// # #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// # struct App { #[kv(default = 8080)] port: u16 }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+    /// let cfg = LiveConfig::<App>::builder(NatsStore::new(client), "app").create_if_missing().start().await?;
+    /// let revision = cfg.publish_schema().await?;
+    /// assert_eq!(cfg.publish_schema().await?, revision); // unchanged: nothing written
+    /// # Ok(()) }
+    /// ```
     pub async fn publish_schema(&self) -> Result<u64> {
-        let key = format!("{}{SCHEMA_KEY}", self.shared.source.prefix);
-        let json = serde_json::to_vec(&T::schema()).map_err(|e| crate::EncodeError { key: key.clone(), message: e.to_string() })?;
-        if let Some(e) = self.shared.bucket.entry(&key).await? {
-            if e.is_put() && e.value == json {
-                return Ok(e.revision);
+        let prefix = &self.shared.source.prefix;
+        let schema = T::schema();
+        let encode = |key: &str, doc: Result<Vec<u8>, serde_json::Error>| {
+            let key = format!("{prefix}{key}");
+            doc.map(|json| (key.clone(), json)).map_err(|e| crate::EncodeError { key, message: e.to_string() })
+        };
+        let docs = [
+            encode(JSON_SCHEMA_KEY, serde_json::to_vec(&schema.json_schema()))?,
+            encode(SCHEMA_KEY, serde_json::to_vec(&schema))?,
+        ];
+        let bucket = &self.shared.bucket;
+        let (mut ops, mut latest) = (Vec::new(), 0);
+        for (key, json) in docs {
+            match bucket.entry(&key).await? {
+                Some(e) if e.is_put() && e.value == json => latest = latest.max(e.revision),
+                _ => ops.push(WriteOp::put(key, json.into())),
             }
         }
-        Ok(self.shared.bucket.put(&key, json.into()).await?)
+        if ops.len() > 1 {
+            match bucket.write_atomic(ops.clone()).await {
+                Ok(revision) => return Ok(revision),
+                Err(e) if *e.kind() == StoreErrorKind::AtomicWritesDisabled => {
+                    tracing::debug!(bucket = %self.shared.source.bucket, "no atomic writes on this bucket; publishing the schemas one by one");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for op in ops {
+            latest = latest.max(bucket.write(op).await?);
+        }
+        Ok(latest)
     }
 
     /// The writes that take the bucket from `base` to `next`: every key whose encoding changed,
