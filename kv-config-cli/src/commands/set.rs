@@ -1,6 +1,6 @@
 //! `kvc set BUCKET KEY=VALUE...`: validated writes, several keys in one atomic batch.
 //!
-//! JSON: the write result shape (see [`Written`](crate::ops::Written)).
+//! JSON: the write result shape (see [`Written`]).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

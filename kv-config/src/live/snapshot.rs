@@ -202,9 +202,7 @@ impl<T: KvConfig> Snapshot<T> {
             }
             return Some(Provenance::Bucket { revision: v.revision, created: v.created });
         }
-        if T::schema().field_for(key).is_none() {
-            return None;
-        }
+        T::schema().field_for(key)?;
         Some(if self.fallback { Provenance::Fallback } else { Provenance::Default })
     }
 }
