@@ -49,21 +49,26 @@ async fn stream_leader(client: &async_nats::Client) -> Option<String> {
     stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
 }
 
+/// Creates the replicated bucket once the cluster accepts it. JetStream needs a meta leader
+/// before a replicated bucket can be created; on a loaded 2-core machine the first election was
+/// seen to take most of 30 s (once, during a full CI build).
+async fn create_r3(store: &NatsStore, config: BucketConfig) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match store.create_bucket(&config).await {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "cluster never accepted an R3 bucket: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn lose_a_node_while_writing(victim: Victim) {
     let mut nodes = kv_config_testing::start_cluster(3).await;
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
     let client = connect(&urls).await;
     let store = NatsStore::new(client.clone());
-    // JetStream needs a meta leader before a replicated bucket can be created; on a loaded 2-core
-    // machine the first election was seen to take most of 30 s (once, during a full CI build).
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        match store.create_bucket(&BucketConfig::new("cfg").replicas(3)).await {
-            Ok(_) => break,
-            Err(e) => assert!(Instant::now() < deadline, "cluster never accepted an R3 bucket: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    create_r3(&store, BucketConfig::new("cfg").replicas(3)).await;
     let cfg = LiveConfig::<Cfg>::builder(store, "cfg").heartbeat(Duration::from_millis(500)).start().await.expect("start");
 
     // A writer on its own connection (starting on another node) writes 1, 2, 3, ... and
@@ -152,14 +157,7 @@ async fn an_override_still_expires_after_its_stream_leader_is_lost() {
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
     let client = connect(&urls).await;
     let store = NatsStore::new(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        match store.create_bucket(&BucketConfig::new("cfg").replicas(3).key_ttl(Duration::from_secs(1))).await {
-            Ok(_) => break,
-            Err(e) => assert!(Instant::now() < deadline, "cluster never accepted an R3 bucket: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    create_r3(&store, BucketConfig::new("cfg").replicas(3).key_ttl(Duration::from_secs(1))).await;
     let cfg = LiveConfig::<Cfg>::builder(store, "cfg").heartbeat(Duration::from_millis(500)).start().await.expect("start");
     cfg.update(|c| c.a = 1).await.expect("own value");
     let set_at = Instant::now();

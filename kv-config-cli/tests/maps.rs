@@ -4,11 +4,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::Parser;
-use common::{values, Env};
+use common::{values, Buf, Env};
 use kv_config::store::{Bucket, BucketConfig, Store};
 use kv_config::{KvConfig, SCHEMA_KEY};
 use kv_config_cli::output::Printer;
@@ -39,24 +38,6 @@ struct Flagged {
     tenants: BTreeMap<String, Tenant>,
 }
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// Runs kvc in-process (typed with `Flagged`, or generic); returns (exit code, stdout, stderr).
 async fn kvc(env: &Env, mode: Mode, args: &[&str]) -> (i32, String, String) {

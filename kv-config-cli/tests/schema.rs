@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::Parser;
-use common::{AppConfig, Env};
+use common::{AppConfig, Buf, Env};
 use kv_config::store::{BucketConfig, MemoryStore, Store};
 use kv_config::{KvConfig, LiveConfig, JSON_SCHEMA_KEY};
 use kv_config_cli::output::Printer;
@@ -102,24 +101,6 @@ async fn schema_without_a_bucket_needs_no_server() {
     assert_eq!(code, 5, "{err}");
 }
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// The typed kvc for `AppConfig` in-process; returns (exit code, stdout, stderr).
 async fn typed(store: Arc<dyn Store>, args: &[&str]) -> (i32, String, String) {

@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::Parser;
-use common::{values, AppConfig, Env};
+use common::{values, AppConfig, Buf, Env};
 use kv_config_cli::output::Printer;
 use kv_config_cli::{execute, Cli, Mode};
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// Runs the typed kvc in-process; returns (exit code, stdout, stderr).
 async fn typed(env: &Env, args: &[&str]) -> (i32, String, String) {

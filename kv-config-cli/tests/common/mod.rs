@@ -206,3 +206,24 @@ fn find_time(s: &str) -> Option<usize> {
 pub fn assert_no_file(p: &Path) {
     assert!(!p.exists(), "{} exists", p.display());
 }
+
+/// A `Write` whose bytes the test reads back (a typed kvc's printer output).
+#[derive(Clone, Default)]
+pub struct Buf(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Buf {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
