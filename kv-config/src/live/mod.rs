@@ -53,7 +53,7 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            max_attempts: 30,
+            max_attempts: 100,
             write_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
             load_timeout: Duration::from_secs(10),

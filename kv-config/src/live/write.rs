@@ -19,21 +19,23 @@ pub(super) fn to_raw(encoded: &crate::Encoded) -> RawValues {
     encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0, created: None })).collect()
 }
 
-/// Pauses between conflicting attempts: exponential from 2 ms to 250 ms, with full jitter so
-/// writers that collided do not collide again in lockstep.
+/// Pauses between conflicting attempts: exponential from 1 ms to 32 ms, with full jitter so
+/// writers that collided do not collide again in lockstep. The ceiling stays low on purpose: a
+/// writer that lost many rounds must not wait far longer than one that just started, or it
+/// starves behind fresh writers (seen with 8 guarded writers on a loaded machine).
 pub(super) struct Backoff {
     ceiling: Duration,
 }
 
 impl Backoff {
     pub(super) fn new() -> Self {
-        Backoff { ceiling: Duration::from_millis(2) }
+        Backoff { ceiling: Duration::from_millis(1) }
     }
 
     pub(super) async fn pause(&mut self) {
         let nanos = self.ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
         tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=nanos))).await;
-        self.ceiling = (self.ceiling * 2).min(Duration::from_millis(250));
+        self.ceiling = (self.ceiling * 2).min(Duration::from_millis(32));
     }
 }
 
