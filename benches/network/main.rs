@@ -451,50 +451,43 @@ fn set_fields(c: &mut Leaf100, n: usize, v: &str) {
     *c = Leaf100::decode(&raw, &kv_config::Source::default()).expect("decode");
 }
 
-async fn conflicting(url: &str, quick: bool, report: &mut Report) {
-    println!("conflicting writers");
-    let per_writer = if quick { 10 } else { 250 };
-    report.section(
-        &format!("Contention: 4 writers on separate connections increment one key, {per_writer} increments each"),
-        &["writers", "increments/s", "conflicts retried", "conflict rate (conflicts / attempts)", "final value"],
-    );
-    // kv-config: update(|c| c.counter += 1).
-    let setup = NatsStore::new(connect(url).await);
-    setup.create_bucket(&BucketConfig::new("contend")).await.expect("bucket");
-    let mut handles = Vec::new();
-    for _ in 0..4 {
-        let store = NatsStore::new(connect(url).await);
-        handles.push(LiveConfig::<Small>::builder(store, "contend").max_attempts(10_000).start().await.expect("start"));
-    }
+/// One contention run: 4 handles (default `max_attempts`) increment `counter` `per_writer` times
+/// each; returns (elapsed, conflicts retried, errors). An update that returns an error is counted
+/// and made again, so the final value still proves no increment was lost or doubled.
+async fn contend_live(handles: &[LiveConfig<Small>], per_writer: u64) -> (Duration, u64, u64) {
+    let before: u64 = handles.iter().map(|h| h.status().conflicts).sum();
     let t = Instant::now();
     let tasks: Vec<_> = handles
         .iter()
         .cloned()
         .map(|h| {
             tokio::spawn(async move {
+                let mut errors = 0;
                 for _ in 0..per_writer {
-                    h.update(|c| c.counter += 1).await.expect("update");
+                    while let Err(e) = h.update(|c| c.counter += 1).await {
+                        assert!(matches!(e, kv_config::Error::Conflict { .. }), "update: {e}");
+                        errors += 1;
+                    }
                 }
-                h.status().conflicts
+                errors
             })
         })
         .collect();
-    let mut conflicts = 0;
+    let mut errors = 0;
     for task in tasks {
-        conflicts += task.await.expect("writer");
+        errors += task.await.expect("writer");
     }
     let elapsed = t.elapsed();
-    let total = 4 * per_writer;
-    let value = setup.open_bucket("contend").await.expect("bucket").get("counter").await.expect("get").expect("value");
-    contention_row(report, "4 × LiveConfig::update", total, conflicts, elapsed, &value);
-    // Raw: entry + update(rev), retry on a wrong revision.
-    let kv = jetstream::new(connect(url).await).create_key_value(kv::Config { bucket: "contendraw".into(), ..Default::default() }).await.expect("bucket");
-    kv.put("counter", "0".into()).await.expect("put");
+    let after: u64 = handles.iter().map(|h| h.status().conflicts).sum();
+    (elapsed, after - before, errors)
+}
+
+/// The same with raw async-nats: entry + update(revision), retried on a wrong revision.
+async fn contend_raw(kvs: &[kv::Store], per_writer: u64) -> (Duration, u64) {
     let conflicts = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let kv = jetstream::new(connect(url).await).get_key_value("contendraw").await.expect("bucket");
+    for kv in kvs.iter().cloned() {
         let conflicts = conflicts.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per_writer {
@@ -515,20 +508,62 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     for task in tasks {
         task.await.expect("raw writer");
     }
-    let elapsed = t.elapsed();
-    let c = conflicts.load(Ordering::Relaxed);
-    let value = kv.get("counter").await.expect("get").expect("value");
-    contention_row(report, "4 × raw entry + update", total, c, elapsed, &value);
+    (t.elapsed(), conflicts.load(Ordering::Relaxed))
 }
 
-fn contention_row(report: &mut Report, label: &str, total: u64, conflicts: u64, elapsed: Duration, value: &[u8]) {
-    report.row(&[
-        label.to_string(),
-        format!("{:.0}", total as f64 / elapsed.as_secs_f64()),
-        conflicts.to_string(),
-        format!("{:.0}%", 100.0 * conflicts as f64 / (conflicts + total) as f64),
-        String::from_utf8_lossy(value).into_owned(),
-    ]);
+async fn conflicting(url: &str, quick: bool, report: &mut Report) {
+    println!("conflicting writers");
+    let per_writer: u64 = if quick { 10 } else { 250 };
+    let rounds = if quick { 1 } else { 7 };
+    report.section(
+        &format!("Contention: 4 writers on separate connections increment one key, {per_writer} increments each, {rounds} alternating rounds"),
+        &["writers", "increments/s (median)", "min..max", "conflicts retried (total)", "conflict rate", "errors", "final value"],
+    );
+    let setup = NatsStore::new(connect(url).await);
+    setup.create_bucket(&BucketConfig::new("contend")).await.expect("bucket");
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        let store = NatsStore::new(connect(url).await);
+        handles.push(LiveConfig::<Small>::builder(store, "contend").start().await.expect("start"));
+    }
+    let js = jetstream::new(connect(url).await);
+    let kv = js.create_key_value(kv::Config { bucket: "contendraw".into(), ..Default::default() }).await.expect("bucket");
+    kv.put("counter", "0".into()).await.expect("put");
+    let mut kvs = Vec::new();
+    for _ in 0..4 {
+        kvs.push(jetstream::new(connect(url).await).get_key_value("contendraw").await.expect("bucket"));
+    }
+    let total = 4 * per_writer;
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut our_conflicts, mut our_errors, mut raw_conflicts) = (0, 0, 0);
+    for _ in 0..rounds {
+        let (d, c, e) = contend_live(&handles, per_writer).await;
+        our_conflicts += c;
+        our_errors += e;
+        let (r, rc) = contend_raw(&kvs, per_writer).await;
+        raw_conflicts += rc;
+        ours.push(total as f64 / d.as_secs_f64());
+        theirs.push(total as f64 / r.as_secs_f64());
+        ratios.push(r.as_secs_f64() / d.as_secs_f64());
+    }
+    let live_value = setup.open_bucket("contend").await.expect("bucket").get("counter").await.expect("get").expect("value");
+    let raw_value = kv.get("counter").await.expect("get").expect("value");
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let all = total * rounds;
+    let rate = |c: u64| format!("{:.0}%", 100.0 * c as f64 / (c + all) as f64);
+    let (o, omin, omax) = med(&mut ours);
+    let (r, rmin, rmax) = med(&mut theirs);
+    let (q, qmin, qmax) = med(&mut ratios);
+    report.row(&["4 × LiveConfig::update (default max_attempts)".into(), format!("{o:.0}"), format!("{omin:.0}..{omax:.0}"), our_conflicts.to_string(), rate(our_conflicts), our_errors.to_string(), String::from_utf8_lossy(&live_value).into_owned()]);
+    report.row(&["4 × raw entry + update".into(), format!("{r:.0}"), format!("{rmin:.0}..{rmax:.0}"), raw_conflicts.to_string(), rate(raw_conflicts), "0".into(), String::from_utf8_lossy(&raw_value).into_owned()]);
+    report.note(&format!(
+        "Throughput ratio kv-config / raw, per round: median {q:.2}x, spread {qmin:.2}x..{qmax:.2}x (target ≥ 0.95x with 0 errors)."
+    ));
+    assert_eq!(String::from_utf8_lossy(&live_value), all.to_string(), "kv-config lost or doubled an increment");
+    assert_eq!(String::from_utf8_lossy(&raw_value), all.to_string(), "raw lost or doubled an increment");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -580,13 +615,28 @@ async fn main() {
     let server = NatsServer::start().await;
     let url = server.url();
     println!("kv-config network benchmarks{} against nats-server at {url}", if quick { " (quick mode)" } else { "" });
+    // Other arguments pick sections by name (e.g. `-- contention memory`); none runs them all.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     let mut report = Report::default();
     let t = Instant::now();
-    cold_load(&url, quick, &mut report).await;
-    propagation(&url, quick, &mut report).await;
-    fanout(&url, quick, &mut report).await;
-    write_back(&url, quick, &mut report).await;
-    conflicting(&url, quick, &mut report).await;
-    memory(&url, &mut report).await;
+    if run("cold-load") {
+        cold_load(&url, quick, &mut report).await;
+    }
+    if run("propagation") {
+        propagation(&url, quick, &mut report).await;
+    }
+    if run("fan-out") {
+        fanout(&url, quick, &mut report).await;
+    }
+    if run("write-back") {
+        write_back(&url, quick, &mut report).await;
+    }
+    if run("contention") {
+        conflicting(&url, quick, &mut report).await;
+    }
+    if run("memory") {
+        memory(&url, &mut report).await;
+    }
     println!("\n{}\n\n(total {:.1} s)", report.out, t.elapsed().as_secs_f64());
 }
