@@ -513,8 +513,8 @@ async fn contend_raw(kvs: &[kv::Store], per_writer: u64) -> (Duration, u64) {
 
 async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     println!("conflicting writers");
-    let per_writer: u64 = if quick { 10 } else { 250 };
-    let rounds = if quick { 1 } else { 7 };
+    let per_writer: u64 = if quick { 10 } else { 100 };
+    let rounds = if quick { 1 } else { 15 };
     report.section(
         &format!("Contention: 4 writers on separate connections increment one key, {per_writer} increments each, {rounds} alternating rounds"),
         &["writers", "increments/s (median)", "min..max", "conflicts retried (total)", "conflict rate", "errors", "final value"],
