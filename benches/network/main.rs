@@ -555,7 +555,8 @@ async fn contend_raw(kvs: &[kv::Store], per_writer: u64) -> (Duration, u64) {
     let conflicts = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for kv in kvs.iter().cloned() {
+    for kv in kvs {
+        let kv = kv.clone();
         let conflicts = conflicts.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..per_writer {
