@@ -1,12 +1,13 @@
 //! The read path: `LiveConfig::get()` against bare `ArcSwap` and lock baselines, with no writer
-//! and with one thread swapping the value 1,000 times a second.
+//! and with one thread swapping the value 1,000 times a second; then 1, 2 and 4 reader threads
+//! reading at once under that writer (on a 2-core machine, 4 readers oversubscribe the cores).
 //!
 //! `cargo bench --bench reads` (add `-- --quick` for a smoke run).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Barrier, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -105,5 +106,64 @@ fn bench_reads(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_reads);
+/// Time per read as each of `threads` threads sees it: every thread reads `iters` times, all
+/// start together, and the slowest thread's time counts.
+fn per_thread(threads: usize, iters: u64, read: &(impl Fn() -> u16 + Sync)) -> Duration {
+    let start = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        black_box(read());
+                    }
+                    t.elapsed()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("reader thread")).max().unwrap_or_default()
+    })
+}
+
+fn bench_reader_threads(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let live = rt
+        .block_on(LiveConfig::<Cfg>::builder(MemoryStore::new(), "bench").create_if_missing().start())
+        .expect("start LiveConfig on MemoryStore");
+    let swap = Arc::new(ArcSwap::from_pointee(initial()));
+    let rw = Arc::new(RwLock::new(Arc::new(initial())));
+    let mut group = c.benchmark_group("read/N reader threads, 1 writer at 1k swaps/s");
+    group.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    for threads in [1usize, 2, 4] {
+        {
+            let live2 = live.clone();
+            let handle = rt.handle().clone();
+            let _w = Writer::start(move |i| {
+                handle.block_on(live2.update(|c| c.counter = i)).expect("update");
+            });
+            group.bench_function(format!("LiveConfig::get/{threads}"), |b| {
+                b.iter_custom(|iters| per_thread(threads, iters, &|| live.get().port))
+            });
+        }
+        {
+            let swap2 = swap.clone();
+            let _w = Writer::start(move |i| swap2.store(Arc::new(Cfg { counter: i, ..initial() })));
+            group.bench_function(format!("ArcSwap::load/{threads}"), |b| {
+                b.iter_custom(|iters| per_thread(threads, iters, &|| swap.load().port))
+            });
+        }
+        {
+            let rw2 = rw.clone();
+            let _w = Writer::start(move |i| *rw2.write().expect("lock") = Arc::new(Cfg { counter: i, ..initial() }));
+            group.bench_function(format!("RwLock<Arc<T>> clone/{threads}"), |b| {
+                b.iter_custom(|iters| per_thread(threads, iters, &|| rw.read().expect("lock").clone().port))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_reads, bench_reader_threads);
 criterion_main!(benches);

@@ -1,4 +1,5 @@
-//! Generated shapes for the network benchmarks: 100, 1,000 and 5,000 leaf keys.
+//! Generated shapes for the network benchmarks: 100, 1,000, 5,000 and 50,000 leaf keys, and the
+//! 5,000- and 50,000-key configs with a `counter` for propagation.
 use kv_config::KvConfig;
 use serde::{Deserialize, Serialize};
 
@@ -335,4 +336,48 @@ pub struct Keys5000 {
     g48: Leaf100,
     #[kv(nested)]
     g49: Leaf100,
+}
+
+/// 50,000 keys: `h0.g0.f0` .. `h9.g49.f99` (nested twice: one struct of 500 fields takes the
+/// compiler minutes and gigabytes in the bench profile).
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+pub struct Keys50000 {
+    #[kv(nested)]
+    h0: Keys5000,
+    #[kv(nested)]
+    h1: Keys5000,
+    #[kv(nested)]
+    h2: Keys5000,
+    #[kv(nested)]
+    h3: Keys5000,
+    #[kv(nested)]
+    h4: Keys5000,
+    #[kv(nested)]
+    h5: Keys5000,
+    #[kv(nested)]
+    h6: Keys5000,
+    #[kv(nested)]
+    h7: Keys5000,
+    #[kv(nested)]
+    h8: Keys5000,
+    #[kv(nested)]
+    h9: Keys5000,
+}
+
+/// `counter` beside 5,000 keys `g.g0.f0` .. `g.g49.f99`: a change to one key of a large config.
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+pub struct Prop5000 {
+    #[kv(default)]
+    pub counter: u64,
+    #[kv(nested)]
+    g: Keys5000,
+}
+
+/// `counter` beside 50,000 keys `g.h0.g0.f0` .. `g.h9.g49.f99`.
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+pub struct Prop50000 {
+    #[kv(default)]
+    pub counter: u64,
+    #[kv(nested)]
+    g: Keys50000,
 }
