@@ -49,6 +49,11 @@ async fn stream_leader(client: &async_nats::Client) -> Option<String> {
     stream.info().await.ok()?.cluster.as_ref()?.leader.clone()
 }
 
+/// The cluster tests run one at a time: each starts 3 servers, and several clusters forming at
+/// once on a 2-core machine (beside the rest of CI) once kept JetStream's first meta-leader
+/// election from finishing within 90 s. Held for a whole test.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Creates the replicated bucket once the cluster accepts it. JetStream needs a meta leader
 /// before a replicated bucket can be created; on a loaded 2-core machine the first election was
 /// seen to take most of 30 s (once, during a full CI build).
@@ -64,6 +69,7 @@ async fn create_r3(store: &NatsStore, config: BucketConfig) {
 }
 
 async fn lose_a_node_while_writing(victim: Victim) {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut nodes = kv_config_testing::start_cluster(3).await;
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
     let client = connect(&urls).await;
@@ -153,6 +159,7 @@ async fn handle_fails_over_when_its_node_is_killed() {
 /// killed: the new leader expires it, and the handle returns to the key's own value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_still_expires_after_its_stream_leader_is_lost() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut nodes = kv_config_testing::start_cluster(3).await;
     let urls: Vec<String> = nodes.iter().map(NatsServer::url).collect();
     let client = connect(&urls).await;
