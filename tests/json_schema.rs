@@ -384,3 +384,31 @@ async fn kvc_export_values_validate_in_document_form() {
     assert_eq!(errors(&v, &doc), Vec::<String>::new(), "{doc}");
     assert_eq!(doc["server"]["host"], "h");
 }
+
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+struct Tenant {
+    #[kv(default = 10)]
+    limit: u32,
+}
+
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+struct WithMaps {
+    flags: std::collections::BTreeMap<String, bool>,
+    #[kv(nested)]
+    tenants: std::collections::HashMap<String, Tenant>,
+}
+
+#[test]
+fn derived_map_fields_are_additional_properties() {
+    let v = validator(&WithMaps::json_schema());
+    let ok = serde_json::json!({"flags": {"beta": true}, "tenants": {"acme": {"limit": 5}}});
+    assert!(errors(&v, &ok).is_empty(), "{:?}", errors(&v, &ok));
+    assert!(errors(&v, &serde_json::json!({})).is_empty(), "maps are never required");
+    for bad in [
+        serde_json::json!({"flags": {"beta": "yes"}}),
+        serde_json::json!({"flags": {"a.b": true}}),
+        serde_json::json!({"tenants": {"acme": {"limit": -1}}}),
+    ] {
+        assert!(!errors(&v, &bad).is_empty(), "{bad} should be refused");
+    }
+}
