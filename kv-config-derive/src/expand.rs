@@ -47,13 +47,18 @@ fn expand(input: &Input) -> TokenStream {
             quote!(#member: #var?)
         }
     });
-    let struct_check = input.attrs.validate.as_ref().map(|path| {
-        quote_spanned! {path_span(path)=>
-            __kv_d.check_struct(__kv_prefix, &__kv_value, &|__kv_v: &Self| {
-                #path(__kv_v).map_err(|__kv_e| ::std::string::ToString::to_string(&__kv_e))
-            })?;
-        }
-    });
+    let struct_check_of = |value: TokenStream| {
+        input.attrs.validate.as_ref().map(|path| {
+            quote_spanned! {path_span(path)=>
+                __kv_d.check_struct(__kv_prefix, #value, &|__kv_v: &Self| {
+                    #path(__kv_v).map_err(|__kv_e| ::std::string::ToString::to_string(&__kv_e))
+                })?;
+            }
+        })
+    };
+    let struct_check = struct_check_of(quote!(&__kv_value));
+    let struct_recheck = struct_check_of(quote!(&*self));
+    let apply = leaf_fields(input).map(|(_, f)| apply_field(f));
     // A validator reads several keys when it is on the struct, on a nested field, or on a whole
     // map stored one key per entry.
     let has_own_check = input.attrs.validate.is_some()
@@ -110,6 +115,21 @@ fn expand(input: &Input) -> TokenStream {
                     let __kv_value = Self { #(#build),* };
                     #struct_check
                     ::core::option::Option::Some(__kv_value)
+                }
+
+                #[allow(unused_mut)]
+                fn __kv_apply(
+                    &mut self,
+                    __kv_prefix: &str,
+                    __kv_d: &mut ::kv_config::__private::Decoder<'_>,
+                ) -> ::core::option::Option<()> {
+                    let mut __kv_ok = true;
+                    #(#apply)*
+                    if !__kv_ok {
+                        return ::core::option::Option::None;
+                    }
+                    #struct_recheck
+                    ::core::option::Option::Some(())
                 }
             }
 
@@ -215,16 +235,7 @@ fn map_decode(i: usize, f: &Field, value: &syn::Type) -> TokenStream {
     let nested = f.attrs.nested.is_some();
     let secret = f.attrs.secret.is_some();
     let validate = validator(f.attrs.validate.as_ref(), ty);
-    let entry = if nested {
-        quote_spanned! {value.span()=>
-            <#value as ::kv_config::KvConfig>::__kv_decode(&::kv_config::__private::entry_prefix(&__kv_map_prefix, &__kv_name), __kv_d)
-        }
-    } else {
-        let each = validator(f.attrs.validate_each.as_ref(), value);
-        quote! {
-            __kv_d.leaf::<#value>(&__kv_map_prefix, &__kv_name, #secret, ::core::option::Option::None, #each)
-        }
-    };
+    let entry = map_entry(f, value);
     quote! {
         let #var: ::core::option::Option<#ty> = {
             let __kv_map_prefix = #prefix;
@@ -246,6 +257,104 @@ fn map_decode(i: usize, f: &Field, value: &syn::Type) -> TokenStream {
                 ::core::option::Option::None
             }
         };
+    }
+}
+
+/// One map entry decoded: `Option<V>` from `__kv_map_prefix` and `__kv_name`.
+fn map_entry(f: &Field, value: &syn::Type) -> TokenStream {
+    if f.attrs.nested.is_some() {
+        quote_spanned! {value.span()=>
+            <#value as ::kv_config::KvConfig>::__kv_decode(&::kv_config::__private::entry_prefix(&__kv_map_prefix, &__kv_name), __kv_d)
+        }
+    } else {
+        let secret = f.attrs.secret.is_some();
+        let each = validator(f.attrs.validate_each.as_ref(), value);
+        quote! {
+            __kv_d.leaf::<#value>(&__kv_map_prefix, &__kv_name, #secret, ::core::option::Option::None, #each)
+        }
+    }
+}
+
+/// The statements of `__kv_apply` for one field: decode it again only if a key of it changed
+/// (for a map, only the changed entries), and clear `__kv_ok` on any refusal.
+fn apply_field(f: &Field) -> TokenStream {
+    let member = f.ident;
+    let ty = f.ty;
+    let validate = validator(f.attrs.validate.as_ref(), ty);
+    if let Some(map) = f.dynamic_map() {
+        let value = map.value;
+        let dotted = format!("{}.", f.key);
+        let prefix = map_prefix_expr(f);
+        let nested = f.attrs.nested.is_some();
+        let secret = f.attrs.secret.is_some();
+        let entry = map_entry(f, value);
+        let fields = if nested {
+            quote_spanned! {value.span()=>
+                ::core::option::Option::Some(
+                    <#value as ::kv_config::KvConfig>::__kv_fields
+                        as fn(&str, &mut ::std::vec::Vec<::kv_config::__private::FieldSchema>),
+                )
+            }
+        } else {
+            quote!(::core::option::Option::None)
+        };
+        return quote! {
+            if __kv_d.touched_under(__kv_prefix, #dotted) {
+                let __kv_map_prefix = #prefix;
+                match __kv_d.touched_entries(&__kv_map_prefix, #nested) {
+                    ::core::option::Option::None => __kv_ok = false,
+                    ::core::option::Option::Some(__kv_names) => {
+                        for __kv_name in __kv_names {
+                            match __kv_d.entry_exists(&__kv_map_prefix, &__kv_name, #fields) {
+                                ::core::option::Option::None => __kv_ok = false,
+                                ::core::option::Option::Some(false) => {
+                                    self.#member.remove(__kv_name.as_str());
+                                }
+                                ::core::option::Option::Some(true) => match #entry {
+                                    ::core::option::Option::Some(__kv_v) => {
+                                        self.#member.insert(__kv_name, __kv_v);
+                                    }
+                                    ::core::option::Option::None => __kv_ok = false,
+                                },
+                            }
+                        }
+                        if __kv_ok
+                            && __kv_d
+                                .validate_map(__kv_map_prefix.trim_end_matches('.'), &self.#member, #validate, #secret)
+                                .is_none()
+                        {
+                            __kv_ok = false;
+                        }
+                    }
+                }
+            }
+        };
+    }
+    if f.attrs.nested.is_some() {
+        let dotted = format!("{}.", f.key);
+        let key = key_expr(f);
+        return quote_spanned! {f.ty_span()=>
+            if __kv_d.touched_under(__kv_prefix, #dotted) {
+                let __kv_key = #key;
+                if <#ty as ::kv_config::KvConfig>::__kv_apply(&mut self.#member, &__kv_key, __kv_d).is_none()
+                    || __kv_d
+                        .validate(__kv_key.trim_end_matches('.'), ::core::option::Option::None, &self.#member, #validate)
+                        .is_none()
+                {
+                    __kv_ok = false;
+                }
+            }
+        };
+    }
+    let name = &f.key;
+    let leaf = leaf_expr(f);
+    quote! {
+        if __kv_d.touched(__kv_prefix, #name) {
+            match #leaf {
+                ::core::option::Option::Some(__kv_v) => self.#member = __kv_v,
+                ::core::option::Option::None => __kv_ok = false,
+            }
+        }
     }
 }
 
@@ -333,6 +442,16 @@ fn decode_field(i: usize, f: &Field) -> TokenStream {
             };
         };
     }
+    let leaf = leaf_expr(f);
+    quote! {
+        let #var: ::core::option::Option<#ty> = #leaf;
+    }
+}
+
+/// A leaf field decoded: `Option<T>` from the key `__kv_prefix` + the field's key.
+fn leaf_expr(f: &Field) -> TokenStream {
+    let ty = f.ty;
+    let validate = validator(f.attrs.validate.as_ref(), ty);
     let secret = f.attrs.secret.is_some();
     let default = if has_default(f) {
         let value = default_value(f);
@@ -341,7 +460,5 @@ fn decode_field(i: usize, f: &Field) -> TokenStream {
         quote!(::core::option::Option::None)
     };
     let name = &f.key;
-    quote! {
-        let #var: ::core::option::Option<#ty> = __kv_d.leaf::<#ty>(__kv_prefix, #name, #secret, #default, #validate);
-    }
+    quote!(__kv_d.leaf::<#ty>(__kv_prefix, #name, #secret, #default, #validate))
 }

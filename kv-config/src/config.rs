@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::schema::{FieldSchema, Schema};
+pub(crate) use crate::values::Lookup;
 
 /// One raw value as read from the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +76,14 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
     fn __kv_encode(&self, prefix: &str, out: &mut Encoder) -> Result<(), EncodeError>;
     #[doc(hidden)]
     fn __kv_decode(prefix: &str, d: &mut Decoder<'_>) -> Option<Self>;
+    /// Brings `self` up to date with the keys the decoder reports as changed, decoding only the
+    /// fields they belong to (field validators on those, struct-level checks on the result).
+    /// `None` when something is refused; `self` is then partly updated and must be discarded.
+    #[doc(hidden)]
+    fn __kv_apply(&mut self, prefix: &str, d: &mut Decoder<'_>) -> Option<()> {
+        *self = Self::__kv_decode(prefix, d)?;
+        Some(())
+    }
 
     /// The schema: every leaf key with its type, doc, default and secret flag.
     fn schema() -> Schema {
@@ -137,13 +146,27 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
 
 /// Decodes and also returns how many of `values` the schema used: when that equals
 /// `values.len()`, no key in the bucket is unknown to the schema.
-pub(crate) fn decode_counting<T: KvConfig>(values: &RawValues, source: &Source) -> Result<(T, usize), DecodeError> {
-    let mut d =
-        Decoder { values, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new(), sorted: None };
+pub(crate) fn decode_counting<T: KvConfig>(values: &dyn Lookup, source: &Source) -> Result<(T, usize), DecodeError> {
+    let mut d = Decoder::new(values, source, None);
     match T::__kv_decode("", &mut d) {
         Some(v) if d.errors.is_empty() => Ok((v, d.hits)),
         _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: source.bucket.clone(), errors: d.errors }),
     }
+}
+
+/// Most changed keys [`apply_changes`] takes on; a larger burst is decoded whole.
+pub(crate) const APPLY_MAX_CHANGED: usize = 32;
+
+/// Brings `config` (decoded from earlier values) up to date with `values`, decoding only the
+/// fields that `changed` (relative keys) belong to. `false` when anything is refused or cannot be
+/// applied field by field: `config` is then partly updated, and the caller decodes the whole
+/// config instead (which also gives the full error report).
+pub(crate) fn apply_changes<T: KvConfig>(config: &mut T, values: &dyn Lookup, changed: &[String], source: &Source) -> bool {
+    if changed.len() > APPLY_MAX_CHANGED {
+        return false;
+    }
+    let mut d = Decoder::new(values, source, Some(changed));
+    config.__kv_apply("", &mut d).is_some() && d.errors.is_empty()
 }
 
 /// What is wrong with one key.
@@ -348,7 +371,9 @@ pub type Validator<'f, T> = &'f dyn Fn(&T) -> Result<(), String>;
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]
 pub struct Decoder<'a> {
-    values: &'a RawValues,
+    values: &'a dyn Lookup,
+    /// In an apply ([`KvConfig::__kv_apply`]): the changed keys, relative to the config's prefix.
+    changed: Option<&'a [String]>,
     source: &'a Source,
     errors: Vec<KeyError>,
     key: String,
@@ -433,6 +458,66 @@ pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> 
 }
 
 impl<'a> Decoder<'a> {
+    pub(crate) fn new(values: &'a dyn Lookup, source: &'a Source, changed: Option<&'a [String]>) -> Self {
+        Decoder { values, changed, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new(), sorted: None }
+    }
+
+    fn changed(&self) -> impl Iterator<Item = &'a str> {
+        self.changed.unwrap_or_default().iter().map(String::as_str)
+    }
+
+    /// In an apply: whether the key `prefix` + `name` changed.
+    #[doc(hidden)]
+    pub fn touched(&self, prefix: &str, name: &str) -> bool {
+        self.changed().any(|k| k.len() == prefix.len() + name.len() && k.starts_with(prefix) && k.ends_with(name))
+    }
+
+    /// In an apply: whether any key under `prefix` + `dotted` (a nested struct's or a map's
+    /// `field.`) changed.
+    #[doc(hidden)]
+    pub fn touched_under(&self, prefix: &str, dotted: &str) -> bool {
+        self.changed().any(|k| k.starts_with(prefix) && k[prefix.len()..].starts_with(dotted))
+    }
+
+    /// In an apply: the names of the entries of the map under `map_prefix` (`flags.`) that have a
+    /// changed key. `None` when a changed key that still holds a value is no legal entry (the
+    /// whole decode reports it).
+    #[doc(hidden)]
+    pub fn touched_entries(&self, map_prefix: &str, nested: bool) -> Option<Vec<String>> {
+        let mut names: Vec<String> = Vec::new();
+        for key in self.changed().filter(|k| k.starts_with(map_prefix)) {
+            let rest = &key[map_prefix.len()..];
+            let name = if nested {
+                rest.split_once('.').filter(|(n, leaf)| is_key_token(n) && !leaf.is_empty()).map(|(n, _)| n)
+            } else {
+                Some(rest).filter(|r| is_key_token(r))
+            };
+            match name {
+                Some(name) if !names.iter().any(|n| n == name) => names.push(name.to_string()),
+                Some(_) => {}
+                None if self.values.get(key).is_some() => return None,
+                None => {}
+            }
+        }
+        Some(names)
+    }
+
+    /// In an apply: whether the map entry `map_prefix` + `name` has a value. For a nested entry,
+    /// `fields` lists the entry struct's keys; `None` when they cannot be looked up one by one
+    /// (the entry struct holds a map itself).
+    #[doc(hidden)]
+    pub fn entry_exists(&self, map_prefix: &str, name: &str, fields: Option<fn(&str, &mut Vec<FieldSchema>)>) -> Option<bool> {
+        let Some(fields) = fields else {
+            return Some(self.values.get(&format!("{map_prefix}{name}")).is_some());
+        };
+        let mut leaves = Vec::new();
+        fields(&format!("{map_prefix}{name}."), &mut leaves);
+        if leaves.iter().any(|f| f.key.contains('*')) {
+            return None;
+        }
+        Some(leaves.iter().any(|f| self.values.get(&f.key).is_some()))
+    }
+
     /// The entry names of the map whose keys start with `prefix` (`flags.`): for a leaf map every
     /// key `flags.<name>`, for a nested map (`nested`) every distinct `<name>` of
     /// `flags.<name>.<leaf>`. A key under `prefix` that is no such entry (`flags.a.b` for a leaf
@@ -441,7 +526,7 @@ impl<'a> Decoder<'a> {
     pub fn map_entries(&mut self, prefix: &str, nested: bool) -> Vec<String> {
         let values = self.values;
         let sorted = self.sorted.take().unwrap_or_else(|| {
-            let mut keys: Vec<&'a str> = values.keys().map(String::as_str).collect();
+            let mut keys: Vec<&'a str> = values.keys_dyn().collect();
             keys.sort_unstable();
             keys
         });
@@ -615,5 +700,52 @@ impl<'a> Decoder<'a> {
                 None
             }
         }
+    }
+}
+
+/// A nested section behind an [`Arc`](std::sync::Arc) (`#[kv(nested)] server: Arc<Server>`):
+/// cloning the config shares the section instead of copying it. The watcher applies a change to
+/// a copy of the config in effect, so in a config of thousands of keys, sections behind `Arc`
+/// make a change cost the section it touches (copied once, by `Arc::make_mut`) instead of the
+/// whole struct.
+///
+/// ```
+/// use std::sync::Arc;
+/// use kv_config::{KvConfig, RawValue, RawValues, Source};
+/// #[derive(KvConfig, Clone)]
+/// struct App {
+///     #[kv(nested)]
+///     server: Arc<Server>,
+/// }
+/// #[derive(KvConfig, Clone)]
+/// struct Server {
+///     #[kv(default = 8080)]
+///     port: u16,
+/// }
+/// let mut values = RawValues::new();
+/// values.insert("server.port".into(), RawValue { value: "9090".into(), revision: 1, created: None });
+/// let app = App::decode(&values, &Source::new("cfg", "")).unwrap();
+/// assert_eq!(app.server.port, 9090);
+/// assert_eq!(App::schema().fields[0].key, "server.port");
+/// ```
+impl<T: KvConfig> KvConfig for std::sync::Arc<T> {
+    const __KV_NAME: &'static str = T::__KV_NAME;
+    const __KV_VERSION: &'static str = T::__KV_VERSION;
+    const __KV_CROSS_CHECKS: bool = T::__KV_CROSS_CHECKS;
+
+    fn __kv_fields(prefix: &str, out: &mut Vec<FieldSchema>) {
+        T::__kv_fields(prefix, out)
+    }
+
+    fn __kv_encode(&self, prefix: &str, out: &mut Encoder) -> Result<(), EncodeError> {
+        T::__kv_encode(self, prefix, out)
+    }
+
+    fn __kv_decode(prefix: &str, d: &mut Decoder<'_>) -> Option<Self> {
+        T::__kv_decode(prefix, d).map(std::sync::Arc::new)
+    }
+
+    fn __kv_apply(&mut self, prefix: &str, d: &mut Decoder<'_>) -> Option<()> {
+        std::sync::Arc::make_mut(self).__kv_apply(prefix, d)
     }
 }

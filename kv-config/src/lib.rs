@@ -149,6 +149,7 @@ mod load;
 mod redact;
 mod schema;
 pub mod store;
+mod values;
 mod view;
 
 pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem, RawValue, RawValues, Source};

@@ -2,12 +2,12 @@
 //! config with a per-key fallback to the last good values.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{decode_counting, DecodeError, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
+use crate::config::{decode_counting, DecodeError, KeyError, KvConfig, Problem, RawValue, Source, APPLY_MAX_CHANGED};
 use crate::schema::KeySet;
 use crate::store::Entry;
+use crate::values::Values;
 
 /// Keys under this first token belong to kv-config itself (the published schema); the derive
 /// refuses fields that would map there.
@@ -46,10 +46,21 @@ fn expires_of(e: &Entry) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
 }
 
-#[derive(Debug, Default)]
+/// What changed in a [`View`] since the last [`take_dirty`](View::take_dirty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Dirty {
+    /// Nothing.
+    No,
+    /// These relative keys (values or overrides; at most [`APPLY_MAX_CHANGED`]).
+    Keys(Vec<String>),
+    /// Too many keys to list, or the whole view is new.
+    All,
+}
+
+#[derive(Debug)]
 pub(crate) struct View {
-    /// Live values by relative key; shared with the snapshot in effect, copied on the next write.
-    pub(crate) values: Arc<RawValues>,
+    /// Live values by relative key; shared with the snapshots (see [`Values`]).
+    pub(crate) values: Values,
     /// Deleted or purged keys and the revision of their marker.
     pub(crate) markers: HashMap<String, u64>,
     /// The highest revision processed.
@@ -60,8 +71,22 @@ pub(crate) struct View {
     pub(crate) overrides: HashMap<String, Override>,
     /// The latest revision of every override key that was seen, markers included.
     pub(crate) override_revisions: HashMap<String, u64>,
-    /// Something changed since the last [`take_dirty`](View::take_dirty).
-    dirty: bool,
+    /// What changed since the last [`take_dirty`](View::take_dirty).
+    dirty: Dirty,
+}
+
+impl Default for View {
+    fn default() -> Self {
+        View {
+            values: Values::default(),
+            markers: HashMap::new(),
+            seen: 0,
+            guard: 0,
+            overrides: HashMap::new(),
+            override_revisions: HashMap::new(),
+            dirty: Dirty::No,
+        }
+    }
 }
 
 impl View {
@@ -81,21 +106,17 @@ impl View {
         if self.revision_of(rel) >= e.revision {
             return false;
         }
-        let values = Arc::make_mut(&mut self.values);
         if e.is_put() {
-            self.markers.remove(rel);
-            let value = RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
-            match values.get_mut(rel) {
-                Some(slot) => *slot = value,
-                None => {
-                    values.insert(rel.to_string(), value);
-                }
+            if !self.markers.is_empty() {
+                self.markers.remove(rel);
             }
+            let value = RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
+            self.values.insert(rel, value);
         } else {
-            values.remove(rel);
+            self.values.remove(rel);
             self.markers.insert(rel.to_string(), e.revision);
         }
-        self.dirty = true;
+        self.touch(rel);
         true
     }
 
@@ -111,8 +132,19 @@ impl View {
         } else {
             self.overrides.remove(target);
         }
-        self.dirty = true;
+        self.touch(target);
         true
+    }
+
+    /// Records that `rel`'s value (or override) changed.
+    fn touch(&mut self, rel: &str) {
+        match &mut self.dirty {
+            Dirty::All => {}
+            Dirty::Keys(keys) if keys.iter().any(|k| k == rel) => {}
+            Dirty::Keys(keys) if keys.len() >= APPLY_MAX_CHANGED => self.dirty = Dirty::All,
+            Dirty::Keys(keys) => keys.push(rel.to_string()),
+            Dirty::No => self.dirty = Dirty::Keys(vec![rel.to_string()]),
+        }
     }
 
     /// Drops the override of `target` at `revision` that the server no longer holds (its expiry
@@ -122,26 +154,23 @@ impl View {
         if self.overrides.get(target).is_some_and(|o| o.value.revision == revision) {
             self.overrides.remove(target);
             self.override_revisions.insert(target.to_string(), now.unwrap_or(0));
-            self.dirty = true;
+            self.touch(target);
         }
     }
 
-    /// The values with every live override in place of the value it overrides. Shares the
-    /// view's map when there is no override.
-    pub(crate) fn effective(&self) -> Arc<RawValues> {
-        if self.overrides.is_empty() {
-            return Arc::clone(&self.values);
-        }
-        let mut values = RawValues::clone(&self.values);
+    /// The values with every live override in place of the value it overrides (shares the
+    /// view's map; costs the overrides, not the map).
+    pub(crate) fn effective(&self) -> Values {
+        let mut values = self.values.clone();
         for (k, o) in &self.overrides {
-            values.insert(k.clone(), o.value.clone());
+            values.insert(k, o.value.clone());
         }
-        Arc::new(values)
+        values
     }
 
     /// A view sized for `n` keys.
     pub(crate) fn with_capacity(n: usize) -> Self {
-        View { values: Arc::new(RawValues::with_capacity(n)), ..View::default() }
+        View { values: Values::with_capacity(n), ..View::default() }
     }
 
     /// The latest revision of a key, markers included (0 = never seen).
@@ -152,18 +181,18 @@ impl View {
         }
     }
 
-    /// Forces the next [`take_dirty`](View::take_dirty) to report a change.
+    /// Forces the next [`take_dirty`](View::take_dirty) to report everything as changed.
     pub(crate) fn mark_dirty(&mut self) {
-        self.dirty = true;
+        self.dirty = Dirty::All;
     }
 
-    pub(crate) fn take_dirty(&mut self) -> bool {
-        std::mem::take(&mut self.dirty)
+    pub(crate) fn take_dirty(&mut self) -> Dirty {
+        std::mem::replace(&mut self.dirty, Dirty::No)
     }
 }
 
 /// Keys with a live value that the schema does not know (map entries count as known), sorted.
-pub(crate) fn unknown_keys(values: &RawValues, known: &KeySet) -> Vec<String> {
+pub(crate) fn unknown_keys(values: &Values, known: &KeySet) -> Vec<String> {
     let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(k)).cloned().collect();
     keys.sort();
     keys
@@ -172,7 +201,7 @@ pub(crate) fn unknown_keys(values: &RawValues, known: &KeySet) -> Vec<String> {
 /// A decoded config, the values in effect, and the store values that were refused.
 pub(crate) struct Decoded<T> {
     pub(crate) config: T,
-    pub(crate) values: Arc<RawValues>,
+    pub(crate) values: Values,
     pub(crate) rejected: Vec<KeyError>,
     /// `false` when every value in effect belongs to the schema (no unknown keys).
     pub(crate) has_unknown: bool,
@@ -181,13 +210,13 @@ pub(crate) struct Decoded<T> {
 /// Decodes the latest values. If some keys are invalid and there are last good values, those keys
 /// keep their last good value and are reported; a struct-level failure refuses the whole state.
 pub(crate) fn decode_latest<T: KvConfig>(
-    latest: &Arc<RawValues>,
-    good: Option<&RawValues>,
+    latest: &Values,
+    good: Option<&Values>,
     source: &Source,
 ) -> Result<Decoded<T>, DecodeError> {
     let err = match decode_counting::<T>(latest, source) {
         Ok((config, hits)) => {
-            return Ok(Decoded { config, values: Arc::clone(latest), rejected: Vec::new(), has_unknown: hits < latest.len() })
+            return Ok(Decoded { config, values: latest.clone(), rejected: Vec::new(), has_unknown: hits < latest.len() })
         }
         Err(err) => err,
     };
@@ -195,7 +224,7 @@ pub(crate) fn decode_latest<T: KvConfig>(
     if err.errors().iter().any(|e| matches!(e.problem, Problem::Struct(_))) {
         return Err(err);
     }
-    let mut candidate = RawValues::clone(latest);
+    let mut candidate = latest.clone();
     let mut schema = None;
     for e in err.errors() {
         let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
@@ -206,15 +235,18 @@ pub(crate) fn decode_latest<T: KvConfig>(
         };
         let rel = rel.as_str();
         let nested = format!("{rel}.");
-        candidate.retain(|k, _| k != rel && !k.starts_with(&nested));
+        let stale: Vec<String> = candidate.keys().filter(|k| *k == rel || k.starts_with(&nested)).cloned().collect();
+        for k in stale {
+            candidate.remove(&k);
+        }
         for (k, v) in good.iter().filter(|(k, _)| *k == rel || k.starts_with(&nested)) {
-            candidate.insert(k.clone(), v.clone());
+            candidate.insert(k, v.clone());
         }
     }
     match decode_counting::<T>(&candidate, source) {
         Ok((config, hits)) => {
             let has_unknown = hits < candidate.len();
-            Ok(Decoded { config, values: Arc::new(candidate), rejected: err.into_iter().collect(), has_unknown })
+            Ok(Decoded { config, values: candidate, rejected: err.into_iter().collect(), has_unknown })
         }
         Err(_) => Err(err),
     }
@@ -223,7 +255,7 @@ pub(crate) fn decode_latest<T: KvConfig>(
 /// [`decode_latest`] of the view's [`effective`](View::effective) values. A refused override is
 /// reported under its own key (`__kvconfig.override.<key>`), so the message says where the
 /// value came from.
-pub(crate) fn decode_view<T: KvConfig>(view: &View, good: Option<&RawValues>, source: &Source) -> Result<Decoded<T>, DecodeError> {
+pub(crate) fn decode_view<T: KvConfig>(view: &View, good: Option<&Values>, source: &Source) -> Result<Decoded<T>, DecodeError> {
     let latest = view.effective();
     let from_override = |mut e: KeyError| {
         let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
@@ -278,7 +310,11 @@ mod tests {
         assert!(!v.apply("p.", &entry("q.a", "1", 9, Operation::Put)), "outside the prefix");
         assert!(!v.apply("p.", &entry("p.__kvconfig.schema", "{}", 10, Operation::Put)), "reserved key");
         assert_eq!(v.seen, 10);
-        assert!(v.take_dirty());
-        assert!(!v.take_dirty());
+        assert_eq!(v.take_dirty(), Dirty::Keys(vec!["a".to_string()]));
+        assert_eq!(v.take_dirty(), Dirty::No);
+        for i in 0..=APPLY_MAX_CHANGED as u64 {
+            v.apply("p.", &entry(&format!("p.k{i}"), "1", 20 + i, Operation::Put));
+        }
+        assert_eq!(v.take_dirty(), Dirty::All, "more keys than an apply takes on");
     }
 }

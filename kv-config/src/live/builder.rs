@@ -14,7 +14,7 @@ use super::attach::Resume;
 use super::cache::{self, CacheProblem, Cached, Identity};
 use super::lazy::LazyBucket;
 use super::{Applied, LiveConfig, Options, Shared, Snapshot, Stale, StaleReason, State, Status};
-use crate::config::{KvConfig, RawValues, Source};
+use crate::config::{KvConfig, Source};
 use crate::error::{Error, Result};
 use crate::feed::{check_prefix, pattern_for, watch_initial};
 use crate::schema::Schema;
@@ -304,7 +304,7 @@ impl<T: KvConfig> Builder<T> {
                 OnInvalid::Fail => return Err(e.into()),
                 OnInvalid::Fallback(config) => {
                     tracing::warn!(bucket = %source.bucket, error = %e, "invalid config at start; using the fallback");
-                    (config, Arc::new(RawValues::new()), e.errors().to_vec(), Some(e.to_string()), true, true)
+                    (config, crate::values::Values::default(), e.errors().to_vec(), Some(e.to_string()), true, true)
                 }
             },
         };

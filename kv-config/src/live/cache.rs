@@ -276,7 +276,7 @@ fn decode(id: &Identity, bytes: &[u8]) -> Result<Cached, CacheProblem> {
         values.insert(k, RawValue { value, revision: v.revision, created });
     }
     let mut view = View::default();
-    view.values = Arc::new(values);
+    view.values = values.into();
     view.markers = body.markers.into_iter().collect();
     view.seen = body.revision;
     view.guard = body.guard;
@@ -379,9 +379,9 @@ mod tests {
         values.insert("token".into(), RawValue { value: Bytes::from_static(b"\"hunter2\""), revision: 5, created: None });
         values.insert("db.password".into(), RawValue { value: Bytes::from_static(b"\"pw\""), revision: 6, created: None });
         let mut view = View::default();
-        view.values = Arc::new(values.clone());
+        view.values = values.clone().into();
         view.seen = 9;
-        Snapshot::new((), Arc::new(values), &view, false, 0)
+        Snapshot::new((), values.into(), &view, false, 0)
     }
 
     #[test]
@@ -393,8 +393,8 @@ mod tests {
         assert_eq!(c.incarnation, Some(7));
         assert_eq!(c.omitted, vec!["db.password".to_string(), "token".to_string()]);
         assert!(!c.resumable);
-        assert_eq!(&c.view.values["blob"].value[..], &[0xff, 0x00, 0x80]);
-        assert_eq!(c.view.values["port"].revision, 3);
+        assert_eq!(&c.view.values.get("blob").unwrap().value[..], &[0xff, 0x00, 0x80]);
+        assert_eq!(c.view.values.get("port").unwrap().revision, 3);
         let mut with = id();
         with.secrets = true;
         let c = decode(&with, &encode(&with, &snapshot(), None, false, SystemTime::now())).expect("valid");

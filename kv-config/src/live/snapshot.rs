@@ -5,7 +5,8 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::config::{KvConfig, RawValues};
+use crate::config::KvConfig;
+use crate::values::Values;
 use crate::view::View;
 
 use super::provenance::{ActiveOverride, Provenance};
@@ -15,8 +16,9 @@ use super::provenance::{ActiveOverride, Provenance};
 /// Derefs to `T`, so `cfg.get().port` reads a field.
 pub struct Snapshot<T> {
     pub(super) config: T,
-    /// The values in effect (shared with the watcher's view until the next change).
-    pub(super) values: Arc<RawValues>,
+    /// The values in effect (shared with the watcher's view and the other snapshots, see
+    /// [`Values`]).
+    pub(super) values: Values,
     /// Latest revisions where they differ from `values`: delete markers and refused values. A
     /// write expects these, so it can replace a refused value.
     pub(super) overrides: HashMap<String, u64>,
@@ -40,13 +42,18 @@ pub struct Snapshot<T> {
     pub(super) epoch: u64,
     /// The cache file's save time when this snapshot was built from it (`None` otherwise).
     pub(super) from_cache: Option<std::time::SystemTime>,
+    /// Counts the swaps of one handle: the snapshot after this one has `seq + 1`.
+    pub(super) seq: u64,
+    /// The keys whose value in effect differs from the snapshot with `seq - 1`, sorted, when the
+    /// watcher knew them (an applied change); `None` after a whole decode.
+    pub(super) delta: Option<Arc<[String]>>,
 }
 
 impl<T: Clone> Clone for Snapshot<T> {
     fn clone(&self) -> Self {
         Snapshot {
             config: self.config.clone(),
-            values: Arc::new(RawValues::clone(&self.values)),
+            values: self.values.clone(),
             overrides: self.overrides.clone(),
             repair: self.repair.clone(),
             guard: self.guard,
@@ -57,6 +64,8 @@ impl<T: Clone> Clone for Snapshot<T> {
             revision: self.revision,
             epoch: self.epoch,
             from_cache: self.from_cache,
+            seq: self.seq,
+            delta: self.delta.clone(),
         }
     }
 }
@@ -76,7 +85,7 @@ impl<T: fmt::Debug> fmt::Debug for Snapshot<T> {
 
 impl<T> Snapshot<T> {
     /// A snapshot of `config` built from `values` as the watcher's `view` holds them.
-    pub(super) fn new(config: T, values: Arc<RawValues>, view: &View, any_rejected: bool, epoch: u64) -> Self {
+    pub(super) fn new(config: T, values: Values, view: &View, any_rejected: bool, epoch: u64) -> Self {
         let (mut overrides, mut repair) = divergence(view, &values, any_rejected);
         let mut overridden = HashMap::new();
         let mut underlying = HashMap::new();
@@ -114,6 +123,8 @@ impl<T> Snapshot<T> {
             from_cache: None,
             revision: view.seen,
             epoch,
+            seq: 0,
+            delta: None,
         }
     }
 
@@ -149,8 +160,14 @@ impl<T> Snapshot<T> {
         all
     }
 
-    /// Keys whose value in effect differs between two snapshots, sorted.
+    /// Keys whose value in effect differs between two snapshots, sorted. For consecutive
+    /// snapshots of one handle this costs the change, not the config.
     pub fn changed_keys(&self, newer: &Snapshot<T>) -> Vec<String> {
+        if let Some(delta) = &newer.delta {
+            if newer.seq == self.seq + 1 && newer.epoch == self.epoch {
+                return delta.to_vec();
+            }
+        }
         let mut keys: Vec<String> = newer
             .values
             .iter()
@@ -210,7 +227,7 @@ impl<T: KvConfig> Snapshot<T> {
 /// Latest revisions that differ from the values in effect (markers, refused values), and the keys
 /// whose bucket value is not in effect. Refused values are only looked for when something was
 /// refused, so the common path stays O(markers).
-fn divergence(view: &View, values: &RawValues, any_rejected: bool) -> (HashMap<String, u64>, HashSet<String>) {
+fn divergence(view: &View, values: &Values, any_rejected: bool) -> (HashMap<String, u64>, HashSet<String>) {
     let mut overrides = view.markers.clone();
     let mut repair = HashSet::new();
     if any_rejected {

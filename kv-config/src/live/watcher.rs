@@ -12,10 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::{FutureExt, StreamExt};
 
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
-use crate::config::KvConfig;
+use crate::config::{apply_changes, KvConfig};
 use crate::feed::{catch_up, watch_initial, CatchUp, BATCH_SETTLE};
 use crate::store::{Bucket, Entry, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
-use crate::view::{decode_view, unknown_keys, View};
+use crate::view::{decode_view, unknown_keys, Dirty, View};
 
 /// What the loop waits for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,46 +303,91 @@ impl<T: KvConfig> Shared<T> {
     fn apply_burst(&self, mut st: std::sync::MutexGuard<'_, State>) {
         let seen = st.view.seen;
         st.status.seen_revision = seen;
-        if st.view.take_dirty() {
-            let current = self.snapshot.load_full();
-            // decode_view never panics: validators and Deserialize impls run under catch_unwind.
-            match decode_view::<T>(&st.view, Some(&current.values), &self.source) {
-                Ok(decoded) => {
-                    for e in &decoded.rejected {
-                        tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
-                    }
-                    if let Some(first) = decoded.rejected.first() {
-                        st.status.last_error = Some(first.to_string());
-                    }
-                    if decoded.has_unknown || !st.status.unknown_keys.is_empty() {
-                        self.note_unknown(&mut st);
-                    }
-                    let any_rejected = !decoded.rejected.is_empty();
-                    // A dirty view with nothing refused always changes the values in effect.
-                    let changed = !any_rejected || decoded.values != current.values;
-                    st.status.rejected = decoded.rejected;
-                    st.status.revision = seen;
-                    let snapshot = Snapshot::new(decoded.config, decoded.values, &st.view, any_rejected, st.epoch);
-                    self.snapshot.store(Arc::new(snapshot));
-                    if changed {
-                        st.status.swaps += 1;
-                        self.swaps.send_modify(|n| *n += 1);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(bucket = %self.source.bucket, revision = seen, error = %e, "change refused; keeping the last good snapshot");
-                    st.status.rejected = e.errors().to_vec();
-                    st.status.last_error = Some(e.to_string());
-                    // Same config, but writers must now expect the refused revisions (to repair them).
-                    let mut snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
-                    snapshot.fallback = current.fallback;
-                    self.snapshot.store(Arc::new(snapshot));
-                }
-            }
+        match st.view.take_dirty() {
+            Dirty::No => {}
+            Dirty::Keys(keys) if self.apply_changed(&mut st, &keys) => {}
+            _ => self.decode_whole(&mut st),
         }
         let applied = Applied { epoch: st.epoch, seen };
         drop(st);
         self.applied.send_replace(applied);
+    }
+
+    /// The common case, at the cost of the change: decodes only the fields of the changed `keys`
+    /// into a copy of the config in effect. `false` (nothing swapped) when the last snapshot is
+    /// not a clean decode of the bucket or anything is refused: [`decode_whole`](Self::decode_whole)
+    /// then does the full decode with per-key fallback and the complete error report.
+    fn apply_changed(&self, st: &mut State, keys: &[String]) -> bool {
+        let current = self.snapshot.load_full();
+        if current.fallback || current.epoch != st.epoch || !current.repair.is_empty() || !st.status.rejected.is_empty() {
+            return false;
+        }
+        let values = st.view.effective();
+        let mut config = current.config.clone();
+        // apply_changes never panics: validators and Deserialize impls run under catch_unwind.
+        if !apply_changes::<T>(&mut config, &values, keys, &self.source) {
+            return false;
+        }
+        let mut delta: Vec<String> = keys
+            .iter()
+            .filter(|k| current.values.get(k).map(|v| v.revision) != values.get(k).map(|v| v.revision))
+            .cloned()
+            .collect();
+        delta.sort_unstable();
+        self.note_unknown_changed(st, keys);
+        st.status.revision = st.view.seen;
+        let changed = !delta.is_empty();
+        let mut snapshot = Snapshot::new(config, values, &st.view, false, st.epoch);
+        snapshot.seq = current.seq + 1;
+        snapshot.delta = Some(delta.into());
+        self.snapshot.store(Arc::new(snapshot));
+        if changed {
+            st.status.swaps += 1;
+            self.swaps.send_modify(|n| *n += 1);
+        }
+        true
+    }
+
+    /// Decodes the whole config, keeping the last good value of every refused key.
+    fn decode_whole(&self, st: &mut State) {
+        let seen = st.view.seen;
+        let current = self.snapshot.load_full();
+        // decode_view never panics: validators and Deserialize impls run under catch_unwind.
+        match decode_view::<T>(&st.view, Some(&current.values), &self.source) {
+            Ok(decoded) => {
+                for e in &decoded.rejected {
+                    tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
+                }
+                if let Some(first) = decoded.rejected.first() {
+                    st.status.last_error = Some(first.to_string());
+                }
+                if decoded.has_unknown || !st.status.unknown_keys.is_empty() {
+                    self.note_unknown(st);
+                }
+                let any_rejected = !decoded.rejected.is_empty();
+                // A dirty view with nothing refused always changes the values in effect.
+                let changed = !any_rejected || decoded.values != current.values;
+                st.status.rejected = decoded.rejected;
+                st.status.revision = seen;
+                let mut snapshot = Snapshot::new(decoded.config, decoded.values, &st.view, any_rejected, st.epoch);
+                snapshot.seq = current.seq + 1;
+                self.snapshot.store(Arc::new(snapshot));
+                if changed {
+                    st.status.swaps += 1;
+                    self.swaps.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %self.source.bucket, revision = seen, error = %e, "change refused; keeping the last good snapshot");
+                st.status.rejected = e.errors().to_vec();
+                st.status.last_error = Some(e.to_string());
+                // Same config, but writers must now expect the refused revisions (to repair them).
+                let mut snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
+                snapshot.fallback = current.fallback;
+                snapshot.seq = current.seq + 1;
+                self.snapshot.store(Arc::new(snapshot));
+            }
+        }
     }
 
     /// Starts a new epoch from a fresh view of a replaced bucket.
@@ -383,6 +428,25 @@ impl<T: KvConfig> Shared<T> {
         }
         if let Some(error) = error {
             st.status.last_error = Some(error);
+        }
+    }
+
+    /// [`note_unknown`](Self::note_unknown) for a few changed keys, at their cost.
+    fn note_unknown_changed(&self, st: &mut State, keys: &[String]) {
+        for key in keys.iter().filter(|k| !self.known().contains(k)) {
+            let at = st.status.unknown_keys.binary_search(key);
+            match (st.view.values.contains_key(key), at) {
+                (true, Err(i)) => {
+                    if st.warned_unknown.insert(key.clone()) {
+                        tracing::warn!(bucket = %self.source.bucket, key = %format!("{}{key}", self.source.prefix), "key not in the schema of `{}`; ignored", T::__KV_NAME);
+                    }
+                    st.status.unknown_keys.insert(i, key.clone());
+                }
+                (false, Ok(i)) => {
+                    st.status.unknown_keys.remove(i);
+                }
+                _ => {}
+            }
         }
     }
 

@@ -1,0 +1,202 @@
+//! [`Values`]: the raw values in effect, shared between the watcher's view and every snapshot
+//! without copying the map on each change.
+//!
+//! A snapshot must keep the values it was built from (revision checks, provenance, fallback)
+//! while the watcher moves on. Copying a 50,000-entry map per change made every change cost the
+//! whole config; here a change costs its own keys: values live in a `base` map shared by `Arc`,
+//! and the changes since the base in a persistent `delta` map (structural sharing, O(log n)
+//! insert on a shared copy). While nothing shares the base (the initial load), writes go straight
+//! into it at plain `HashMap` speed. When the delta grows past an eighth of the base it is folded
+//! into a new base, so the fold's O(n) is paid once per n/8 changes.
+
+use std::sync::Arc;
+
+use crate::config::{RawValue, RawValues};
+
+/// The raw values in effect by relative key: a shared base plus the changes since.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Values {
+    base: Arc<RawValues>,
+    /// Changes since `base`: `Some` replaces or adds a value, `None` removes one.
+    delta: imbl::HashMap<String, Option<RawValue>>,
+    len: usize,
+}
+
+/// Read access to raw values by relative key, for the decoder: a plain [`RawValues`] map or
+/// [`Values`].
+pub(crate) trait Lookup {
+    fn get(&self, key: &str) -> Option<&RawValue>;
+    /// Every key, in no particular order.
+    fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_>;
+}
+
+impl Lookup for RawValues {
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        std::collections::HashMap::get(self, key)
+    }
+    fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.keys().map(String::as_str))
+    }
+}
+
+impl Lookup for Values {
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        Values::get(self, key)
+    }
+    fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        Box::new(self.iter().map(|(k, _)| k.as_str()))
+    }
+}
+
+impl From<RawValues> for Values {
+    fn from(map: RawValues) -> Self {
+        Values { len: map.len(), base: Arc::new(map), delta: imbl::HashMap::new() }
+    }
+}
+
+impl PartialEq for Values {
+    /// Same keys at the same revisions with the same bytes.
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl Values {
+    /// Room for `n` values in the base.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Values::from(RawValues::with_capacity(n))
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
+        match self.delta.get(key) {
+            Some(change) => change.as_ref(),
+            None => self.base.get(key),
+        }
+    }
+
+    pub(crate) fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Sets `key`; returns the value it replaced.
+    pub(crate) fn insert(&mut self, key: &str, value: RawValue) -> Option<RawValue> {
+        let old = self.write(key, Some(value));
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Removes `key`; returns its value.
+    pub(crate) fn remove(&mut self, key: &str) -> Option<RawValue> {
+        let old = self.write(key, None);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    fn write(&mut self, key: &str, value: Option<RawValue>) -> Option<RawValue> {
+        if self.delta.is_empty() {
+            // Nothing shares the base (the initial load, or after a fold): write in place.
+            if let Some(base) = Arc::get_mut(&mut self.base) {
+                return match value {
+                    Some(v) => match base.get_mut(key) {
+                        Some(slot) => Some(std::mem::replace(slot, v)),
+                        None => base.insert(key.to_string(), v),
+                    },
+                    None => base.remove(key),
+                };
+            }
+        }
+        let old = self.get(key).cloned();
+        if value.is_none() && old.is_none() {
+            return None;
+        }
+        if value.is_none() && !self.base.contains_key(key) {
+            self.delta.remove(key);
+        } else {
+            self.delta.insert(key.to_string(), value);
+        }
+        if self.delta.len() > 64 && self.delta.len() > self.base.len() / 8 {
+            self.fold();
+        }
+        old
+    }
+
+    /// Folds the delta into a new base (O(n), once per n/8 changes).
+    fn fold(&mut self) {
+        let map: RawValues = self.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        *self = Values::from(map);
+    }
+
+    /// Every key and value, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &RawValue)> + '_ {
+        let base = self.base.iter().filter(|(k, _)| !self.delta.contains_key(k.as_str()));
+        let delta = self.delta.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v)));
+        base.chain(delta)
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &String> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// A plain map of the same values.
+    #[cfg(test)]
+    pub(crate) fn to_map(&self) -> RawValues {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(rev: u64) -> RawValue {
+        RawValue { value: rev.to_string().into(), revision: rev, created: None }
+    }
+
+    #[test]
+    fn a_shared_copy_keeps_its_values_while_the_other_changes() {
+        let mut a = Values::with_capacity(4);
+        for i in 0..200 {
+            a.insert(&format!("k{i}"), raw(i));
+        }
+        let before = a.clone();
+        a.insert("k1", raw(1000));
+        a.remove("k2");
+        a.insert("new", raw(1001));
+        assert_eq!(a.remove("absent"), None);
+        assert_eq!(before.get("k1"), Some(&raw(1)));
+        assert_eq!(before.get("k2"), Some(&raw(2)));
+        assert!(!before.contains_key("new"));
+        assert_eq!(before.len(), 200);
+        assert_eq!(a.get("k1"), Some(&raw(1000)));
+        assert!(!a.contains_key("k2"));
+        assert_eq!(a.len(), 200);
+        assert_eq!(a.iter().count(), 200);
+        assert_ne!(a, before);
+        // Enough changes to fold the delta into a new base: same contents.
+        let mut b = a.clone();
+        for i in 0..150 {
+            b.insert(&format!("k{i}"), raw(2000 + i));
+        }
+        assert_eq!(b.len(), 201, "k2 is back");
+        assert_eq!(b.iter().count(), 201);
+        assert_eq!(b.get("k149"), Some(&raw(2149)));
+        assert_eq!(b.get("new"), Some(&raw(1001)));
+        assert_eq!(a.get("k149"), Some(&raw(149)));
+        assert!(!a.contains_key("k2"));
+        let plain = Values::from(b.to_map());
+        assert_eq!(plain, b);
+        // A key added in the delta and removed again leaves no trace.
+        let mut c = before.clone();
+        c.insert("tmp", raw(5));
+        c.remove("tmp");
+        assert_eq!(c, before);
+    }
+}
