@@ -1,0 +1,289 @@
+//! Per-field apply on a real nats-server: the watcher decodes only the fields a change touched.
+//! Whatever the path, a handle must hold exactly what a fresh, whole decode of the bucket gives,
+//! report the same unknown keys, name the changed keys, refuse what its validators refuse, and
+//! share the sections a change did not touch.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_config::store::{Bucket, NatsStore, Store};
+use kv_config::{KvConfig, LiveConfig, Problem, Snapshot};
+use kv_config_testing::{eventually, NatsServer};
+
+fn port_ok(p: &u16) -> Result<(), String> {
+    if *p == 0 {
+        Err("port 0 is not a port".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn quota_ok(q: &u32) -> Result<(), String> {
+    if *q > 1000 {
+        Err(format!("quota {q} is above 1000"))
+    } else {
+        Ok(())
+    }
+}
+
+fn limits_ok(l: &Limits) -> Result<(), String> {
+    if l.min > l.max {
+        Err(format!("min {} is above max {}", l.min, l.max))
+    } else {
+        Ok(())
+    }
+}
+
+fn cfg_ok(c: &Cfg) -> Result<(), String> {
+    if c.name == "forbidden" && c.flags.get("allow") != Some(&true) {
+        Err("the name `forbidden` needs flags.allow".into())
+    } else {
+        Ok(())
+    }
+}
+
+#[derive(KvConfig, Clone, PartialEq)]
+struct Server {
+    #[kv(default = 8080, validate = port_ok)]
+    port: u16,
+    #[kv(default)]
+    host: String,
+}
+
+#[derive(KvConfig, Clone, PartialEq)]
+#[kv(validate = limits_ok)]
+struct Limits {
+    #[kv(default = 1)]
+    min: u32,
+    #[kv(default = 10)]
+    max: u32,
+}
+
+#[derive(KvConfig, Clone, PartialEq)]
+struct Tenant {
+    #[kv(default = 1, validate = quota_ok)]
+    quota: u32,
+    #[kv(default)]
+    plan: String,
+}
+
+#[derive(KvConfig, Clone, PartialEq)]
+#[kv(validate = cfg_ok)]
+struct Cfg {
+    #[kv(default = 1)]
+    a: u32,
+    #[kv(default = "x")]
+    name: String,
+    opt: Option<u64>,
+    /// A section behind an `Arc`: shared between snapshots until a change touches it.
+    #[kv(nested)]
+    server: Arc<Server>,
+    #[kv(nested)]
+    limits: Limits,
+    flags: BTreeMap<String, bool>,
+    #[kv(nested)]
+    tenants: HashMap<String, Tenant>,
+}
+
+/// A small deterministic generator (xorshift64*), so a failing sequence can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One random write that keeps the config valid: a put of a good value, or a delete of a key
+/// that has a default (a map entry, an optional field, an unknown key).
+fn random_op(rng: &mut Rng) -> (String, Option<String>) {
+    let put = |k: &str, v: String| (k.to_string(), Some(v));
+    let del = |k: &str| (k.to_string(), None);
+    let n = rng.below(100);
+    match rng.below(14) {
+        0 => put("a", n.to_string()),
+        1 => put("name", format!("\"n{n}\"")),
+        2 if n % 2 == 0 => put("opt", n.to_string()),
+        2 => del("opt"),
+        3 => put("server.port", (1 + n).to_string()),
+        4 if n % 3 == 0 => del("server.host"),
+        4 => put("server.host", format!("h{n}")), // a bare string, as `nats kv put` writes it
+        5 => put("limits.min", (n % 5).to_string()),
+        6 => put("limits.max", (5 + n % 5).to_string()),
+        7 | 8 => {
+            let key = format!("flags.f{}", n % 5);
+            if n % 3 == 0 {
+                del(&key)
+            } else {
+                put(&key, (n % 2 == 0).to_string())
+            }
+        }
+        9 | 10 => {
+            let key = format!("tenants.t{}.{}", n % 4, if n % 2 == 0 { "quota" } else { "plan" });
+            if n % 5 == 0 {
+                del(&key)
+            } else if key.ends_with("quota") {
+                put(&key, (n * 10).to_string())
+            } else {
+                put(&key, format!("\"p{n}\""))
+            }
+        }
+        11 if n % 2 == 0 => put(&format!("zz.unknown{}", n % 3), "1".into()),
+        11 => del(&format!("zz.unknown{}", n % 3)),
+        12 => del(&format!("limits.{}", if n % 2 == 0 { "min" } else { "max" })),
+        _ => put("flags.allow", "true".into()),
+    }
+}
+
+async fn apply(bucket: &dyn Bucket, model: &mut BTreeMap<String, u64>, op: &(String, Option<String>)) -> u64 {
+    let (key, value) = op;
+    match value {
+        Some(v) => {
+            let rev = bucket.put(key, v.clone().into_bytes().into()).await.expect("put");
+            model.insert(key.clone(), rev);
+            rev
+        }
+        None => {
+            let rev = bucket.delete(key).await.expect("delete");
+            model.remove(key);
+            rev
+        }
+    }
+}
+
+/// Keys whose presence or revision differs between two states of the bucket.
+fn model_diff(old: &BTreeMap<String, u64>, new: &BTreeMap<String, u64>) -> Vec<String> {
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter().filter(|k| old.get(*k) != new.get(*k)).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_leaves_the_handle_equal_to_a_whole_decode() {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    let seed = 0x5EED_u64 + std::process::id() as u64;
+    let mut rng = Rng(seed);
+    let mut model = BTreeMap::new();
+    let mut seen_model = model.clone();
+    let mut prev: Arc<Snapshot<Cfg>> = cfg.get_arc();
+    let (mut single, mut bursts) = (0, 0);
+    for step in 0..300 {
+        // Mostly one write at a time (one swap each); sometimes a quick run of writes the watcher
+        // may take as one burst, sometimes more than an apply takes on at once.
+        let writes = match rng.below(10) {
+            0..=6 => 1,
+            7 | 8 => 2 + rng.below(4),
+            _ => 40,
+        };
+        let mut last = 0;
+        for _ in 0..writes {
+            last = apply(&*writer, &mut model, &random_op(&mut rng)).await;
+        }
+        if writes == 1 {
+            single += 1;
+        } else {
+            bursts += 1;
+        }
+        eventually("the handle caught up", Duration::from_secs(10), || cfg.get().revision() >= last).await;
+        let ctx = format!("seed {seed:#x}, step {step}");
+        let whole = kv_config::load::<Cfg>(&*writer, "").await.unwrap_or_else(|e| panic!("{ctx}: bucket valid: {e}"));
+        let now = cfg.get_arc();
+        assert!(now.config() == &whole.config, "{ctx}: live {:?} != whole decode {:?}", now.config(), whole.config);
+        let status = cfg.status();
+        assert!(status.rejected.is_empty() && status.is_healthy(), "{ctx}: {status:?}");
+        assert_eq!(status.unknown_keys, whole.unknown_keys, "{ctx}: unknown keys");
+        assert_eq!(prev.changed_keys(&now), model_diff(&seen_model, &model), "{ctx}: changed keys");
+        prev = now;
+        seen_model = model.clone();
+    }
+    assert!(single > 100 && bursts > 20, "both paths exercised: {single} single writes, {bursts} bursts");
+}
+
+async fn caught_up(cfg: &LiveConfig<Cfg>, rev: u64) {
+    eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
+}
+
+#[tokio::test]
+async fn a_refused_change_keeps_the_last_good_field_and_later_changes_still_apply() {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+
+    // A field validator refuses one key: that key keeps its last good value, named in the status.
+    caught_up(&cfg, writer.put("server.port", "9000".into()).await.unwrap()).await;
+    let rev = writer.put("server.port", "0".into()).await.unwrap();
+    caught_up(&cfg, rev).await;
+    let status = cfg.status();
+    assert_eq!(status.rejected.len(), 1, "{status:?}");
+    assert_eq!((status.rejected[0].key.as_str(), status.rejected[0].revision), ("server.port", Some(rev)));
+    assert!(matches!(&status.rejected[0].problem, Problem::Rejected(m) if m.contains("port 0")), "{status:?}");
+    assert_eq!(cfg.get().server.port, 9000);
+    // Other keys still change meanwhile, and a good value repairs the refused one.
+    caught_up(&cfg, writer.put("server.host", "db".into()).await.unwrap()).await;
+    assert_eq!((cfg.get().server.host.as_str(), cfg.get().server.port), ("db", 9000));
+    caught_up(&cfg, writer.put("server.port", "9001".into()).await.unwrap()).await;
+    assert!(cfg.status().rejected.is_empty(), "{:?}", cfg.status());
+    assert_eq!(cfg.get().server.port, 9001);
+
+    // A nested struct check refuses a change of one of its keys; the section keeps its values.
+    caught_up(&cfg, writer.put("limits.max", "3".into()).await.unwrap()).await;
+    let rev = writer.put("limits.min", "5".into()).await.unwrap();
+    caught_up(&cfg, rev).await;
+    let status = cfg.status();
+    assert!(
+        status.rejected.iter().any(|e| e.key == "limits" && matches!(&e.problem, Problem::Struct(m) if m.contains("min 5 is above max 3"))),
+        "{status:?}"
+    );
+    assert_eq!((cfg.get().limits.min, cfg.get().limits.max), (1, 3));
+    caught_up(&cfg, writer.put("limits.min", "2".into()).await.unwrap()).await;
+    assert_eq!((cfg.get().limits.min, cfg.get().limits.max), (2, 3));
+    assert!(cfg.status().rejected.is_empty(), "{:?}", cfg.status());
+
+    // The top-level check sees the whole struct after a one-key change.
+    caught_up(&cfg, writer.put("name", "forbidden".into()).await.unwrap()).await;
+    assert_eq!(cfg.get().name, "x", "refused by the struct check: {:?}", cfg.status());
+    assert!(!cfg.status().rejected.is_empty());
+    caught_up(&cfg, writer.put("flags.allow", "true".into()).await.unwrap()).await;
+    assert_eq!(cfg.get().name, "forbidden", "valid once the flag is set: {:?}", cfg.status());
+    assert!(cfg.status().rejected.is_empty());
+
+    // A refused map entry keeps its last good value; deleting it removes the entry.
+    caught_up(&cfg, writer.put("tenants.acme.quota", "10".into()).await.unwrap()).await;
+    caught_up(&cfg, writer.put("tenants.acme.quota", "5000".into()).await.unwrap()).await;
+    assert_eq!(cfg.get().tenants["acme"].quota, 10);
+    assert!(cfg.status().rejected.iter().any(|e| e.key == "tenants.acme.quota"), "{:?}", cfg.status());
+    caught_up(&cfg, writer.delete("tenants.acme.quota").await.unwrap()).await;
+    assert!(!cfg.get().tenants.contains_key("acme"));
+    assert!(cfg.status().rejected.is_empty(), "{:?}", cfg.status());
+    // A key under a map that is no legal entry is refused and named.
+    caught_up(&cfg, writer.put("flags.a.b", "true".into()).await.unwrap()).await;
+    assert!(cfg.status().rejected.iter().any(|e| e.key == "flags.a.b"), "{:?}", cfg.status());
+    assert!(cfg.get().flags.get("allow") == Some(&true));
+}
+
+#[tokio::test]
+async fn a_change_shares_the_sections_it_did_not_touch() {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    cfg.set("server.host", "db").await.unwrap();
+    let before = cfg.get_arc();
+    cfg.set("a", 42).await.unwrap();
+    let after = cfg.get_arc();
+    assert_eq!(after.a, 42);
+    assert!(Arc::ptr_eq(&before.server, &after.server), "an untouched `Arc` section is shared, not copied");
+    cfg.set("server.port", 9999).await.unwrap();
+    let touched = cfg.get_arc();
+    assert!(!Arc::ptr_eq(&after.server, &touched.server), "a touched section is a new copy");
+    assert_eq!((after.server.port, touched.server.port), (8080, 9999), "the old snapshot is unchanged");
+    assert_eq!(touched.server.host, "db");
+}
