@@ -1,5 +1,7 @@
 //! Generated shapes for the network benchmarks: 100, 1,000, 5,000 and 50,000 leaf keys, and the
 //! 5,000- and 50,000-key configs with a `counter` for propagation.
+use std::sync::Arc;
+
 use kv_config::KvConfig;
 use serde::{Deserialize, Serialize};
 
@@ -380,4 +382,153 @@ pub struct Prop50000 {
     pub counter: u64,
     #[kv(nested)]
     g: Keys50000,
+}
+
+/// [`Keys5000`] with every 100-key section behind an `Arc` (shared between snapshots until a
+/// change touches it).
+#[derive(KvConfig, Clone)]
+pub struct Keys5000A {
+    #[kv(nested)]
+    g0: Arc<Leaf100>,
+    #[kv(nested)]
+    g1: Arc<Leaf100>,
+    #[kv(nested)]
+    g2: Arc<Leaf100>,
+    #[kv(nested)]
+    g3: Arc<Leaf100>,
+    #[kv(nested)]
+    g4: Arc<Leaf100>,
+    #[kv(nested)]
+    g5: Arc<Leaf100>,
+    #[kv(nested)]
+    g6: Arc<Leaf100>,
+    #[kv(nested)]
+    g7: Arc<Leaf100>,
+    #[kv(nested)]
+    g8: Arc<Leaf100>,
+    #[kv(nested)]
+    g9: Arc<Leaf100>,
+    #[kv(nested)]
+    g10: Arc<Leaf100>,
+    #[kv(nested)]
+    g11: Arc<Leaf100>,
+    #[kv(nested)]
+    g12: Arc<Leaf100>,
+    #[kv(nested)]
+    g13: Arc<Leaf100>,
+    #[kv(nested)]
+    g14: Arc<Leaf100>,
+    #[kv(nested)]
+    g15: Arc<Leaf100>,
+    #[kv(nested)]
+    g16: Arc<Leaf100>,
+    #[kv(nested)]
+    g17: Arc<Leaf100>,
+    #[kv(nested)]
+    g18: Arc<Leaf100>,
+    #[kv(nested)]
+    g19: Arc<Leaf100>,
+    #[kv(nested)]
+    g20: Arc<Leaf100>,
+    #[kv(nested)]
+    g21: Arc<Leaf100>,
+    #[kv(nested)]
+    g22: Arc<Leaf100>,
+    #[kv(nested)]
+    g23: Arc<Leaf100>,
+    #[kv(nested)]
+    g24: Arc<Leaf100>,
+    #[kv(nested)]
+    g25: Arc<Leaf100>,
+    #[kv(nested)]
+    g26: Arc<Leaf100>,
+    #[kv(nested)]
+    g27: Arc<Leaf100>,
+    #[kv(nested)]
+    g28: Arc<Leaf100>,
+    #[kv(nested)]
+    g29: Arc<Leaf100>,
+    #[kv(nested)]
+    g30: Arc<Leaf100>,
+    #[kv(nested)]
+    g31: Arc<Leaf100>,
+    #[kv(nested)]
+    g32: Arc<Leaf100>,
+    #[kv(nested)]
+    g33: Arc<Leaf100>,
+    #[kv(nested)]
+    g34: Arc<Leaf100>,
+    #[kv(nested)]
+    g35: Arc<Leaf100>,
+    #[kv(nested)]
+    g36: Arc<Leaf100>,
+    #[kv(nested)]
+    g37: Arc<Leaf100>,
+    #[kv(nested)]
+    g38: Arc<Leaf100>,
+    #[kv(nested)]
+    g39: Arc<Leaf100>,
+    #[kv(nested)]
+    g40: Arc<Leaf100>,
+    #[kv(nested)]
+    g41: Arc<Leaf100>,
+    #[kv(nested)]
+    g42: Arc<Leaf100>,
+    #[kv(nested)]
+    g43: Arc<Leaf100>,
+    #[kv(nested)]
+    g44: Arc<Leaf100>,
+    #[kv(nested)]
+    g45: Arc<Leaf100>,
+    #[kv(nested)]
+    g46: Arc<Leaf100>,
+    #[kv(nested)]
+    g47: Arc<Leaf100>,
+    #[kv(nested)]
+    g48: Arc<Leaf100>,
+    #[kv(nested)]
+    g49: Arc<Leaf100>,
+}
+
+/// [`Keys50000`] built from [`Keys5000A`] sections, each behind an `Arc`.
+#[derive(KvConfig, Clone)]
+pub struct Keys50000A {
+    #[kv(nested)]
+    h0: Arc<Keys5000A>,
+    #[kv(nested)]
+    h1: Arc<Keys5000A>,
+    #[kv(nested)]
+    h2: Arc<Keys5000A>,
+    #[kv(nested)]
+    h3: Arc<Keys5000A>,
+    #[kv(nested)]
+    h4: Arc<Keys5000A>,
+    #[kv(nested)]
+    h5: Arc<Keys5000A>,
+    #[kv(nested)]
+    h6: Arc<Keys5000A>,
+    #[kv(nested)]
+    h7: Arc<Keys5000A>,
+    #[kv(nested)]
+    h8: Arc<Keys5000A>,
+    #[kv(nested)]
+    h9: Arc<Keys5000A>,
+}
+
+/// [`Prop5000`] with its sections behind `Arc`s.
+#[derive(KvConfig, Clone)]
+pub struct Prop5000A {
+    #[kv(default)]
+    pub counter: u64,
+    #[kv(nested)]
+    g: Keys5000A,
+}
+
+/// [`Prop50000`] with its sections behind `Arc`s.
+#[derive(KvConfig, Clone)]
+pub struct Prop50000A {
+    #[kv(default)]
+    pub counter: u64,
+    #[kv(nested)]
+    g: Keys50000A,
 }

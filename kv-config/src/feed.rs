@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::store::{Bucket, Entry, StoreError, StoreErrorKind, Watch, WatchStart};
@@ -75,12 +75,20 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Du
     let mut settle_until: Option<Instant> = None;
     let mut read = 0u64;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let wait = settle_until.map_or(left, |until| until.saturating_duration_since(Instant::now()).min(left));
-        if wait.is_zero() && settle_until.is_some() {
-            break;
-        }
-        match tokio::time::timeout(wait, watch.next()).await {
+        // An entry already buffered needs no timer: a 50,000-key load would otherwise arm and
+        // cancel 50,000 timers (and read the clock three times per entry).
+        let ready = match watch.next().now_or_never() {
+            Some(item) => Ok(item),
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait = settle_until.map_or(left, |until| until.saturating_duration_since(Instant::now()).min(left));
+                if wait.is_zero() && settle_until.is_some() {
+                    break;
+                }
+                tokio::time::timeout(wait, watch.next()).await
+            }
+        };
+        match ready {
             Err(_) if settle_until.is_some() => break,
             Err(_) => return Err(too_slow(format!("read {read} of {expected} entries"))),
             Ok(Some(Ok(entry))) => {
@@ -90,6 +98,9 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Du
                     CatchUp::Yes => break,
                     CatchUp::Settle => {
                         settle_until.get_or_insert(Instant::now() + BATCH_SETTLE);
+                    }
+                    CatchUp::No if read % 1024 == 0 && Instant::now() >= deadline => {
+                        return Err(too_slow(format!("read {read} of {expected} entries")))
                     }
                     CatchUp::No => settle_until = None,
                 }

@@ -42,11 +42,12 @@ pub struct Snapshot<T> {
     pub(super) epoch: u64,
     /// The cache file's save time when this snapshot was built from it (`None` otherwise).
     pub(super) from_cache: Option<std::time::SystemTime>,
-    /// Counts the swaps of one handle: the snapshot after this one has `seq + 1`.
+    /// Unique to this snapshot in the process (see [`next_seq`]).
     pub(super) seq: u64,
-    /// The keys whose value in effect differs from the snapshot with `seq - 1`, sorted, when the
-    /// watcher knew them (an applied change); `None` after a whole decode.
-    pub(super) delta: Option<Arc<[String]>>,
+    /// The `seq` of the snapshot this one replaced and the keys whose value in effect differs
+    /// from it, sorted, when the watcher knew them (an applied change); `None` after a whole
+    /// decode.
+    pub(super) delta: Option<(u64, Arc<[String]>)>,
 }
 
 impl<T: Clone> Clone for Snapshot<T> {
@@ -123,7 +124,7 @@ impl<T> Snapshot<T> {
             from_cache: None,
             revision: view.seen,
             epoch,
-            seq: 0,
+            seq: next_seq(),
             delta: None,
         }
     }
@@ -163,9 +164,9 @@ impl<T> Snapshot<T> {
     /// Keys whose value in effect differs between two snapshots, sorted. For consecutive
     /// snapshots of one handle this costs the change, not the config.
     pub fn changed_keys(&self, newer: &Snapshot<T>) -> Vec<String> {
-        if let Some(delta) = &newer.delta {
-            if newer.seq == self.seq + 1 && newer.epoch == self.epoch {
-                return delta.to_vec();
+        if let Some((previous, keys)) = &newer.delta {
+            if *previous == self.seq {
+                return keys.to_vec();
             }
         }
         let mut keys: Vec<String> = newer
@@ -222,6 +223,12 @@ impl<T: KvConfig> Snapshot<T> {
         T::schema().field_for(key)?;
         Some(if self.fallback { Provenance::Fallback } else { Provenance::Default })
     }
+}
+
+/// A number no other snapshot in the process has, so a snapshot can name the one it replaced.
+pub(super) fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Latest revisions that differ from the values in effect (markers, refused values), and the keys

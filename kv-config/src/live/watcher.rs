@@ -139,7 +139,11 @@ async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern
         }
         return Check::Fine;
     }
-    let probe = tokio::time::timeout(heartbeat, bucket.probe(pattern, seen)).await;
+    // Looking for the next matching entry is a wildcard search on the server (milliseconds on a
+    // bucket of 50,000 keys, while this loop delivers nothing): only on the second look, when a
+    // newer revision seen by the first is still not delivered.
+    let after = if matches!(waiting, Waiting::Suspect(rev) if seen < rev) { seen } else { u64::MAX };
+    let probe = tokio::time::timeout(heartbeat, bucket.probe(pattern, after)).await;
     let Some(shared) = weak.upgrade() else { return Check::Fine };
     match probe {
         Err(_) => {
@@ -172,6 +176,8 @@ async fn check<T: KvConfig>(weak: &Weak<Shared<T>>, bucket: &dyn Bucket, pattern
             }
             shared.state().incarnation = Some(now);
             match next {
+                // Something newer exists; it may be in flight, or outside the watched prefix.
+                None if after == u64::MAX && last_revision > seen => Check::Suspect(last_revision),
                 None => {
                     reconcile_overrides(&shared, bucket, last_revision > seen).await;
                     // Also applies a burst whose remaining entries were removed before delivery.
@@ -338,8 +344,7 @@ impl<T: KvConfig> Shared<T> {
         st.status.revision = st.view.seen;
         let changed = !delta.is_empty();
         let mut snapshot = Snapshot::new(config, values, &st.view, false, st.epoch);
-        snapshot.seq = current.seq + 1;
-        snapshot.delta = Some(delta.into());
+        snapshot.delta = Some((current.seq, delta.into()));
         self.snapshot.store(Arc::new(snapshot));
         if changed {
             st.status.swaps += 1;
@@ -369,8 +374,7 @@ impl<T: KvConfig> Shared<T> {
                 let changed = !any_rejected || decoded.values != current.values;
                 st.status.rejected = decoded.rejected;
                 st.status.revision = seen;
-                let mut snapshot = Snapshot::new(decoded.config, decoded.values, &st.view, any_rejected, st.epoch);
-                snapshot.seq = current.seq + 1;
+                let snapshot = Snapshot::new(decoded.config, decoded.values, &st.view, any_rejected, st.epoch);
                 self.snapshot.store(Arc::new(snapshot));
                 if changed {
                     st.status.swaps += 1;
@@ -384,7 +388,6 @@ impl<T: KvConfig> Shared<T> {
                 // Same config, but writers must now expect the refused revisions (to repair them).
                 let mut snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
                 snapshot.fallback = current.fallback;
-                snapshot.seq = current.seq + 1;
                 self.snapshot.store(Arc::new(snapshot));
             }
         }

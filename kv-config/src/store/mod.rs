@@ -427,6 +427,8 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// Asks the server, in one or two short requests, which incarnation of the bucket it holds and
     /// the first revision after `after` of a key matching `pattern`. A watcher uses it to tell a
     /// quiet bucket from a silent server, a stalled watch, or a bucket deleted or replaced.
+    /// `after = u64::MAX` skips the look-up (`next` is `None`): on a bucket of many keys a
+    /// wildcard look-up costs the server milliseconds.
     async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe>;
 
     /// One write with its revision check and TTL.
