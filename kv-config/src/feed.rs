@@ -93,8 +93,9 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Du
             Err(_) => return Err(too_slow(format!("read {read} of {expected} entries"))),
             Ok(Some(Ok(entry))) => {
                 read += 1;
-                view.apply(prefix, &entry);
-                match catch_up(&entry) {
+                let at = catch_up(&entry);
+                view.apply_owned(prefix, entry);
+                match at {
                     CatchUp::Yes => break,
                     CatchUp::Settle => {
                         settle_until.get_or_insert(Instant::now() + BATCH_SETTLE);

@@ -68,6 +68,9 @@ impl Values {
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
+        if self.delta.is_empty() {
+            return self.base.get(key);
+        }
         match self.delta.get(key) {
             Some(change) => change.as_ref(),
             None => self.base.get(key),
@@ -89,6 +92,21 @@ impl Values {
             self.len += 1;
         }
         old
+    }
+
+    /// [`insert`](Self::insert) of a key the caller owns: while nothing shares the base (the
+    /// initial load), the key is moved in, not copied.
+    pub(crate) fn insert_owned(&mut self, key: String, value: RawValue) -> Option<RawValue> {
+        if self.delta.is_empty() {
+            if let Some(base) = Arc::get_mut(&mut self.base) {
+                let old = base.insert(key, value);
+                if old.is_none() {
+                    self.len += 1;
+                }
+                return old;
+            }
+        }
+        self.insert(&key, value)
     }
 
     /// Removes `key`; returns its value.

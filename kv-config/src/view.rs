@@ -93,8 +93,20 @@ impl View {
     /// Records an entry; returns `true` if it changed anything. Entries at or below the revision
     /// already known for their key are ignored (async-nats may replay history after a reconnect).
     pub(crate) fn apply(&mut self, prefix: &str, e: &Entry) -> bool {
+        self.apply_entry(prefix, e, None)
+    }
+
+    /// [`apply`](Self::apply) while filling a new view (the initial load of a bucket): the entry's
+    /// key is moved into the view rather than copied, and the whole view counts as changed.
+    pub(crate) fn apply_owned(&mut self, prefix: &str, mut e: Entry) -> bool {
+        let key = std::mem::take(&mut e.key);
+        self.apply_entry(prefix, &e, Some(key))
+    }
+
+    fn apply_entry(&mut self, prefix: &str, e: &Entry, owned: Option<String>) -> bool {
         self.seen = self.seen.max(e.revision);
-        let Some(rel) = e.key.strip_prefix(prefix) else { return false };
+        let key = owned.as_deref().unwrap_or(&e.key);
+        let Some(rel) = key.strip_prefix(prefix) else { return false };
         if rel.starts_with(RESERVED_PREFIX) {
             if rel == GUARD_KEY {
                 self.guard = self.guard.max(e.revision);
@@ -111,7 +123,18 @@ impl View {
                 self.markers.remove(rel);
             }
             let value = RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
-            self.values.insert(rel, value);
+            match owned {
+                // A new view being filled: everything in it is new anyway.
+                Some(mut key) => {
+                    key.drain(..prefix.len());
+                    self.values.insert_owned(key, value);
+                    self.mark_dirty();
+                    return true;
+                }
+                None => {
+                    self.values.insert(rel, value);
+                }
+            }
         } else {
             self.values.remove(rel);
             self.markers.insert(rel.to_string(), e.revision);
