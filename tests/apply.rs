@@ -109,24 +109,24 @@ fn random_op(rng: &mut Rng) -> (String, Option<String>) {
     match rng.below(14) {
         0 => put("a", n.to_string()),
         1 => put("name", format!("\"n{n}\"")),
-        2 if n % 2 == 0 => put("opt", n.to_string()),
+        2 if n.is_multiple_of(2) => put("opt", n.to_string()),
         2 => del("opt"),
         3 => put("server.port", (1 + n).to_string()),
-        4 if n % 3 == 0 => del("server.host"),
+        4 if n.is_multiple_of(3) => del("server.host"),
         4 => put("server.host", format!("h{n}")), // a bare string, as `nats kv put` writes it
         5 => put("limits.min", (n % 5).to_string()),
         6 => put("limits.max", (5 + n % 5).to_string()),
         7 | 8 => {
             let key = format!("flags.f{}", n % 5);
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 del(&key)
             } else {
-                put(&key, (n % 2 == 0).to_string())
+                put(&key, (n.is_multiple_of(2)).to_string())
             }
         }
         9 | 10 => {
-            let key = format!("tenants.t{}.{}", n % 4, if n % 2 == 0 { "quota" } else { "plan" });
-            if n % 5 == 0 {
+            let key = format!("tenants.t{}.{}", n % 4, if n.is_multiple_of(2) { "quota" } else { "plan" });
+            if n.is_multiple_of(5) {
                 del(&key)
             } else if key.ends_with("quota") {
                 put(&key, (n * 10).to_string())
@@ -134,9 +134,9 @@ fn random_op(rng: &mut Rng) -> (String, Option<String>) {
                 put(&key, format!("\"p{n}\""))
             }
         }
-        11 if n % 2 == 0 => put(&format!("zz.unknown{}", n % 3), "1".into()),
+        11 if n.is_multiple_of(2) => put(&format!("zz.unknown{}", n % 3), "1".into()),
         11 => del(&format!("zz.unknown{}", n % 3)),
-        12 => del(&format!("limits.{}", if n % 2 == 0 { "min" } else { "max" })),
+        12 => del(&format!("limits.{}", if n.is_multiple_of(2) { "min" } else { "max" })),
         _ => put("flags.allow", "true".into()),
     }
 }

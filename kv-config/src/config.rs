@@ -540,7 +540,7 @@ impl<'a> Decoder<'a> {
                     Some((name, leaf)) if is_key_token(name) && !leaf.is_empty() => Some(name),
                     Some((name, _)) if !is_key_token(name) => None,
                     _ => {
-                        let revision = values.get(*key).map(|v| v.revision);
+                        let revision = values.get(key).map(|v| v.revision);
                         let msg = format!(
                             "not an entry of map `{map}`: its entries are structs, stored as `{map}.<name>.<field>`"
                         );
@@ -558,7 +558,7 @@ impl<'a> Decoder<'a> {
                     }
                 }
                 None => {
-                    let revision = values.get(*key).map(|v| v.revision);
+                    let revision = values.get(key).map(|v| v.revision);
                     let bad = if nested { rest.split('.').next().unwrap_or(rest) } else { rest };
                     let msg = format!("not an entry of map `{map}`: `{bad}` is not a legal entry name; {TOKEN_RULE}");
                     self.error(key, revision, Problem::Invalid(msg));

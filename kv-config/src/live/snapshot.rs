@@ -172,9 +172,9 @@ impl<T> Snapshot<T> {
         let mut keys: Vec<String> = newer
             .values
             .iter()
-            .filter(|(k, v)| self.values.get(*k).map(|o| o.revision) != Some(v.revision))
+            .filter(|(k, v)| self.values.get(k).map(|o| o.revision) != Some(v.revision))
             .map(|(k, _)| k.clone())
-            .chain(self.values.keys().filter(|k| !newer.values.contains_key(*k)).cloned())
+            .chain(self.values.keys().filter(|k| !newer.values.contains_key(k)).cloned())
             .collect();
         keys.sort();
         keys
