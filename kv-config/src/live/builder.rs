@@ -38,7 +38,9 @@ pub struct Builder<T: KvConfig> {
     prefix: String,
     create: Option<BucketConfig>,
     seed_defaults: bool,
-    on_invalid: OnInvalid<T>,
+    /// Boxed: a fallback config of a large `T` would otherwise make every `start()` future (and
+    /// the stack it is polled on) as large as the struct.
+    on_invalid: Box<OnInvalid<T>>,
     options: Options,
     cache_file: Option<PathBuf>,
     cache_secrets: bool,
@@ -59,7 +61,7 @@ impl<T: KvConfig> Builder<T> {
             prefix: String::new(),
             create: None,
             seed_defaults: false,
-            on_invalid: OnInvalid::Fail,
+            on_invalid: Box::new(OnInvalid::Fail),
             options: Options::default(),
             cache_file: None,
             cache_secrets: false,
@@ -95,7 +97,7 @@ impl<T: KvConfig> Builder<T> {
 
     /// What to do when the initial values are invalid.
     pub fn on_invalid(mut self, on_invalid: OnInvalid<T>) -> Self {
-        self.on_invalid = on_invalid;
+        self.on_invalid = Box::new(on_invalid);
         self
     }
 
@@ -300,7 +302,7 @@ impl<T: KvConfig> Builder<T> {
         let source = Source::new(self.bucket.clone(), self.prefix.clone());
         let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source) {
             Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown, false),
-            Err(e) => match self.on_invalid {
+            Err(e) => match *self.on_invalid {
                 OnInvalid::Fail => return Err(e.into()),
                 OnInvalid::Fallback(config) => {
                     tracing::warn!(bucket = %source.bucket, error = %e, "invalid config at start; using the fallback");
