@@ -134,8 +134,15 @@ fn random_op(rng: &mut Rng) -> (String, Option<String>) {
                 put(&key, format!("\"p{n}\""))
             }
         }
-        11 if n.is_multiple_of(2) => put(&format!("zz.unknown{}", n % 3), "1".into()),
-        11 => del(&format!("zz.unknown{}", n % 3)),
+        // Unknown keys: at the top, under a nested struct, and under a nested map's entry.
+        11 => {
+            let key = ["zz.unknown", "server.bogus", "tenants.t1.bogus"][(n % 3) as usize];
+            if n.is_multiple_of(2) {
+                put(key, "1".into())
+            } else {
+                del(key)
+            }
+        }
         12 => del(&format!("limits.{}", if n.is_multiple_of(2) { "min" } else { "max" })),
         _ => put("flags.allow", "true".into()),
     }

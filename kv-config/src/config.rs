@@ -161,12 +161,18 @@ pub(crate) const APPLY_MAX_CHANGED: usize = 32;
 /// fields that `changed` (relative keys) belong to. `false` when anything is refused or cannot be
 /// applied field by field: `config` is then partly updated, and the caller decodes the whole
 /// config instead (which also gives the full error report).
-pub(crate) fn apply_changes<T: KvConfig>(config: &mut T, values: &dyn Lookup, changed: &[String], source: &Source) -> bool {
+///
+/// On success, returns the changed keys no field of the schema took (unknown keys), so the
+/// caller does not need the schema's key set.
+pub(crate) fn apply_changes<T: KvConfig>(config: &mut T, values: &dyn Lookup, changed: &[String], source: &Source) -> Option<Vec<String>> {
     if changed.len() > APPLY_MAX_CHANGED {
-        return false;
+        return None;
     }
     let mut d = Decoder::new(values, source, Some(changed));
-    config.__kv_apply("", &mut d).is_some() && d.errors.is_empty()
+    if config.__kv_apply("", &mut d).is_none() || !d.errors.is_empty() {
+        return None;
+    }
+    Some(changed.iter().zip(&d.used).filter(|(_, used)| !**used).map(|(k, _)| k.clone()).collect())
 }
 
 /// What is wrong with one key.
@@ -374,6 +380,8 @@ pub struct Decoder<'a> {
     values: &'a dyn Lookup,
     /// In an apply ([`KvConfig::__kv_apply`]): the changed keys, relative to the config's prefix.
     changed: Option<&'a [String]>,
+    /// In an apply: which of `changed` a field took.
+    used: Vec<bool>,
     source: &'a Source,
     errors: Vec<KeyError>,
     key: String,
@@ -459,7 +467,8 @@ pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> 
 
 impl<'a> Decoder<'a> {
     pub(crate) fn new(values: &'a dyn Lookup, source: &'a Source, changed: Option<&'a [String]>) -> Self {
-        Decoder { values, changed, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new(), sorted: None }
+        let used = vec![false; changed.map_or(0, <[String]>::len)];
+        Decoder { values, changed, used, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new(), sorted: None }
     }
 
     fn changed(&self) -> impl Iterator<Item = &'a str> {
@@ -468,8 +477,12 @@ impl<'a> Decoder<'a> {
 
     /// In an apply: whether the key `prefix` + `name` changed.
     #[doc(hidden)]
-    pub fn touched(&self, prefix: &str, name: &str) -> bool {
-        self.changed().any(|k| k.len() == prefix.len() + name.len() && k.starts_with(prefix) && k.ends_with(name))
+    pub fn touched(&mut self, prefix: &str, name: &str) -> bool {
+        let found = self.changed().position(|k| k.len() == prefix.len() + name.len() && k.starts_with(prefix) && k.ends_with(name));
+        if let Some(i) = found {
+            self.used[i] = true;
+        }
+        found.is_some()
     }
 
     /// In an apply: whether any key under `prefix` + `dotted` (a nested struct's or a map's
@@ -483,9 +496,14 @@ impl<'a> Decoder<'a> {
     /// changed key. `None` when a changed key that still holds a value is no legal entry (the
     /// whole decode reports it).
     #[doc(hidden)]
-    pub fn touched_entries(&self, map_prefix: &str, nested: bool) -> Option<Vec<String>> {
+    pub fn touched_entries(&mut self, map_prefix: &str, nested: bool) -> Option<Vec<String>> {
         let mut names: Vec<String> = Vec::new();
-        for key in self.changed().filter(|k| k.starts_with(map_prefix)) {
+        for (i, key) in self.changed().enumerate().filter(|(_, k)| k.starts_with(map_prefix)) {
+            // A leaf map takes every legal key under it; a nested map's entry struct takes only
+            // its own fields' keys (see `entry_exists`).
+            if !nested {
+                self.used[i] = true;
+            }
             let rest = &key[map_prefix.len()..];
             let name = if nested {
                 rest.split_once('.').filter(|(n, leaf)| is_key_token(n) && !leaf.is_empty()).map(|(n, _)| n)
@@ -503,10 +521,11 @@ impl<'a> Decoder<'a> {
     }
 
     /// In an apply: whether the map entry `map_prefix` + `name` has a value. For a nested entry,
-    /// `fields` lists the entry struct's keys; `None` when they cannot be looked up one by one
-    /// (the entry struct holds a map itself).
+    /// `fields` lists the entry struct's keys; `None` (decode the whole config instead) when none
+    /// of them has a value, or when they cannot be looked up one by one (the entry struct holds a
+    /// map itself).
     #[doc(hidden)]
-    pub fn entry_exists(&self, map_prefix: &str, name: &str, fields: Option<fn(&str, &mut Vec<FieldSchema>)>) -> Option<bool> {
+    pub fn entry_exists(&mut self, map_prefix: &str, name: &str, fields: Option<fn(&str, &mut Vec<FieldSchema>)>) -> Option<bool> {
         let Some(fields) = fields else {
             return Some(self.values.get(&format!("{map_prefix}{name}")).is_some());
         };
@@ -515,7 +534,15 @@ impl<'a> Decoder<'a> {
         if leaves.iter().any(|f| f.key.contains('*')) {
             return None;
         }
-        Some(leaves.iter().any(|f| self.values.get(&f.key).is_some()))
+        let changed = self.changed.unwrap_or_default();
+        for (i, key) in changed.iter().enumerate() {
+            if leaves.iter().any(|f| f.key == *key) {
+                self.used[i] = true;
+            }
+        }
+        // With no field of the entry left, whether it still exists depends on any other key under
+        // it (the whole decode keeps an entry that has only unknown keys): let that decide.
+        leaves.iter().any(|f| self.values.get(&f.key).is_some()).then_some(true)
     }
 
     /// The entry names of the map whose keys start with `prefix` (`flags.`): for a leaf map every
