@@ -294,3 +294,27 @@ async fn a_change_shares_the_sections_it_did_not_touch() {
     assert_eq!((after.server.port, touched.server.port), (8080, 9999), "the old snapshot is unchanged");
     assert_eq!(touched.server.host, "db");
 }
+
+#[tokio::test]
+async fn a_subscriber_that_fell_behind_gets_every_key_changed_since_it_last_looked() {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    let mut sub = cfg.subscribe();
+    // Four swaps, one at a time, while the subscriber does not look.
+    caught_up(&cfg, writer.put("a", "5".into()).await.unwrap()).await;
+    caught_up(&cfg, writer.put("flags.x", "true".into()).await.unwrap()).await;
+    caught_up(&cfg, writer.put("tenants.t.quota", "3".into()).await.unwrap()).await;
+    caught_up(&cfg, writer.delete("tenants.t.quota").await.unwrap()).await;
+    let change = tokio::time::timeout(Duration::from_secs(5), sub.changed()).await.expect("a change").expect("open");
+    assert_eq!(change.keys, vec!["a".to_string(), "flags.x".to_string()], "added and deleted again is no change");
+    assert_eq!((change.new.a, change.old.a), (5, 1));
+    // The same answer as comparing the keys one by one.
+    let by_key: Vec<String> = ["a", "flags.x", "tenants.t.quota", "name"]
+        .into_iter()
+        .filter(|k| change.old.key_revision(k) != change.new.key_revision(k))
+        .map(String::from)
+        .collect();
+    assert_eq!(by_key, change.keys);
+}

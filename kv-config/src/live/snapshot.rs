@@ -44,10 +44,12 @@ pub struct Snapshot<T> {
     pub(super) from_cache: Option<std::time::SystemTime>,
     /// Unique to this snapshot in the process (see [`next_seq`]).
     pub(super) seq: u64,
-    /// The `seq` of the snapshot this one replaced and the keys whose value in effect differs
-    /// from it, sorted, when the watcher knew them (an applied change); `None` after a whole
-    /// decode.
-    pub(super) delta: Option<(u64, Arc<[String]>)>,
+    /// The changes that led to this snapshot, oldest first: each link is the `seq` of a snapshot
+    /// and the keys whose value in effect changed from it to the next one in the chain (the last
+    /// link's next is this snapshot). Empty after a whole decode; at most [`HISTORY`] links. A
+    /// subscriber that fell behind by several swaps finds its own snapshot here and takes the
+    /// union of the links after it, instead of comparing every key of the config.
+    pub(super) history: imbl::Vector<(u64, Arc<[String]>)>,
 }
 
 impl<T: Clone> Clone for Snapshot<T> {
@@ -66,7 +68,7 @@ impl<T: Clone> Clone for Snapshot<T> {
             epoch: self.epoch,
             from_cache: self.from_cache,
             seq: self.seq,
-            delta: self.delta.clone(),
+            history: self.history.clone(),
         }
     }
 }
@@ -125,7 +127,7 @@ impl<T> Snapshot<T> {
             revision: view.seen,
             epoch,
             seq: next_seq(),
-            delta: None,
+            history: imbl::Vector::new(),
         }
     }
 
@@ -164,10 +166,13 @@ impl<T> Snapshot<T> {
     /// Keys whose value in effect differs between two snapshots, sorted. For consecutive
     /// snapshots of one handle this costs the change, not the config.
     pub fn changed_keys(&self, newer: &Snapshot<T>) -> Vec<String> {
-        if let Some((previous, keys)) = &newer.delta {
-            if *previous == self.seq {
-                return keys.to_vec();
-            }
+        if let Some(at) = newer.history.iter().position(|(seq, _)| *seq == self.seq) {
+            let mut keys: Vec<String> = newer.history.iter().skip(at).flat_map(|(_, keys)| keys.iter().cloned()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            // A key changed and changed back (added, then deleted) is no difference.
+            keys.retain(|k| self.values.get(k).map(|v| v.revision) != newer.values.get(k).map(|v| v.revision));
+            return keys;
         }
         let mut keys: Vec<String> = newer
             .values
@@ -224,6 +229,9 @@ impl<T: KvConfig> Snapshot<T> {
         Some(if self.fallback { Provenance::Fallback } else { Provenance::Default })
     }
 }
+
+/// Most links a snapshot's change history keeps (see [`Snapshot::changed_keys`]).
+pub(super) const HISTORY: usize = 1024;
 
 /// A number no other snapshot in the process has, so a snapshot can name the one it replaced.
 pub(super) fn next_seq() -> u64 {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
 
+use super::snapshot::HISTORY;
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
 use crate::config::{apply_changes, KvConfig};
 use crate::feed::{catch_up, watch_initial, CatchUp, BATCH_SETTLE};
@@ -344,7 +345,12 @@ impl<T: KvConfig> Shared<T> {
         st.status.revision = st.view.seen;
         let changed = !delta.is_empty();
         let mut snapshot = Snapshot::new(config, values, &st.view, false, st.epoch);
-        snapshot.delta = Some((current.seq, delta.into()));
+        let mut history = current.history.clone();
+        if history.len() >= HISTORY {
+            history.pop_front();
+        }
+        history.push_back((current.seq, delta.into()));
+        snapshot.history = history;
         self.snapshot.store(Arc::new(snapshot));
         if changed {
             st.status.swaps += 1;
