@@ -1,5 +1,7 @@
 //! The watcher task: applies entries to the view, swaps a snapshot once per caught-up burst, and
-//! never trusts silence. When the watch has been quiet for a heartbeat it asks the server (a
+//! never trusts silence. A burst of a few keys is decoded field by field into a copy of the config
+//! in effect (its cost is the change's, not the config's); a large burst, a refused value or a
+//! reloaded bucket takes the whole decode with per-key fallback. When the watch has been quiet for a heartbeat it asks the server (a
 //! [`probe`](crate::store::Bucket::probe)) whether anything newer exists: no answer marks the
 //! handle stale, a newer entry left undelivered re-creates the watch from the last applied
 //! revision + 1, and a replaced bucket (deleted and created again, or a wiped store) is reloaded
