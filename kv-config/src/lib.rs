@@ -53,6 +53,12 @@
 //! | `#[kv(validate_each = path)]` | map field | `fn(&V) -> Result<(), impl Display>` run on every entry, reported at the entry's key |
 //! | `#[kv(json)]` | map field | store the whole map as one JSON object key instead of one key per entry |
 //!
+//! Validators should be pure functions of what they are given: a change is checked before it is
+//! written and again when the watcher applies it (field validators of the changed fields, then
+//! the struct checks on the way up), and once more by a whole decode if anything was refused.
+//! A `#[kv(nested)]` field may be an `Arc<T>`: cloning the config then shares that section, and a
+//! change elsewhere does not copy it (see [`KvConfig`]'s implementation for `Arc<T>`).
+//!
 //! `Option<T>` fields are optional (a missing key is `None`). The derive also implements `Debug`
 //! (with secrets redacted), so do not derive `Debug` yourself. Enums of unit variants stored in one
 //! key can `#[derive(KvValue)]` so the schema lists their names.
