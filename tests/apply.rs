@@ -318,3 +318,45 @@ async fn a_subscriber_that_fell_behind_gets_every_key_changed_since_it_last_look
         .collect();
     assert_eq!(by_key, change.keys);
 }
+
+#[tokio::test]
+async fn hundreds_of_distinct_keys_changed_one_by_one_stay_exact() {
+    // Enough distinct keys for the shared values to fold their changes into a new base several
+    // times while older snapshots still hold the old one.
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    let first = cfg.get_arc();
+    let mut held = Vec::new();
+    for i in 0..400u32 {
+        let mut rev = writer.put(&format!("flags.f{i}"), i.is_multiple_of(2).to_string().into()).await.unwrap();
+        if i % 7 == 3 {
+            rev = writer.delete(&format!("flags.f{}", i - 3)).await.unwrap();
+        }
+        caught_up(&cfg, rev).await;
+        if i.is_multiple_of(50) {
+            held.push((i, cfg.get_arc()));
+        }
+    }
+    let whole = kv_config::load::<Cfg>(&*writer, "").await.unwrap();
+    let now = cfg.get_arc();
+    assert!(now.config() == &whole.config, "{:?}", cfg.status());
+    assert_eq!(now.flags.len(), whole.config.flags.len());
+    assert_eq!(whole.config.flags.len(), 400 - 57, "57 of the 400 were deleted again");
+    // Snapshots taken along the way still show their own state.
+    for (i, snap) in &held {
+        assert_eq!(snap.flags.get(&format!("f{i}")), Some(&i.is_multiple_of(2)), "snapshot at {i}");
+        assert!(!snap.flags.contains_key(&format!("f{}", i + 1)), "snapshot at {i} predates f{}", i + 1);
+        assert_eq!(snap.flags.len() as u32, i + 1 - (0..=*i).filter(|j| j % 7 == 3).count() as u32, "snapshot at {i}");
+    }
+    // Every key changed since the first snapshot (457 swaps ago, through the change links), named
+    // once; the deleted ones are no change from a snapshot that never had them.
+    let changed = first.changed_keys(&now);
+    let expected: Vec<String> = {
+        let mut k: Vec<String> = whole.config.flags.keys().map(|k| format!("flags.{k}")).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(changed, expected);
+}
