@@ -172,10 +172,7 @@ fn model_diff(old: &BTreeMap<String, u64>, new: &BTreeMap<String, u64>) -> Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_leaves_the_handle_equal_to_a_whole_decode() {
-    let server = NatsServer::start().await;
-    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
-    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
-    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    let (_server, cfg, writer) = setup().await;
     let seed = 0x5EED_u64 + std::process::id() as u64;
     let mut rng = Rng(seed);
     let mut model = BTreeMap::new();
@@ -214,16 +211,23 @@ async fn every_change_leaves_the_handle_equal_to_a_whole_decode() {
     assert!(single > 100 && bursts > 20, "both paths exercised: {single} single writes, {bursts} bursts");
 }
 
+/// A server, a handle on bucket `cfg` (created, nothing seeded), and a second connection's
+/// bucket to write through as another client.
+async fn setup() -> (NatsServer, LiveConfig<Cfg>, Arc<dyn Bucket>) {
+    let server = NatsServer::start().await;
+    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let cfg = LiveConfig::<Cfg>::builder(store, "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    (server, cfg, writer)
+}
+
 async fn caught_up(cfg: &LiveConfig<Cfg>, rev: u64) {
     eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
 }
 
 #[tokio::test]
 async fn a_refused_change_keeps_the_last_good_field_and_later_changes_still_apply() {
-    let server = NatsServer::start().await;
-    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
-    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
-    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    let (_server, cfg, writer) = setup().await;
 
     // A field validator refuses one key: that key keeps its last good value, named in the status.
     caught_up(&cfg, writer.put("server.port", "9000".into()).await.unwrap()).await;
@@ -279,9 +283,7 @@ async fn a_refused_change_keeps_the_last_good_field_and_later_changes_still_appl
 
 #[tokio::test]
 async fn a_change_shares_the_sections_it_did_not_touch() {
-    let server = NatsServer::start().await;
-    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
-    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    let (_server, cfg, _writer) = setup().await;
     cfg.set("server.host", "db").await.unwrap();
     let before = cfg.get_arc();
     cfg.set("a", 42).await.unwrap();
@@ -297,10 +299,7 @@ async fn a_change_shares_the_sections_it_did_not_touch() {
 
 #[tokio::test]
 async fn a_subscriber_that_fell_behind_gets_every_key_changed_since_it_last_looked() {
-    let server = NatsServer::start().await;
-    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
-    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
-    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    let (_server, cfg, writer) = setup().await;
     let mut sub = cfg.subscribe();
     // Four swaps, one at a time, while the subscriber does not look.
     caught_up(&cfg, writer.put("a", "5".into()).await.unwrap()).await;
@@ -323,10 +322,7 @@ async fn a_subscriber_that_fell_behind_gets_every_key_changed_since_it_last_look
 async fn hundreds_of_distinct_keys_changed_one_by_one_stay_exact() {
     // Enough distinct keys for the shared values to fold their changes into a new base several
     // times while older snapshots still hold the old one.
-    let server = NatsServer::start().await;
-    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
-    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
-    let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
+    let (_server, cfg, writer) = setup().await;
     let first = cfg.get_arc();
     let mut held = Vec::new();
     for i in 0..400u32 {

@@ -251,35 +251,17 @@ trait Counted: KvConfig + Clone + Send + Sync + 'static {
     fn counter(&self) -> u64;
 }
 
-impl Counted for Small {
-    fn counter(&self) -> u64 {
-        self.counter
-    }
+macro_rules! counted {
+    ($($t:ty),*) => {$(
+        impl Counted for $t {
+            fn counter(&self) -> u64 {
+                self.counter
+            }
+        }
+    )*};
 }
 
-impl Counted for Prop5000 {
-    fn counter(&self) -> u64 {
-        self.counter
-    }
-}
-
-impl Counted for Prop50000 {
-    fn counter(&self) -> u64 {
-        self.counter
-    }
-}
-
-impl Counted for Prop5000A {
-    fn counter(&self) -> u64 {
-        self.counter
-    }
-}
-
-impl Counted for Prop50000A {
-    fn counter(&self) -> u64 {
-        self.counter
-    }
-}
+counted!(Small, Prop5000, Prop50000, Prop5000A, Prop50000A);
 
 async fn live_receiver<T: Counted>(url: &str, bucket: &str, tx: mpsc::UnboundedSender<(u64, Instant)>) -> LiveConfig<T> {
     let cfg = LiveConfig::<T>::builder(NatsStore::new(connect(url).await), bucket).start().await.expect("start");

@@ -47,9 +47,10 @@ fn expires_of(e: &Entry) -> Option<SystemTime> {
 }
 
 /// What changed in a [`View`] since the last [`take_dirty`](View::take_dirty).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) enum Dirty {
     /// Nothing.
+    #[default]
     No,
     /// These relative keys (values or overrides; at most [`APPLY_MAX_CHANGED`]).
     Keys(Vec<String>),
@@ -57,7 +58,7 @@ pub(crate) enum Dirty {
     All,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct View {
     /// Live values by relative key; shared with the snapshots (see [`Values`]).
     pub(crate) values: Values,
@@ -73,20 +74,6 @@ pub(crate) struct View {
     pub(crate) override_revisions: HashMap<String, u64>,
     /// What changed since the last [`take_dirty`](View::take_dirty).
     dirty: Dirty,
-}
-
-impl Default for View {
-    fn default() -> Self {
-        View {
-            values: Values::default(),
-            markers: HashMap::new(),
-            seen: 0,
-            guard: 0,
-            overrides: HashMap::new(),
-            override_revisions: HashMap::new(),
-            dirty: Dirty::No,
-        }
-    }
 }
 
 impl View {
