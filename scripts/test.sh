@@ -22,6 +22,9 @@ export NATS_SERVER_BIN
 echo "==> using $("$NATS_SERVER_BIN" --version) at $NATS_SERVER_BIN"
 
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Incremental caches only cost disk on a one-shot build.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+echo "==> disk free where target/ goes: $(df -h . | awk 'NR==2 {print $4}')"
 echo "==> cargo test (unit, integration, trybuild UI, doctests)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
