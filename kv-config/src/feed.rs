@@ -57,19 +57,44 @@ pub(crate) fn catch_up(entry: &Entry) -> CatchUp {
 /// until caught up, within `timeout` (a stalled or silent server is an error, never a hang). The
 /// watch stays open for live changes.
 pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Duration) -> Result<(Watch, View)> {
+    struct Fill<'a>(&'a str, View);
+    impl Scan for Fill<'_> {
+        fn expect(&mut self, n: usize) {
+            self.1 = View::with_capacity(n);
+        }
+        fn entry(&mut self, e: Entry) {
+            self.1.apply_owned(self.0, e);
+        }
+    }
+    let mut fill = Fill(prefix, View::default());
+    let watch = scan(bucket, &pattern_for(prefix), timeout, &mut fill).await?;
+    Ok((watch, fill.1))
+}
+
+/// What [`scan`] fills.
+pub(crate) trait Scan {
+    /// The server announced `n` entries (capped), before the first.
+    fn expect(&mut self, n: usize);
+    /// One entry of the initial pass.
+    fn entry(&mut self, e: Entry);
+}
+
+/// The initial pass of [`watch_initial`] over the keys matching `pattern`, into `into`. Returns
+/// the watch, still open.
+pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, into: &mut impl Scan) -> Result<Watch> {
     let deadline = Instant::now() + timeout;
     let too_slow = |what: String| {
         Error::Store(StoreError::new(StoreErrorKind::Timeout).bucket(bucket.name()).detail(format!(
             "the initial load {what} within {timeout:?}"
         )))
     };
-    let mut watch = tokio::time::timeout(timeout, bucket.watch(&pattern_for(prefix), WatchStart::LatestPerKey))
+    let mut watch = tokio::time::timeout(timeout, bucket.watch(pattern, WatchStart::LatestPerKey))
         .await
         .map_err(|_| too_slow("could not start a watch".into()))??;
-    let expected = watch.initial_pending();
-    let mut view = View::with_capacity(expected.min(1 << 20) as usize);
-    if expected == 0 {
-        return Ok((watch, view));
+    let pending = watch.initial_pending();
+    into.expect(pending.min(1 << 20) as usize);
+    if pending == 0 {
+        return Ok(watch);
     }
     // Set by the first entry of a batch whose commit is not seen, never postponed by later ones.
     let mut settle_until: Option<Instant> = None;
@@ -90,18 +115,18 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Du
         };
         match ready {
             Err(_) if settle_until.is_some() => break,
-            Err(_) => return Err(too_slow(format!("read {read} of {expected} entries"))),
-            Ok(Some(Ok(entry))) => {
+            Err(_) => return Err(too_slow(format!("read {read} of {pending} entries"))),
+            Ok(Some(Ok(e))) => {
                 read += 1;
-                let at = catch_up(&entry);
-                view.apply_owned(prefix, entry);
+                let at = catch_up(&e);
+                into.entry(e);
                 match at {
                     CatchUp::Yes => break,
                     CatchUp::Settle => {
                         settle_until.get_or_insert(Instant::now() + BATCH_SETTLE);
                     }
                     CatchUp::No if read % 1024 == 0 && Instant::now() >= deadline => {
-                        return Err(too_slow(format!("read {read} of {expected} entries")))
+                        return Err(too_slow(format!("read {read} of {pending} entries")))
                     }
                     CatchUp::No => settle_until = None,
                 }
@@ -113,5 +138,5 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Du
             Ok(None) => return Err(Error::Closed(bucket.name().to_string())),
         }
     }
-    Ok((watch, view))
+    Ok(watch)
 }

@@ -90,6 +90,12 @@ impl View {
         self.apply_entry(prefix, &e, Some(key))
     }
 
+    /// [`apply_owned`](Self::apply_owned) of `e` under the full key `key` (the entry's own key
+    /// field is not read): a new view filled from a shared watch's map.
+    pub(crate) fn apply_with_key(&mut self, prefix: &str, key: String, e: &Entry) -> bool {
+        self.apply_entry(prefix, e, Some(key))
+    }
+
     fn apply_entry(&mut self, prefix: &str, e: &Entry, owned: Option<String>) -> bool {
         self.seen = self.seen.max(e.revision);
         let key = owned.as_deref().unwrap_or(&e.key);

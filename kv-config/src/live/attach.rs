@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Weak};
 
+use super::hub::{Hub, Member};
 use super::lazy::LazyBucket;
 use super::Shared;
 use crate::config::KvConfig;
@@ -25,7 +26,18 @@ pub(super) async fn run<T: KvConfig>(weak: Weak<Shared<T>>, lazy: Arc<LazyBucket
     let pattern = pattern_for(&prefix);
     loop {
         if let Some((watch, bucket)) = try_attach(&weak, &lazy, resume, seed, &prefix, &pattern).await {
-            super::watcher::run(weak, watch, bucket, pattern).await;
+            let Some(shared) = weak.upgrade() else { return };
+            let hub = {
+                let st = shared.state();
+                Hub::dedicated(bucket.clone(), &prefix, heartbeat, shared.options.load_timeout, st.view.seen, st.incarnation)
+            };
+            let member: Arc<dyn Member> = shared.clone();
+            hub.add(&prefix, &member);
+            let weak_hub = Arc::downgrade(&hub);
+            let _ = shared.hub.set(hub);
+            drop((shared, member));
+            // This task is the watcher now (the handle aborts it when dropped).
+            super::watcher::run(weak_hub, watch, bucket).await;
             return;
         }
         if weak.strong_count() == 0 {
@@ -53,7 +65,7 @@ async fn try_attach<T: KvConfig>(
     let bucket = match tokio::time::timeout(heartbeat * 2, lazy.attach()).await {
         Ok(Ok((bucket, created))) => {
             if created || seed {
-                if let Err(e) = super::builder::seed(&*bucket, prefix, &T::schema()).await {
+                if let Err(e) = super::builder::seed(&*bucket, prefix, &T::schema(), |_| false).await {
                     note(e.to_string());
                 }
             }

@@ -12,13 +12,14 @@ use tokio::sync::watch;
 
 use super::attach::Resume;
 use super::cache::{self, CacheProblem, Cached, Identity};
+use super::hub::Hub;
 use super::lazy::LazyBucket;
 use super::{Applied, LiveConfig, Options, Shared, Snapshot, Stale, StaleReason, State, Status};
 use crate::config::{KvConfig, Source};
 use crate::error::{Error, Result};
 use crate::feed::{check_prefix, pattern_for, watch_initial};
 use crate::schema::Schema;
-use crate::store::{Bucket, BucketConfig, Store, StoreError, StoreErrorKind, Watch};
+use crate::store::{Bucket, BucketConfig, SharedWatches, Store, StoreError, StoreErrorKind, Watch};
 use crate::view::{decode_latest, decode_view, View};
 
 /// What to do when the bucket's values do not make a valid config at start-up.
@@ -45,6 +46,7 @@ pub struct Builder<T: KvConfig> {
     cache_file: Option<PathBuf>,
     cache_secrets: bool,
     cache_wait: Duration,
+    dedicated: bool,
 }
 
 impl<T: KvConfig> fmt::Debug for Builder<T> {
@@ -66,6 +68,7 @@ impl<T: KvConfig> Builder<T> {
             cache_file: None,
             cache_secrets: false,
             cache_wait: Duration::from_secs(2),
+            dedicated: false,
         }
     }
 
@@ -92,6 +95,34 @@ impl<T: KvConfig> Builder<T> {
     /// with `create`, so nothing is ever overwritten. On with `create_if_missing`.
     pub fn seed_defaults(mut self, on: bool) -> Self {
         self.seed_defaults = on;
+        self
+    }
+
+    /// Gives this handle a watch of its own, over its prefix only, instead of sharing one.
+    ///
+    /// By default the handles started on one store (and its clones) share one watch per bucket,
+    /// with the same [`heartbeat`](Self::heartbeat) and [`load_timeout`](Self::load_timeout):
+    /// one server consumer however many handles, configs and prefixes, and a handle that starts
+    /// while others run reads its keys from the shared watch's memory. The shared watch covers
+    /// the whole bucket and keeps the latest entry of each key; when a handle reads a small prefix
+    /// of a large bucket shared with other services, its own watch reads and holds less.
+    ///
+    /// ```
+    /// use kv_config::{KvConfig, LiveConfig, store::MemoryStore};
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     #[kv(default = 8080)]
+    ///     port: u16,
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kv_config::Error> {
+    /// let store = MemoryStore::new();
+    /// let cfg = LiveConfig::<App>::builder(store, "app").create_if_missing().dedicated_watch().start().await?;
+    /// assert_eq!(cfg.get().port, 8080);
+    /// # Ok(()) }
+    /// ```
+    pub fn dedicated_watch(mut self) -> Self {
+        self.dedicated = true;
         self
     }
 
@@ -227,7 +258,11 @@ impl<T: KvConfig> Builder<T> {
     pub async fn start(self) -> Result<LiveConfig<T>> {
         check_prefix(&self.prefix)?;
         let Some(path) = self.cache_file.clone() else {
-            let (bucket, incarnation) = self.open().await?;
+            let shared = if self.dedicated { None } else { self.store.shared_watches().cloned() };
+            if let Some(watches) = shared {
+                return self.join(&watches).await;
+            }
+            let (bucket, incarnation) = self.open_within(self.options.load_timeout).await?;
             let (watch, view) = watch_initial(&*bucket, &self.prefix, self.options.load_timeout).await?;
             return self.finish(bucket, incarnation, watch, view, None);
         };
@@ -242,13 +277,7 @@ impl<T: KvConfig> Builder<T> {
         }
         let wait = if cached.is_ok() { self.cache_wait } else { self.options.load_timeout };
         let attempt = async {
-            let opened = tokio::time::timeout(wait, self.open()).await.map_err(|_| {
-                Error::Store(
-                    StoreError::new(StoreErrorKind::Timeout)
-                        .bucket(self.bucket.clone())
-                        .detail(format!("the server was not reached within {wait:?}")),
-                )
-            })??;
+            let opened = self.open_within(wait).await?;
             let (watch, view) = watch_initial(&*opened.0, &self.prefix, self.options.load_timeout).await?;
             Ok::<_, Error>((opened, watch, view))
         }
@@ -270,6 +299,17 @@ impl<T: KvConfig> Builder<T> {
         }
     }
 
+    /// [`open`](Self::open), failing with a timeout after `wait` (a frozen server never answers).
+    async fn open_within(&self, wait: Duration) -> Result<(Arc<dyn Bucket>, Option<u64>)> {
+        tokio::time::timeout(wait, self.open()).await.map_err(|_| {
+            Error::Store(
+                StoreError::new(StoreErrorKind::Timeout)
+                    .bucket(self.bucket.clone())
+                    .detail(format!("the server was not reached within {wait:?}")),
+            )
+        })?
+    }
+
     /// Opens (or creates and seeds) the bucket and asks which incarnation it is.
     async fn open(&self) -> Result<(Arc<dyn Bucket>, Option<u64>)> {
         let bucket = match self.store.open_bucket(&self.bucket).await {
@@ -282,7 +322,7 @@ impl<T: KvConfig> Builder<T> {
             Err(e) => return Err(e.into()),
         };
         if self.seed_defaults {
-            seed(&*bucket, &self.prefix, &T::schema()).await?;
+            seed(&*bucket, &self.prefix, &T::schema(), |_| false).await?;
         }
         // Which incarnation of the bucket this is, before reading it: a bucket replaced later is
         // then told apart even if its revisions climb past ours.
@@ -290,7 +330,30 @@ impl<T: KvConfig> Builder<T> {
         Ok((bucket, incarnation))
     }
 
-    /// A handle on the bucket's state as just loaded.
+    /// A handle on a shared hub: the hub of the bucket on `watches`, or a new one that this
+    /// handle opens (creating and seeding the bucket when told to).
+    async fn join(self, watches: &SharedWatches) -> Result<LiveConfig<T>> {
+        let mut opened = false;
+        let hub = Hub::shared(watches, &self.bucket, self.options.heartbeat, self.options.load_timeout, async {
+            opened = true;
+            self.open_within(self.options.load_timeout).await
+        })
+        .await?;
+        if !opened && self.seed_defaults {
+            // The bucket exists (the hub reads it); seed what it lacks, and wait until the
+            // shared watch delivered it, so the first snapshot holds it.
+            let written = seed(&*hub.bucket, &self.prefix, &T::schema(), |key| hub.holds(key)).await?;
+            hub.wait_seen(written).await?;
+        }
+        let prefix = self.prefix.clone();
+        let incarnation = hub.state().incarnation;
+        let bucket = hub.bucket.clone();
+        let shared = hub.join(&prefix, None, |view| self.member(bucket, incarnation, view))?;
+        let _ = shared.hub.set(hub);
+        Ok(LiveConfig { shared })
+    }
+
+    /// A handle on the bucket's state as just loaded, with a watch of its own.
     fn finish(
         self,
         bucket: Arc<dyn Bucket>,
@@ -299,6 +362,20 @@ impl<T: KvConfig> Builder<T> {
         view: View,
         cache: Option<Arc<Identity>>,
     ) -> Result<LiveConfig<T>> {
+        let (heartbeat, load_timeout) = (self.options.heartbeat, self.options.load_timeout);
+        let hub = Hub::dedicated(bucket.clone(), &self.prefix, heartbeat, load_timeout, view.seen, incarnation);
+        let prefix = self.prefix.clone();
+        let shared = hub.join(&prefix, Some(view), |view| self.member(bucket, incarnation, view))?;
+        hub.spawn(watch);
+        let _ = shared.hub.set(hub);
+        if let Some(id) = cache {
+            tokio::spawn(cache::writer(Arc::downgrade(&shared), id, true));
+        }
+        Ok(LiveConfig { shared })
+    }
+
+    /// Decodes `view` into a new handle's first snapshot (the fallback config when told to).
+    fn member(self, bucket: Arc<dyn Bucket>, incarnation: Option<u64>, view: View) -> Result<Arc<Shared<T>>> {
         let source = Source::new(self.bucket.clone(), self.prefix.clone());
         let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source) {
             Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown, false),
@@ -331,14 +408,7 @@ impl<T: KvConfig> Builder<T> {
             cache_revision: None,
             resumed_from: None,
         };
-        let shared = build(snapshot, view, status, incarnation, bucket.clone(), source, self.options, has_unknown);
-        let pattern = pattern_for(&shared.source.prefix);
-        let task = tokio::spawn(super::watcher::run(Arc::downgrade(&shared), watch, bucket, pattern));
-        *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
-        if let Some(id) = cache {
-            tokio::spawn(cache::writer(Arc::downgrade(&shared), id, true));
-        }
-        Ok(LiveConfig { shared })
+        Ok(build(snapshot, view, status, incarnation, bucket, source, self.options, has_unknown))
     }
 
     /// A handle on the cached state; a background task reaches the server.
@@ -435,7 +505,7 @@ fn build<T: KvConfig>(
     has_unknown: bool,
 ) -> Arc<Shared<T>> {
     let seen = view.seen;
-    let state = State { view, status, warned_unknown: HashSet::new(), epoch: 0, incarnation, behind_probes: 0, last_heard: Instant::now() };
+    let state = State { view, status, warned_unknown: HashSet::new(), epoch: 0, incarnation, last_heard: Instant::now() };
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         state: Mutex::new(state),
@@ -446,6 +516,7 @@ fn build<T: KvConfig>(
         known: OnceLock::new(),
         required: OnceLock::new(),
         options,
+        hub: OnceLock::new(),
         task: Mutex::new(None),
     });
     if has_unknown {
@@ -455,16 +526,25 @@ fn build<T: KvConfig>(
     shared
 }
 
-pub(super) async fn seed(bucket: &dyn Bucket, prefix: &str, schema: &Schema) -> Result<()> {
+/// Writes each non-secret default whose key does not exist yet (with `create`, so nothing is
+/// overwritten), skipping keys `known` says exist. Returns the highest revision written (0: none).
+pub(super) async fn seed(bucket: &dyn Bucket, prefix: &str, schema: &Schema, known: impl Fn(&str) -> bool) -> Result<u64> {
+    let mut written = 0;
     for f in schema.fields.iter().filter(|f| !f.secret && !f.is_map_entry()) {
         let Some(default) = &f.default else { continue };
         let key = format!("{prefix}{}", f.key);
+        if known(&key) {
+            continue;
+        }
         let value = Bytes::from(serde_json::to_vec(default).map_err(|e| crate::EncodeError { key: key.clone(), message: e.to_string() })?);
         match bucket.create(&key, value).await {
-            Ok(_) => tracing::debug!(bucket = bucket.name(), %key, "seeded default"),
+            Ok(revision) => {
+                written = written.max(revision);
+                tracing::debug!(bucket = bucket.name(), %key, "seeded default");
+            }
             Err(e) if *e.kind() == StoreErrorKind::AlreadyExists => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(written)
 }

@@ -1,14 +1,18 @@
 //! [`LiveConfig`]: a config kept hot by a KV watcher, read with one atomic load, written back
 //! with compare-and-swap.
 //!
-//! One job per file: [`builder`] opens the bucket and takes the first snapshot, [`watcher`] keeps
-//! it current (and notices when it cannot), [`write`] is the compare-and-swap write path,
+//! One job per file: [`builder`] opens the bucket and takes the first snapshot, [`hub`] shares one
+//! watch among the handles on a bucket, [`watcher`] keeps it current (and notices when it
+//! cannot), [`apply`] turns a handle's changed keys into its next snapshot, [`write`] is the
+//! compare-and-swap write path,
 //! [`snapshot`], [`status`] and [`subscribe`] are what readers get. [`cache`] owns the
 //! last-known-good file; after a start from it, [`lazy`] stands in for the bucket and [`attach`]
 //! reaches the server.
 
+mod apply;
 mod attach;
 mod builder;
+mod hub;
 mod overrides;
 mod provenance;
 mod cache;
@@ -78,8 +82,6 @@ struct State {
     epoch: u64,
     /// The bucket incarnation the view was loaded from, once a probe told.
     incarnation: Option<u64>,
-    /// Consecutive probes that reported a last revision below the one applied.
-    behind_probes: u32,
     last_heard: Instant,
 }
 
@@ -93,6 +95,9 @@ struct Shared<T> {
     known: OnceLock<KeySet>,
     required: OnceLock<KeySet>,
     options: Options,
+    /// The hub whose watch keeps this handle current (set once the handle is attached to one).
+    hub: OnceLock<Arc<hub::Hub>>,
+    /// The task that attaches a handle started from its cache (then runs its watcher).
     task: Mutex<Option<AbortHandle>>,
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{
     check_batch, invalid_bucket_name, check_headers, is_valid_bucket_name, is_valid_key, key_matches, Bucket, BucketConfig, BucketInfo,
-    Entry, Expect, Headers, Operation, Probe, Store, StoreError, StoreErrorKind, StoreResult, Watch, WatchStart,
+    Entry, Expect, Headers, Operation, Probe, SharedWatches, Store, StoreError, StoreErrorKind, StoreResult, Watch, WatchStart,
     WriteKind, WriteOp,
 };
 
@@ -32,6 +32,7 @@ use super::{
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     buckets: Arc<Mutex<BTreeMap<String, Arc<MemBucket>>>>,
+    shared: SharedWatches,
 }
 
 impl MemoryStore {
@@ -106,6 +107,10 @@ impl Store for MemoryStore {
             None => Err(StoreError::new(StoreErrorKind::NotFound).bucket(name)),
         }
     }
+    fn shared_watches(&self) -> Option<&SharedWatches> {
+        Some(&self.shared)
+    }
+
 }
 
 #[derive(Debug)]

@@ -23,6 +23,7 @@
 mod error;
 pub mod memory;
 pub mod nats;
+mod shared;
 
 use std::fmt;
 use std::pin::Pin;
@@ -37,6 +38,7 @@ use futures_util::Stream;
 pub use error::{StoreError, StoreErrorKind};
 pub use memory::MemoryStore;
 pub use nats::{NatsStore, PermissionLog};
+pub use shared::SharedWatches;
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -390,6 +392,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Turns on atomic batches for an existing bucket (see [`BucketConfig::atomic_writes`]).
     async fn enable_atomic_writes(&self, name: &str) -> StoreResult<()>;
+
+    /// The table through which [`LiveConfig`](crate::LiveConfig) handles on this store (and its
+    /// clones) share one watch per bucket; `None` (the default) gives every handle its own.
+    fn shared_watches(&self) -> Option<&SharedWatches> {
+        None
+    }
 }
 
 /// One Key/Value bucket.

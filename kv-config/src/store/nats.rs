@@ -12,7 +12,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     check_batch, invalid_bucket_name, check_headers, user_headers, Headers, is_valid_bucket_name, is_valid_key, Bucket, BucketConfig, BucketInfo, Entry,
-    Expect, Operation, Probe, StorageKind, Store, StoreError, StoreErrorKind, StoreResult, Watch,
+    Expect, Operation, Probe, SharedWatches, StorageKind, Store, StoreError, StoreErrorKind, StoreResult, Watch,
     WatchStart, WriteKind, WriteOp,
 };
 
@@ -40,6 +40,7 @@ pub struct NatsStore {
     js: jetstream::Context,
     perms: PermissionLog,
     write_deadline: Duration,
+    shared: SharedWatches,
 }
 
 /// Permission violations the server reported on a connection.
@@ -159,12 +160,12 @@ impl NatsStore {
     /// A store on this connection (JetStream's default domain and API prefix).
     pub fn new(client: async_nats::Client) -> Self {
         let js = jetstream::new(client.clone());
-        NatsStore { client, js, perms: PermissionLog::default(), write_deadline: WRITE_DEADLINE }
+        NatsStore { client, js, perms: PermissionLog::default(), write_deadline: WRITE_DEADLINE, shared: SharedWatches::default() }
     }
 
     /// A store on an existing JetStream context (e.g. one with a domain or other timeouts).
     pub fn with_context(client: async_nats::Client, js: jetstream::Context) -> Self {
-        NatsStore { client, js, perms: PermissionLog::default(), write_deadline: WRITE_DEADLINE }
+        NatsStore { client, js, perms: PermissionLog::default(), write_deadline: WRITE_DEADLINE, shared: SharedWatches::default() }
     }
 
     /// Connects with `options` and reports the server's permission violations as
@@ -346,6 +347,10 @@ impl Store for NatsStore {
         .await;
         result.map_err(|e| self.perms.refine(e, started))
     }
+    fn shared_watches(&self) -> Option<&SharedWatches> {
+        Some(&self.shared)
+    }
+
 }
 
 struct NatsBucket {

@@ -1,0 +1,227 @@
+//! A handle's side of its hub ([`Member`]): applies the entries under its prefix to its view and
+//! swaps a snapshot once per caught-up burst. A burst of a few keys is decoded field by field
+//! into a copy of the config in effect (its cost is the change's, not the config's); a large
+//! burst, a refused value or a reloaded bucket takes the whole decode with per-key fallback.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::hub::Member;
+use super::snapshot::HISTORY;
+use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
+use crate::config::{apply_changes, KvConfig};
+use crate::store::Entry;
+use crate::view::{decode_view, unknown_keys, Dirty, View};
+
+impl<T: KvConfig> Member for Shared<T> {
+    fn on_entry(&self, entry: &Entry) {
+        let mut st = self.state();
+        st.view.apply(&self.source.prefix, entry);
+        st.last_heard = Instant::now();
+        st.status.last_heard = SystemTime::now();
+        if st.status.stale.is_some_and(|s| s.reason != StaleReason::BucketMissing) && self.bucket.is_connected() {
+            st.status.stale = None;
+        }
+    }
+
+    fn caught_up(&self, seen: u64) {
+        let mut st = self.state();
+        st.view.seen = st.view.seen.max(seen);
+        self.apply_burst(st);
+    }
+
+    fn heard(&self, incarnation: Option<u64>) {
+        let mut st = self.state();
+        if incarnation.is_some() {
+            st.incarnation = incarnation;
+        }
+        st.last_heard = Instant::now();
+        st.status.last_heard = SystemTime::now();
+        if self.bucket.is_connected() {
+            st.status.stale = None;
+        }
+    }
+
+    /// Records why the snapshot may be behind (kept from the first time it was noticed).
+    fn mark_stale(&self, reason: StaleReason, error: Option<String>) {
+        let mut st = self.state();
+        match &mut st.status.stale {
+            Some(stale) if stale.reason == reason => {}
+            Some(stale) => stale.reason = reason,
+            None => {
+                tracing::warn!(bucket = %self.source.bucket, prefix = %self.source.prefix, %reason, error = error.as_deref().unwrap_or(""), "the config may be stale");
+                st.status.stale = Some(Stale { since: SystemTime::now(), reason });
+            }
+        }
+        if let Some(error) = error {
+            st.status.last_error = Some(error);
+        }
+    }
+
+    fn note_error(&self, error: String) {
+        self.state().status.last_error = Some(error);
+    }
+
+    fn watch_restarted(&self) {
+        self.state().status.watch_restarts += 1;
+    }
+
+    fn replace(&self, view: View, incarnation: Option<u64>) {
+        self.replace_view(view, incarnation);
+    }
+
+    fn overrides_due(&self, vanished: bool) -> Vec<(String, u64)> {
+        let now = SystemTime::now();
+        let st = self.state();
+        st.view
+            .overrides
+            .iter()
+            .filter(|(_, o)| o.expires.map_or(vanished, |e| e <= now))
+            .map(|(k, o)| (k.clone(), o.value.revision))
+            .collect()
+    }
+
+    fn drop_override(&self, key: &str, revision: u64, latest: Option<u64>) {
+        self.state().view.drop_override(key, revision, latest);
+    }
+}
+
+impl<T: KvConfig> Shared<T> {
+    /// Caught up: swap once for the whole burst, so a multi-key write is never seen half-done.
+    fn apply_burst(&self, mut st: std::sync::MutexGuard<'_, State>) {
+        let seen = st.view.seen;
+        st.status.seen_revision = seen;
+        match st.view.take_dirty() {
+            Dirty::No => {}
+            Dirty::Keys(keys) if self.apply_changed(&mut st, &keys) => {}
+            _ => self.decode_whole(&mut st),
+        }
+        let applied = Applied { epoch: st.epoch, seen };
+        drop(st);
+        self.applied.send_replace(applied);
+    }
+
+    /// The common case, at the cost of the change: decodes only the fields of the changed `keys`
+    /// into a copy of the config in effect. `false` (nothing swapped) when the last snapshot is
+    /// not a clean decode of the bucket or anything is refused: [`decode_whole`](Self::decode_whole)
+    /// then does the full decode with per-key fallback and the complete error report.
+    fn apply_changed(&self, st: &mut State, keys: &[String]) -> bool {
+        let current = self.snapshot.load_full();
+        if current.fallback || current.epoch != st.epoch || !current.repair.is_empty() || !st.status.rejected.is_empty() {
+            return false;
+        }
+        let values = st.view.effective();
+        let mut config = current.config.clone();
+        // apply_changes never panics: validators and Deserialize impls run under catch_unwind.
+        let Some(unknown) = apply_changes::<T>(&mut config, &values, keys, &self.source) else {
+            return false;
+        };
+        let mut delta: Vec<String> = keys
+            .iter()
+            .filter(|k| current.values.get(k).map(|v| v.revision) != values.get(k).map(|v| v.revision))
+            .cloned()
+            .collect();
+        delta.sort_unstable();
+        self.note_unknown_changed(st, &unknown);
+        st.status.revision = st.view.seen;
+        let changed = !delta.is_empty();
+        let mut snapshot = Snapshot::new(config, values, &st.view, false, st.epoch);
+        let mut history = current.history.clone();
+        if history.len() >= HISTORY {
+            history.pop_front();
+        }
+        history.push_back((current.seq, delta.into()));
+        snapshot.history = history;
+        self.snapshot.store(Arc::new(snapshot));
+        if changed {
+            st.status.swaps += 1;
+            self.swaps.send_modify(|n| *n += 1);
+        }
+        true
+    }
+
+    /// Decodes the whole config, keeping the last good value of every refused key.
+    fn decode_whole(&self, st: &mut State) {
+        let seen = st.view.seen;
+        let current = self.snapshot.load_full();
+        // decode_view never panics: validators and Deserialize impls run under catch_unwind.
+        match decode_view::<T>(&st.view, Some(&current.values), &self.source) {
+            Ok(decoded) => {
+                for e in &decoded.rejected {
+                    tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
+                }
+                if let Some(first) = decoded.rejected.first() {
+                    st.status.last_error = Some(first.to_string());
+                }
+                if decoded.has_unknown || !st.status.unknown_keys.is_empty() {
+                    self.note_unknown(st);
+                }
+                let any_rejected = !decoded.rejected.is_empty();
+                // A dirty view with nothing refused always changes the values in effect.
+                let changed = !any_rejected || decoded.values != current.values;
+                st.status.rejected = decoded.rejected;
+                st.status.revision = seen;
+                let snapshot = Snapshot::new(decoded.config, decoded.values, &st.view, any_rejected, st.epoch);
+                self.snapshot.store(Arc::new(snapshot));
+                if changed {
+                    st.status.swaps += 1;
+                    self.swaps.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %self.source.bucket, revision = seen, error = %e, "change refused; keeping the last good snapshot");
+                st.status.rejected = e.errors().to_vec();
+                st.status.last_error = Some(e.to_string());
+                // Same config, but writers must now expect the refused revisions (to repair them).
+                let mut snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
+                snapshot.fallback = current.fallback;
+                self.snapshot.store(Arc::new(snapshot));
+            }
+        }
+    }
+
+    /// Starts a new epoch from a fresh view of a replaced bucket.
+    pub(super) fn replace_view(&self, view: View, incarnation: Option<u64>) {
+        let mut st = self.state();
+        st.view = view;
+        st.view.mark_dirty();
+        st.epoch += 1;
+        st.incarnation = incarnation;
+        st.status.reloads += 1;
+        st.status.stale = None;
+        st.status.last_heard = SystemTime::now();
+        st.last_heard = Instant::now();
+        self.apply_burst(st);
+    }
+
+    /// [`note_unknown`](Self::note_unknown) for changed keys that no field took, at their cost
+    /// (without building the schema's key set: tens of milliseconds for 50,000 fields).
+    fn note_unknown_changed(&self, st: &mut State, unknown: &[String]) {
+        for key in unknown {
+            let at = st.status.unknown_keys.binary_search(key);
+            match (st.view.values.contains_key(key), at) {
+                (true, Err(i)) => {
+                    if st.warned_unknown.insert(key.clone()) {
+                        tracing::warn!(bucket = %self.source.bucket, key = %format!("{}{key}", self.source.prefix), "key not in the schema of `{}`; ignored", T::__KV_NAME);
+                    }
+                    st.status.unknown_keys.insert(i, key.clone());
+                }
+                (false, Ok(i)) => {
+                    st.status.unknown_keys.remove(i);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records (and warns once about) keys in the bucket that the schema does not know.
+    pub(super) fn note_unknown(&self, st: &mut State) {
+        let unknown = unknown_keys(&st.view.values, self.known());
+        for key in &unknown {
+            if st.warned_unknown.insert(key.clone()) {
+                tracing::warn!(bucket = %self.source.bucket, key = %format!("{}{key}", self.source.prefix), "key not in the schema of `{}`; ignored", T::__KV_NAME);
+            }
+        }
+        st.status.unknown_keys = unknown;
+    }
+}

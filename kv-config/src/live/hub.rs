@@ -1,0 +1,407 @@
+//! One watch per bucket for every handle on a store. A [`Hub`] owns the watch and the watcher
+//! task ([`watcher`](super::watcher): probes, re-created watches, reloads), and hands each entry
+//! to the handles ([`Member`]s) whose prefix it falls under. A shared hub watches the whole bucket
+//! and keeps its latest entry per key, so a handle that starts while it runs reads its keys from
+//! memory: no server round trip and no second consumer, whatever its config or prefix. A
+//! dedicated hub watches one handle's prefix and keeps no map: a start from the cache file, a
+//! store without [`SharedWatches`](crate::store::SharedWatches), or
+//! [`Builder::dedicated_watch`](super::Builder::dedicated_watch).
+//!
+//! Lock order: the hub's state, then a member's. A member never calls into its hub.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use super::StaleReason;
+use crate::error::{Error, Result};
+use crate::feed::{catch_up, pattern_for, scan, CatchUp, Scan};
+use crate::store::{Bucket, Entry, SharedWatches, StoreError, StoreErrorKind, Watch};
+use crate::view::View;
+
+/// A handle as its hub sees it. Every method is quick and never awaits.
+pub(super) trait Member: Send + Sync {
+    /// An entry under the member's prefix (no swap yet).
+    fn on_entry(&self, entry: &Entry);
+    /// The watch caught up at bucket revision `seen`: swap if anything changed.
+    fn caught_up(&self, seen: u64);
+    /// The server confirmed the watch is current (bucket incarnation `incarnation`).
+    fn heard(&self, incarnation: Option<u64>);
+    /// Why the snapshot may be behind.
+    fn mark_stale(&self, reason: StaleReason, error: Option<String>);
+    /// A watch error that did not stop the watch.
+    fn note_error(&self, error: String);
+    /// The watch was re-created.
+    fn watch_restarted(&self);
+    /// The bucket was replaced: start a new epoch from `view`.
+    fn replace(&self, view: View, incarnation: Option<u64>);
+    /// Overrides that may have expired unseen: `(relative key, revision)`.
+    fn overrides_due(&self, vanished: bool) -> Vec<(String, u64)>;
+    /// The server no longer holds the override of `key` at `revision`.
+    fn drop_override(&self, key: &str, revision: u64, latest: Option<u64>);
+}
+
+struct Slot {
+    prefix: String,
+    member: Weak<dyn Member>,
+    /// Received an entry since the last caught-up.
+    dirty: bool,
+}
+
+/// The hub's side, behind one mutex.
+pub(super) struct HubState {
+    members: Vec<Slot>,
+    /// The latest entry of every key (puts and markers; `key` and `bucket` left empty), for a
+    /// shared hub.
+    map: Option<BTreeMap<String, Entry>>,
+    /// The highest revision the watch delivered.
+    pub(super) seen: u64,
+    /// The bucket incarnation, once a probe told.
+    pub(super) incarnation: Option<u64>,
+    /// Consecutive probes that reported a last revision below `seen`.
+    pub(super) behind_probes: u32,
+    /// Why the watch may be behind; `None` while the server answers.
+    pub(super) stale: Option<StaleReason>,
+}
+
+pub(super) struct Hub {
+    pub(super) bucket: Arc<dyn Bucket>,
+    /// What the watch covers: the whole bucket (shared) or one prefix (dedicated).
+    pub(super) pattern: String,
+    pub(super) heartbeat: Duration,
+    pub(super) load_timeout: Duration,
+    state: Mutex<HubState>,
+    /// `seen` after each caught-up burst, for a handle waiting for its own seeded defaults.
+    seen_tx: watch::Sender<u64>,
+    task: Mutex<Option<AbortHandle>>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Fills a shared hub's map from the initial pass of its watch.
+#[derive(Default)]
+struct Latest {
+    map: BTreeMap<String, Entry>,
+    seen: u64,
+}
+
+impl Scan for Latest {
+    fn expect(&mut self, _: usize) {}
+    fn entry(&mut self, mut e: Entry) {
+        self.seen = self.seen.max(e.revision);
+        let key = std::mem::take(&mut e.key);
+        e.bucket = String::new();
+        self.map.insert(key, e);
+    }
+}
+
+/// The map's copy of `e` (without its key and bucket).
+fn keyless(e: &Entry) -> Entry {
+    Entry {
+        bucket: String::new(),
+        key: String::new(),
+        value: e.value.clone(),
+        revision: e.revision,
+        delta: 0,
+        created: e.created,
+        operation: e.operation.clone(),
+        headers: e.headers.clone(),
+        batch_continues: false,
+    }
+}
+
+/// A view of the keys under `prefix` in `map`, at bucket revision `seen`.
+fn view_of(map: &BTreeMap<String, Entry>, prefix: &str, seen: u64) -> View {
+    let mut view = View::default();
+    use std::ops::Bound;
+    let range = map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
+    for (key, e) in range.take_while(|(k, _)| k.starts_with(prefix)) {
+        view.apply_with_key(prefix, key.clone(), e);
+    }
+    view.seen = seen;
+    view.mark_dirty();
+    view
+}
+
+/// The registry slot of one (bucket, heartbeat, load timeout) on a store: the hub new handles
+/// join, created by the first.
+#[derive(Default)]
+struct HubSlot(tokio::sync::Mutex<Weak<Hub>>);
+
+impl Hub {
+    fn new(bucket: Arc<dyn Bucket>, pattern: String, heartbeat: Duration, load_timeout: Duration, state: HubState) -> Arc<Self> {
+        let seen = state.seen;
+        Arc::new(Hub {
+            bucket,
+            pattern,
+            heartbeat,
+            load_timeout,
+            state: Mutex::new(state),
+            seen_tx: watch::channel(seen).0,
+            task: Mutex::new(None),
+        })
+    }
+
+    /// The hub of `bucket` on `watches` that new handles join, or a new one: `open` opens the
+    /// bucket (and says which incarnation it is), then the whole bucket is read into the hub's
+    /// map and the hub starts watching it. A hub that is stale (its server did not answer, or its
+    /// bucket vanished) is not joined: the new handle gets a new hub, loaded afresh (the old one
+    /// runs on for its handles).
+    pub(super) async fn shared<F>(watches: &SharedWatches, name: &str, heartbeat: Duration, load_timeout: Duration, open: F) -> Result<Arc<Hub>>
+    where
+        F: Future<Output = Result<(Arc<dyn Bucket>, Option<u64>)>>,
+    {
+        let slot: Arc<HubSlot> = watches.slot(&format!("{name}\u{0}{heartbeat:?}\u{0}{load_timeout:?}"));
+        let mut current = slot.0.lock().await;
+        if let Some(hub) = current.upgrade() {
+            if hub.state().stale.is_none() && hub.bucket.is_connected() {
+                return Ok(hub);
+            }
+        }
+        let (bucket, incarnation) = open.await?;
+        let pattern = pattern_for("");
+        let mut latest = Latest::default();
+        let watch = scan(&*bucket, &pattern, load_timeout, &mut latest).await?;
+        let state = HubState {
+            members: Vec::new(),
+            map: Some(latest.map),
+            seen: latest.seen,
+            incarnation,
+            behind_probes: 0,
+            stale: None,
+        };
+        let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, state);
+        hub.spawn(watch);
+        *current = Arc::downgrade(&hub);
+        Ok(hub)
+    }
+
+    /// A hub for one handle, watching `prefix` with `watch` (already read up to `seen`).
+    pub(super) fn dedicated(bucket: Arc<dyn Bucket>, prefix: &str, heartbeat: Duration, load_timeout: Duration, seen: u64, incarnation: Option<u64>) -> Arc<Hub> {
+        let state = HubState { members: Vec::new(), map: None, seen, incarnation, behind_probes: 0, stale: None };
+        Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, state)
+    }
+
+    /// Runs the watcher task on `watch`; it ends when the hub is dropped.
+    pub(super) fn spawn(self: &Arc<Self>, watch: Watch) {
+        let task = tokio::spawn(super::watcher::run(Arc::downgrade(self), watch, self.bucket.clone()));
+        *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the member `make` builds from its view (the hub's keys under `prefix`; `view` when
+    /// given, for a dedicated hub). Runs under the hub's lock, so no entry is missed or doubled
+    /// between the view and the member's first delivery.
+    pub(super) fn join<M, F>(&self, prefix: &str, view: Option<View>, make: F) -> Result<Arc<M>>
+    where
+        M: Member + 'static,
+        F: FnOnce(View) -> Result<Arc<M>>,
+    {
+        let mut st = self.state();
+        let view = match (view, &st.map) {
+            (Some(view), _) => view,
+            (None, Some(map)) => view_of(map, prefix, st.seen),
+            (None, None) => {
+                let mut view = View::default();
+                view.seen = st.seen;
+                view
+            }
+        };
+        let member = make(view)?;
+        let dyn_member: Arc<dyn Member> = member.clone();
+        st.members.push(Slot { prefix: prefix.to_string(), member: Arc::downgrade(&dyn_member), dirty: false });
+        Ok(member)
+    }
+
+    /// Adds a member that already holds its view (a handle that started from its cache).
+    pub(super) fn add(&self, prefix: &str, member: &Arc<dyn Member>) {
+        self.state().members.push(Slot { prefix: prefix.to_string(), member: Arc::downgrade(member), dirty: false });
+    }
+
+    /// Whether the shared map holds a value (not a delete marker) for the full key `key`.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        self.state().map.as_ref().is_some_and(|m| m.get(key).is_some_and(|e| e.is_put()))
+    }
+
+    /// Waits until the watch delivered `revision` (a handle's own seeded defaults), within the
+    /// load timeout.
+    pub(super) async fn wait_seen(&self, revision: u64) -> Result<()> {
+        let mut rx = self.seen_tx.subscribe();
+        let reached = tokio::time::timeout(self.load_timeout, async { rx.wait_for(|s| *s >= revision).await.is_ok() }).await;
+        match reached {
+            Ok(true) => Ok(()),
+            _ => Err(Error::Store(StoreError::new(StoreErrorKind::Timeout).bucket(self.bucket.name()).detail(format!(
+                "the shared watch did not deliver revision {revision} within {:?}",
+                self.load_timeout
+            )))),
+        }
+    }
+
+    /// The live members (pruning dropped ones).
+    fn members(&self) -> Vec<Arc<dyn Member>> {
+        let mut st = self.state();
+        st.members.retain(|s| s.member.strong_count() > 0);
+        st.members.iter().filter_map(|s| s.member.upgrade()).collect()
+    }
+
+    /// Whether any handle still uses the hub.
+    pub(super) fn has_members(&self) -> bool {
+        self.state().members.iter().any(|s| s.member.strong_count() > 0)
+    }
+
+    /// Records an entry and hands it to the members it concerns; on a caught-up entry they swap.
+    pub(super) fn on_entry(&self, entry: &Entry) -> CatchUp {
+        let at = catch_up(entry);
+        let (targets, was_stale) = {
+            let mut st = self.state();
+            st.seen = st.seen.max(entry.revision);
+            if let Some(map) = &mut st.map {
+                match map.get_mut(entry.key.as_str()) {
+                    Some(e) if e.revision >= entry.revision => {}
+                    Some(e) => *e = keyless(entry),
+                    None => {
+                        map.insert(entry.key.clone(), keyless(entry));
+                    }
+                }
+            }
+            let mut targets = Vec::new();
+            for slot in st.members.iter_mut().filter(|s| entry.key.starts_with(s.prefix.as_str())) {
+                if let Some(m) = slot.member.upgrade() {
+                    slot.dirty = true;
+                    targets.push(m);
+                }
+            }
+            let was_stale = st.stale.is_some_and(|s| s != StaleReason::BucketMissing) && self.bucket.is_connected();
+            if was_stale {
+                st.stale = None;
+            }
+            (targets, was_stale)
+        };
+        if was_stale {
+            // Entries flow again: every member hears it, not only those the entry concerns.
+            let incarnation = self.state().incarnation;
+            for m in self.members() {
+                m.heard(incarnation);
+            }
+        }
+        for m in &targets {
+            m.on_entry(entry);
+        }
+        if at == CatchUp::Yes {
+            self.finish_burst();
+        }
+        at
+    }
+
+    /// The burst is complete (or its remaining entries will not come): members that received
+    /// entries swap.
+    pub(super) fn finish_burst(&self) {
+        let (targets, seen) = {
+            let mut st = self.state();
+            st.members.retain(|s| s.member.strong_count() > 0);
+            let targets: Vec<_> = st
+                .members
+                .iter_mut()
+                .filter_map(|s| if std::mem::take(&mut s.dirty) { s.member.upgrade() } else { None })
+                .collect();
+            (targets, st.seen)
+        };
+        for m in targets {
+            m.caught_up(seen);
+        }
+        self.seen_tx.send_replace(seen);
+    }
+
+    /// The server confirmed the watch is current.
+    pub(super) fn heard(&self) {
+        let incarnation = {
+            let mut st = self.state();
+            if self.bucket.is_connected() {
+                st.stale = None;
+            }
+            st.incarnation
+        };
+        for m in self.members() {
+            m.heard(incarnation);
+        }
+    }
+
+    /// Records why every member may be behind.
+    pub(super) fn mark_stale(&self, reason: StaleReason, error: Option<String>) {
+        self.state().stale = Some(reason);
+        for m in self.members() {
+            m.mark_stale(reason, error.clone());
+        }
+    }
+
+    pub(super) fn note_error(&self, error: String) {
+        for m in self.members() {
+            m.note_error(error.clone());
+        }
+    }
+
+    pub(super) fn watch_restarted(&self) {
+        for m in self.members() {
+            m.watch_restarted();
+        }
+    }
+
+    /// Reads the bucket again from scratch (it was replaced) and gives every member its new view.
+    /// The watch that read it is returned, still open.
+    pub(super) async fn reload(&self, incarnation: Option<u64>) -> Result<Watch> {
+        let mut latest = Latest::default();
+        let watch = scan(&*self.bucket, &self.pattern, self.load_timeout, &mut latest).await?;
+        let views: Vec<(Arc<dyn Member>, View)> = {
+            let mut st = self.state();
+            st.members.retain(|s| s.member.strong_count() > 0);
+            st.seen = latest.seen;
+            st.incarnation = incarnation;
+            st.behind_probes = 0;
+            st.stale = None;
+            let views = st
+                .members
+                .iter_mut()
+                .filter_map(|s| {
+                    s.dirty = false;
+                    s.member.upgrade().map(|m| (m, view_of(&latest.map, &s.prefix, latest.seen)))
+                })
+                .collect();
+            if st.map.is_some() {
+                st.map = Some(latest.map);
+            }
+            views
+        };
+        for (m, view) in views {
+            m.replace(view, incarnation);
+        }
+        self.seen_tx.send_replace(latest.seen);
+        Ok(watch)
+    }
+
+    /// Overrides of every member that may have expired unseen, with their full keys.
+    pub(super) fn overrides_due(&self, vanished: bool) -> Vec<(Arc<dyn Member>, String, String, u64)> {
+        let st = self.state();
+        let mut due = Vec::new();
+        for s in &st.members {
+            let Some(m) = s.member.upgrade() else { continue };
+            for (key, revision) in m.overrides_due(vanished) {
+                let full = format!("{}{}{key}", s.prefix, crate::view::OVERRIDE_PREFIX);
+                due.push((m.clone(), full, key, revision));
+            }
+        }
+        due
+    }
+}

@@ -1,0 +1,251 @@
+//! One watch per bucket for every handle on a store (issue 11, item 4), against real nats-server
+//! processes: a thousand handles are one server consumer, a handle that joins reads its keys from
+//! memory, and every fault the single-handle suites cover reaches every handle on the shared watch.
+
+use std::time::{Duration, Instant};
+
+use kv_config::store::{Bucket, BucketConfig, NatsStore, Store};
+use kv_config::{Error, KvConfig, LiveConfig, Provenance, StaleReason};
+use kv_config_testing::{eventually, NatsServer};
+use serde::{Deserialize, Serialize};
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Tenant {
+    #[kv(default = 1)]
+    limit: u32,
+    #[kv(default = "basic")]
+    plan: String,
+}
+
+/// A second config on the same prefix as a [`Tenant`]: another type reading some of its keys.
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Limit {
+    #[kv(default = 0)]
+    limit: u32,
+}
+
+const HEARTBEAT: Duration = Duration::from_millis(250);
+/// Handles share a watch when their heartbeat and load timeout agree; every builder here sets both.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn server() -> (NatsServer, NatsStore, async_nats::Client) {
+    let server = NatsServer::start().await;
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    (server, NatsStore::new(client.clone()), client)
+}
+
+/// A writer on its own connection, as another service or the `nats` CLI would be.
+async fn raw(server: &NatsServer, bucket: &str) -> std::sync::Arc<dyn Bucket> {
+    let store = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+    store.open_bucket(bucket).await.expect("open")
+}
+
+/// How many consumers the server holds on the bucket's stream.
+async fn consumers(client: &async_nats::Client, bucket: &str) -> usize {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut stream = js.get_stream(format!("KV_{bucket}")).await.expect("stream");
+    stream.info().await.expect("stream info").state.consumer_count
+}
+
+fn tenant(store: &NatsStore, i: usize) -> kv_config::Builder<Tenant> {
+    LiveConfig::<Tenant>::builder(store.clone(), "tenants").prefix(format!("t.{i}.")).heartbeat(HEARTBEAT).load_timeout(LOAD_TIMEOUT)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_handles_are_one_consumer_and_each_sees_only_its_keys() {
+    let (server, store, client) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("tenants").history(5)).await.unwrap();
+    for i in 0..1000 {
+        bucket.put(&format!("t.{i}.limit"), format!("{}", 10 + i).into()).await.unwrap();
+    }
+    let mut handles = Vec::new();
+    for i in 0..1000 {
+        handles.push(tenant(&store, i).start().await.unwrap());
+    }
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(h.get().limit, 10 + i as u32, "tenant {i} starts with its own value");
+    }
+    // Another config type on the prefix of tenant 537 joins the same watch.
+    let limit = LiveConfig::<Limit>::builder(store.clone(), "tenants").prefix("t.537.").heartbeat(HEARTBEAT).load_timeout(LOAD_TIMEOUT).start().await.unwrap();
+    assert_eq!(limit.get().limit, 547);
+    assert_eq!(consumers(&client, "tenants").await, 1, "1,001 handles on one store and bucket are one consumer");
+
+    let writer = raw(&server, "tenants").await;
+    writer.put("t.537.limit", "99".into()).await.unwrap();
+    writer.put("t.537.plan", "\"gold\"".into()).await.unwrap();
+    eventually("tenant 537 sees its change", Duration::from_secs(3), || {
+        handles[537].get().limit == 99 && handles[537].get().plan == "gold"
+    })
+    .await;
+    eventually("the other config on its prefix too", Duration::from_secs(3), || limit.get().limit == 99).await;
+    for (i, h) in handles.iter().enumerate().filter(|(i, _)| *i != 537) {
+        assert_eq!((h.get().limit, h.status().swaps), (10 + i as u32, 1), "tenant {i} is untouched by another tenant's change");
+    }
+    // A write through one handle is seen by it (its write waits for the shared watch).
+    handles[3].update(|t| t.limit = 7).await.unwrap();
+    assert_eq!(handles[3].get().limit, 7);
+    assert_eq!(writer.get("t.3.limit").await.unwrap().as_deref(), Some(&b"7"[..]));
+
+    // Dropping handles leaves the rest live on the same watch.
+    let last = handles.pop().unwrap();
+    drop(handles);
+    writer.put("t.999.limit", "5".into()).await.unwrap();
+    eventually("the last handle still follows the bucket", Duration::from_secs(3), || last.get().limit == 5).await;
+    assert!(last.status().is_healthy(), "{:?}", last.status());
+}
+
+#[tokio::test]
+async fn a_handle_joining_a_running_watch_reads_its_keys_from_memory() {
+    let (mut server, store, _client) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("tenants")).await.unwrap();
+    bucket.put("t.2.plan", "\"gold\"".into()).await.unwrap();
+    // A heartbeat long enough that the hub is not yet found stale while the server is frozen.
+    let first = tenant(&store, 1).heartbeat(Duration::from_secs(30)).start().await.unwrap();
+    let writer = raw(&server, "tenants").await;
+    writer.put("t.2.limit", "3".into()).await.unwrap();
+    writer.put("t.1.limit", "2".into()).await.unwrap();
+    // Delivered in order: once the first handle sees its key, the watch has tenant 2's too.
+    eventually("the watch delivered both writes", Duration::from_secs(3), || first.get().limit == 2).await;
+    server.pause();
+    // The server cannot answer anything now: a start that needed it would time out.
+    let started = Instant::now();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(2),
+        tenant(&store, 2).heartbeat(Duration::from_secs(30)).start(),
+    )
+    .await
+    .expect("a join does not wait for the server")
+    .expect("a join reads the shared watch's memory");
+    let took = started.elapsed();
+    server.resume();
+    assert_eq!((joined.get().plan.as_str(), joined.get().limit), ("gold", 3), "the bucket's values as of the join");
+    raw(&server, "tenants").await.put("t.2.limit", "4".into()).await.unwrap();
+    eventually("the joined handle follows changes", Duration::from_secs(3), || joined.get().limit == 4).await;
+    assert_eq!(first.get().limit, 2);
+    eprintln!("figure: a handle joined a running watch in {took:?} with the server frozen");
+}
+
+#[tokio::test]
+async fn a_joining_handle_seeds_its_defaults_and_starts_with_them() {
+    let (server, store, client) = server().await;
+    let a = tenant(&store, 1).create_if_missing().start().await.unwrap();
+    let b = tenant(&store, 2).create_if_missing().start().await.unwrap();
+    let writer = raw(&server, "tenants").await;
+    for i in [1, 2] {
+        assert_eq!(writer.get(&format!("t.{i}.plan")).await.unwrap().as_deref(), Some(&b"\"basic\""[..]), "tenant {i} seeded");
+    }
+    for h in [&a, &b] {
+        assert!(
+            matches!(h.get().source("limit"), Some(Provenance::Bucket { .. })),
+            "the first snapshot holds the seeded value, not just the default: {:?}",
+            h.get().source("limit")
+        );
+    }
+    assert_eq!(consumers(&client, "tenants").await, 1);
+}
+
+#[tokio::test]
+async fn a_dedicated_watch_and_other_timings_get_their_own_consumer() {
+    let (_server, store, client) = server().await;
+    let _a = tenant(&store, 1).create_if_missing().start().await.unwrap();
+    let _b = tenant(&store, 2).create_if_missing().start().await.unwrap();
+    assert_eq!(consumers(&client, "tenants").await, 1);
+    let _c = tenant(&store, 3).create_if_missing().dedicated_watch().start().await.unwrap();
+    assert_eq!(consumers(&client, "tenants").await, 2, "a dedicated watch is a consumer of its own");
+    let _d = tenant(&store, 4).heartbeat(Duration::from_secs(2)).start().await.unwrap();
+    assert_eq!(consumers(&client, "tenants").await, 3, "another heartbeat is another watch");
+    // A clone of the store shares; a second store on the same connection does not.
+    let _e = LiveConfig::<Tenant>::builder(store.clone(), "tenants").prefix("t.5.").heartbeat(HEARTBEAT).load_timeout(LOAD_TIMEOUT).start().await.unwrap();
+    assert_eq!(consumers(&client, "tenants").await, 3);
+}
+
+/// Three handles on one watch: two tenants, and a second config on the first tenant's prefix.
+async fn three(store: &NatsStore) -> (LiveConfig<Tenant>, LiveConfig<Tenant>, LiveConfig<Limit>) {
+    let a = tenant(store, 1).create_if_missing().start().await.unwrap();
+    let b = tenant(store, 2).create_if_missing().start().await.unwrap();
+    let c = LiveConfig::<Limit>::builder(store.clone(), "tenants").prefix("t.1.").heartbeat(HEARTBEAT).load_timeout(LOAD_TIMEOUT).start().await.unwrap();
+    a.update(|t| t.limit = 9).await.unwrap();
+    b.update(|t| t.limit = 8).await.unwrap();
+    eventually("c sees a's write", Duration::from_secs(3), || c.get().limit == 9).await;
+    (a, b, c)
+}
+
+fn stale_reason<T: KvConfig>(h: &LiveConfig<T>) -> Option<StaleReason> {
+    h.status().stale.map(|s| s.reason)
+}
+
+#[tokio::test]
+async fn every_handle_on_a_shared_watch_reports_a_killed_server_and_converges() {
+    let (mut server, store, _client) = server().await;
+    let (a, b, c) = three(&store).await;
+    server.kill();
+    eventually("every handle reports it", Duration::from_secs(3), || {
+        !a.status().is_current() && !b.status().is_current() && !c.status().is_current()
+    })
+    .await;
+    assert_eq!((a.get().limit, b.get().limit, c.get().limit), (9, 8, 9), "the last good snapshots stay");
+    server.restart().await;
+    let writer = raw(&server, "tenants").await;
+    writer.put("t.1.limit", "21".into()).await.unwrap();
+    writer.put("t.2.limit", "22".into()).await.unwrap();
+    // async-nats reconnects with a backoff of up to 4 s between attempts.
+    eventually("every handle converged", Duration::from_secs(8), || {
+        a.get().limit == 21 && b.get().limit == 22 && c.get().limit == 21
+    })
+    .await;
+    eventually("every handle current again", Duration::from_secs(3), || {
+        a.status().is_current() && b.status().is_current() && c.status().is_current()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_handle_on_a_shared_watch_reports_a_frozen_server_and_recovers() {
+    let (mut server, store, _client) = server().await;
+    let (a, b, c) = three(&store).await;
+    server.pause();
+    let noticed = eventually("every handle reports no response", HEARTBEAT * 4 + Duration::from_millis(500), || {
+        [stale_reason(&a), stale_reason(&b), stale_reason(&c)].iter().all(|r| *r == Some(StaleReason::NoResponse))
+    })
+    .await;
+    // A handle started now does not join memory that may be behind: it asks the server, which
+    // cannot answer, and says so within its load timeout.
+    let started = Instant::now();
+    let err = tenant(&store, 3).start().await.unwrap_err();
+    assert!(matches!(&err, Error::Store(e) if e.to_string().contains("tenants")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded: {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(noticed)).await;
+    server.resume();
+    raw(&server, "tenants").await.put("t.2.limit", "5".into()).await.unwrap();
+    eventually("recovered", Duration::from_secs(5), || {
+        b.get().limit == 5 && a.status().is_current() && b.status().is_current() && c.status().is_current()
+    })
+    .await;
+    let d = tenant(&store, 3).start().await.expect("starts once the server answers");
+    assert_eq!(d.get().limit, 1);
+}
+
+#[tokio::test]
+async fn every_handle_on_a_shared_watch_reloads_a_recreated_bucket() {
+    let (_server, store, _client) = server().await;
+    let (a, b, c) = three(&store).await;
+    store.delete_bucket("tenants").await.unwrap();
+    eventually("every handle reports the missing bucket", Duration::from_secs(3), || {
+        [stale_reason(&a), stale_reason(&b), stale_reason(&c)].iter().all(|r| *r == Some(StaleReason::BucketMissing))
+    })
+    .await;
+    assert_eq!((a.get().limit, b.get().limit, c.get().limit), (9, 8, 9), "the last good snapshots stay");
+    // Re-created with other values: revisions start again at 1.
+    let bucket = store.create_bucket(&BucketConfig::new("tenants")).await.unwrap();
+    bucket.put("t.1.limit", "3".into()).await.unwrap();
+    bucket.put("t.2.limit", "4".into()).await.unwrap();
+    eventually("every handle reloaded", Duration::from_secs(3), || {
+        a.get().limit == 3 && b.get().limit == 4 && c.get().limit == 3
+    })
+    .await;
+    for s in [a.status(), b.status(), c.status()] {
+        assert!(s.is_healthy() && s.reloads == 1, "{s:?}");
+    }
+    b.update(|t| t.limit = 6).await.expect("writes work on the new bucket");
+    assert_eq!((a.get().limit, b.get().limit), (3, 6));
+}
