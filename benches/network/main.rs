@@ -1,6 +1,6 @@
 //! Network benchmarks against a real nats-server that this binary starts itself: cold load,
-//! propagation, fan-out, write-back, conflicting writers and memory, each next to the raw
-//! async-nats code a user would otherwise write, measured in the same run.
+//! propagation, fan-out, write-back, conflicting writers, memory and many handles on one bucket,
+//! each next to the raw async-nats code a user would otherwise write, measured in the same run.
 //!
 //! `cargo bench --bench network` prints a Markdown table (BENCHMARKS.md holds one full run);
 //! `cargo bench --bench network -- --quick` is a few-second smoke run with small sizes.
@@ -20,6 +20,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use kv_config::store::{BucketConfig, MemoryStore, NatsStore, Store};
 use kv_config::{KvConfig, LiveConfig};
 use kv_config_testing::NatsServer;
+use serde::{Deserialize, Serialize};
 use shapes::{Keys1000, Keys5000, Keys50000, Leaf100, Prop5000, Prop5000A, Prop50000, Prop50000A};
 use small::Small;
 use tokio::sync::mpsc;
@@ -669,6 +670,12 @@ async fn memory(url: &str, report: &mut Report) {
     report.row(&["the decoded config struct alone".into(), config_bytes.to_string()]);
     report.row(&["raw payload for reference (1,000 × (100 B value + key))".into(), payload.to_string()]);
     drop((copy, config_only, handle));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = allocated();
+    let handle = LiveConfig::<Keys1000>::builder(store.clone(), "mem").dedicated_watch().start().await.expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    report.row(&["the same handle with `dedicated_watch()` (no shared map of the bucket)".into(), (allocated() - before).to_string()]);
+    drop(handle);
     // The same handle on the embedded store, for comparison.
     let mem = MemoryStore::new();
     let b = mem.create_bucket(&BucketConfig::new("mem")).await.expect("bucket");
@@ -682,6 +689,115 @@ async fn memory(url: &str, report: &mut Report) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     report.row(&["one LiveConfig handle on MemoryStore".into(), (allocated() - before).to_string()]);
     drop(handle);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Many handles on one bucket.
+
+/// One tenant's config in a multi-tenant bucket.
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+struct Tenant {
+    #[kv(default)]
+    limit: u64,
+    #[kv(default = "basic")]
+    plan: String,
+}
+
+async fn consumer_count(js: &jetstream::Context, bucket: &str) -> usize {
+    js.get_stream(format!("KV_{bucket}")).await.expect("stream").info().await.expect("info").state.consumer_count
+}
+
+/// `samples` changes to tenants' `limit` keys (tenant `i % handles.len()`), each timed from
+/// before the put until that tenant's handle swapped.
+async fn tenant_changes(kv: &kv::Store, handles: &[LiveConfig<Tenant>], samples: usize, base: u64) -> Stats {
+    let mut v = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let k = i * 7919 % handles.len();
+        let mut sub = handles[k].subscribe();
+        let t = Instant::now();
+        kv.put(format!("t.{k}.limit"), (base + i as u64).to_string().into()).await.expect("put");
+        tokio::time::timeout(Duration::from_secs(10), sub.changed()).await.expect("change not seen in 10s").expect("handle");
+        v.push(t.elapsed());
+    }
+    stats(v)
+}
+
+/// The same changes seen by a raw async-nats watch of the tenant's keys.
+async fn tenant_changes_raw(kv: &kv::Store, tenants: usize, samples: usize, base: u64) -> Stats {
+    let mut v = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let k = i * 7919 % tenants;
+        let mut w = kv.watch(format!("t.{k}.>")).await.expect("watch");
+        let t = Instant::now();
+        let value = (base + i as u64).to_string();
+        kv.put(format!("t.{k}.limit"), value.clone().into()).await.expect("put");
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("change not seen in 10s") {
+            if e.expect("entry").value == value.as_bytes() {
+                break;
+            }
+        }
+        v.push(t.elapsed());
+    }
+    stats(v)
+}
+
+async fn many_handles(url: &str, quick: bool, report: &mut Report) {
+    println!("many handles");
+    let tenants = if quick { 50 } else { 1000 };
+    let samples = if quick { 20 } else { 300 };
+    let client = connect(url).await;
+    let js = jetstream::new(client.clone());
+    let kv = js.create_key_value(kv::Config { bucket: "many".into(), history: 1, ..Default::default() }).await.expect("bucket");
+    let keys: Vec<String> = (0..tenants).flat_map(|i| [format!("t.{i}.limit"), format!("t.{i}.plan")]).collect();
+    fill(&kv, &keys).await;
+    let start = |store: &NatsStore, i: usize| LiveConfig::<Tenant>::builder(store.clone(), "many").prefix(format!("t.{i}."));
+    report.section(
+        &format!("Many handles: {tenants} tenants' configs (2 keys each) in one bucket, one process"),
+        &["what", "1 handle", &format!("{tenants} handles"), "ratio"],
+    );
+    // One handle alone (its own shared watch, then a dedicated one), median of 9 starts.
+    let store = NatsStore::new(connect(url).await);
+    let mut alone = Vec::new();
+    let mut dedicated = Vec::new();
+    for _ in 0..9 {
+        let t = Instant::now();
+        drop(start(&store, 0).start().await.expect("start"));
+        alone.push(t.elapsed());
+        let t = Instant::now();
+        drop(start(&store, 0).dedicated_watch().start().await.expect("start"));
+        dedicated.push(t.elapsed());
+    }
+    let one = LiveConfig::<Tenant>::builder(store.clone(), "many").prefix("t.0.").start().await.expect("start");
+    let one_prop = tenant_changes(&kv, std::slice::from_ref(&one), samples, 1_000_000).await;
+    drop(one);
+    // All tenants on one store: the first start opens the shared watch, the others join it.
+    let store = NatsStore::new(connect(url).await);
+    let mut joins = Vec::new();
+    let t_all = Instant::now();
+    let mut handles = Vec::with_capacity(tenants);
+    for i in 0..tenants {
+        let t = Instant::now();
+        handles.push(start(&store, i).start().await.expect("start"));
+        joins.push(t.elapsed());
+    }
+    let all = t_all.elapsed();
+    let first = joins[0];
+    let join = median(joins[1..].to_vec());
+    let consumers = consumer_count(&js, "many").await;
+    let many_prop = tenant_changes(&kv, &handles, samples, 2_000_000).await;
+    let raw_prop = tenant_changes_raw(&kv, tenants, samples, 3_000_000).await;
+    let alone = median(alone);
+    report.row(&["start: the first handle (opens the shared watch, reads the bucket)".into(), ms(alone), ms(first), ratio(first, alone)]);
+    report.row(&["start: each further handle (joins, median)".into(), ms(alone), ms(join), ratio(join, alone)]);
+    report.row(&[format!("start: all {tenants} handles, in sequence"), ms(alone), ms(all), ratio(all, alone)]);
+    report.row(&["start: one handle with `dedicated_watch()` (its prefix only)".into(), ms(median(dedicated)), "—".into(), "—".into()]);
+    report.row(&["propagation p50 (put → that tenant's handle swapped)".into(), ms(one_prop.p50), ms(many_prop.p50), ratio(many_prop.p50, one_prop.p50)]);
+    report.row(&["propagation p99".into(), ms(one_prop.p99), ms(many_prop.p99), ratio(many_prop.p99, one_prop.p99)]);
+    report.row(&["raw async-nats watch of the tenant's keys, p50 / p99 (new watch per sample)".into(), ms(raw_prop.p50), ms(raw_prop.p99), "—".into()]);
+    report.row(&["server consumers on the bucket".into(), "1".into(), consumers.to_string(), "—".into()]);
+    assert_eq!(consumers, 1, "{tenants} handles on one store must share one consumer");
+    drop(handles);
+    kv_drop(&js, "many").await;
 }
 
 /// The plain 50,000-key structs are 1.2 MB each (50,000 `String`s inline) and are decoded and
@@ -732,6 +848,9 @@ async fn run() {
     }
     if run("memory") {
         Box::pin(memory(&url, &mut report)).await;
+    }
+    if run("many-handles") {
+        Box::pin(many_handles(&url, quick, &mut report)).await;
     }
     println!("\n{}\n\n(total {:.1} s)", report.out, t.elapsed().as_secs_f64());
 }

@@ -2,7 +2,8 @@
 //! task ([`watcher`](super::watcher): probes, re-created watches, reloads), and hands each entry
 //! to the handles ([`Member`]s) whose prefix it falls under. A shared hub watches the whole bucket
 //! and keeps its latest entry per key, so a handle that starts while it runs reads its keys from
-//! memory: no server round trip and no second consumer, whatever its config or prefix. A
+//! memory, after one small request that makes sure the hub holds every write made before the
+//! start: no second consumer and no scan, whatever its config or prefix. A
 //! dedicated hub watches one handle's prefix and keeps no map: a start from the cache file, a
 //! store without [`SharedWatches`](crate::store::SharedWatches), or
 //! [`Builder::dedicated_watch`](super::Builder::dedicated_watch).
@@ -165,7 +166,12 @@ impl Hub {
         let mut current = slot.0.lock().await;
         if let Some(hub) = current.upgrade() {
             if hub.state().stale.is_none() && hub.bucket.is_connected() {
-                return Ok(hub);
+                match hub.sync().await {
+                    Ok(true) => return Ok(hub),
+                    Ok(false) => {}
+                    Err(e) if matches!(&e, Error::Store(s) if *s.kind() == StoreErrorKind::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         let (bucket, incarnation) = open.await?;
@@ -231,6 +237,43 @@ impl Hub {
         self.state().members.push(Slot { prefix: prefix.to_string(), member: Arc::downgrade(member), dirty: false });
     }
 
+    /// Makes sure the hub holds everything the bucket held when this was called, so a handle that
+    /// joins after a write (by anyone) starts with it, as a handle that read the bucket would:
+    /// asks the server for the bucket's last revision and waits (up to a heartbeat) until the
+    /// watch delivered it. `false` when it did not and the server says an undelivered entry
+    /// exists, or the bucket was replaced: the hub is behind, and must not be joined.
+    async fn sync(&self) -> Result<bool> {
+        let timeout = self.load_timeout;
+        let asked = |after: u64| async move {
+            match tokio::time::timeout(timeout, self.bucket.probe(&self.pattern, after)).await {
+                Ok(result) => result.map_err(Error::from),
+                Err(_) => Err(Error::Store(
+                    StoreError::new(StoreErrorKind::Timeout)
+                        .bucket(self.bucket.name())
+                        .detail(format!("the server was not reached within {timeout:?}")),
+                )),
+            }
+        };
+        let probe = asked(u64::MAX).await?;
+        if self.state().incarnation.is_some_and(|i| i != probe.incarnation) {
+            return Ok(false);
+        }
+        if self.wait_seen_for(probe.last_revision, self.heartbeat).await {
+            return Ok(true);
+        }
+        // The last revision may be an entry the watch will never deliver (expired, or removed by
+        // a newer one): fine unless a newer matching entry exists.
+        let seen = self.state().seen;
+        Ok(asked(seen).await?.next.is_none())
+    }
+
+    /// Waits until the watch delivered `revision`, for at most `wait`.
+    async fn wait_seen_for(&self, revision: u64, wait: Duration) -> bool {
+        let mut rx = self.seen_tx.subscribe();
+        let reached = tokio::time::timeout(wait, async { rx.wait_for(|s| *s >= revision).await.is_ok() }).await;
+        matches!(reached, Ok(true))
+    }
+
     /// Whether the shared map holds a value (not a delete marker) for the full key `key`.
     pub(super) fn holds(&self, key: &str) -> bool {
         self.state().map.as_ref().is_some_and(|m| m.get(key).is_some_and(|e| e.is_put()))
@@ -239,14 +282,13 @@ impl Hub {
     /// Waits until the watch delivered `revision` (a handle's own seeded defaults), within the
     /// load timeout.
     pub(super) async fn wait_seen(&self, revision: u64) -> Result<()> {
-        let mut rx = self.seen_tx.subscribe();
-        let reached = tokio::time::timeout(self.load_timeout, async { rx.wait_for(|s| *s >= revision).await.is_ok() }).await;
-        match reached {
-            Ok(true) => Ok(()),
-            _ => Err(Error::Store(StoreError::new(StoreErrorKind::Timeout).bucket(self.bucket.name()).detail(format!(
+        if self.wait_seen_for(revision, self.load_timeout).await {
+            Ok(())
+        } else {
+            Err(Error::Store(StoreError::new(StoreErrorKind::Timeout).bucket(self.bucket.name()).detail(format!(
                 "the shared watch did not deliver revision {revision} within {:?}",
                 self.load_timeout
-            )))),
+            ))))
         }
     }
 
