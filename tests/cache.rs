@@ -129,6 +129,27 @@ async fn server_down_at_boot_starts_from_the_cache_then_resumes_after_the_cached
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_cache_with_nothing_new_stops_saying_from_cache() {
+    let mut server = NatsServer::start().await;
+    let dir = Dir::new();
+    let cached = run_and_save::<App>(&server, &dir.file(), false, |c| c.port = 9000).await;
+    server.stop();
+    let store = store(&server).await;
+    let b = builder::<App>(&store, &dir.file()).start().await.expect("start from the cache");
+    assert!(b.status().from_cache.is_some());
+    server.restart().await;
+    // Nothing changed in the bucket: no entry arrives, yet the snapshot must become the
+    // bucket's (the server confirmed it) rather than keep claiming to be the cache's.
+    eventually("no longer from the cache", Duration::from_secs(15), || {
+        let status = b.status();
+        status.from_cache.is_none() && status.is_current()
+    })
+    .await;
+    assert_eq!(b.status().resumed_from, Some(cached + 1));
+    assert!(matches!(b.get().source("port"), Some(kv_config::Provenance::Bucket { .. })), "{:?}", b.get().source("port"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_store_means_a_full_load_not_a_resume() {
     let mut server = NatsServer::start().await;
     let dir = Dir::new();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use kv_config::store::{Bucket, BucketConfig, NatsStore, Store};
+use kv_config::store::{Bucket, BucketConfig, NatsStore, Store, WriteOp};
 use kv_config::{Error, KvConfig, LiveConfig, Provenance, StaleReason};
 use kv_config_testing::{eventually, NatsServer};
 use serde::{Deserialize, Serialize};
@@ -244,4 +244,89 @@ async fn every_handle_on_a_shared_watch_reloads_a_recreated_bucket() {
     }
     b.update(|t| t.limit = 6).await.expect("writes work on the new bucket");
     assert_eq!((a.get().limit, b.get().limit), (3, 6));
+}
+
+fn same(p: &Pair) -> Result<(), String> {
+    let mut values: Vec<u32> = p.v.values().copied().collect();
+    values.dedup();
+    if values.len() <= 1 && (p.v.is_empty() || p.v.len() == KEYS) {
+        Ok(())
+    } else {
+        Err(format!("{} keys with values {values:?}", p.v.len()))
+    }
+}
+
+const KEYS: usize = 200;
+
+/// Two hundred keys that are only valid together, always written in one atomic batch.
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+#[kv(validate = same)]
+struct Pair {
+    v: std::collections::HashMap<String, u32>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_joining_during_an_atomic_batch_never_starts_with_half_of_it() {
+    let (server, store, _client) = server().await;
+    store.create_bucket(&BucketConfig::new("pairs").atomic_writes(true)).await.unwrap();
+    let pair = || LiveConfig::<Pair>::builder(store.clone(), "pairs").prefix("p.").heartbeat(HEARTBEAT).load_timeout(LOAD_TIMEOUT);
+    let first = pair().start().await.unwrap();
+    let writer = raw(&server, "pairs").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let batches = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let v = bytes::Bytes::from(i.to_string());
+                let ops = (0..KEYS).map(|k| WriteOp::put(format!("p.v.k{k}"), v.clone())).collect();
+                writer.write_atomic(ops).await.unwrap();
+            }
+            i
+        }
+    });
+    let mut joined = 0;
+    for _ in 0..200 {
+        let h = pair().start().await.expect("a join never sees half of a batch");
+        assert!(same(&h.get()).is_ok());
+        joined += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = batches.await.unwrap();
+    eventually("the first handle caught up", Duration::from_secs(3), || first.get().v.get("k0") == Some(&written)).await;
+    assert!(first.status().rejected.is_empty(), "{:?}", first.status());
+    eprintln!("figure: {joined} joins during {written} atomic batches of {KEYS} keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_load_under_another_prefix_does_not_hold_up_a_handles_own_write() {
+    let (server, store, _client) = server().await;
+    let a = tenant(&store, 1).create_if_missing().write_timeout(Duration::from_millis(750)).start().await.unwrap();
+    let bulk = raw(&server, "tenants").await;
+    // Another service loads 40,000 keys under its own prefix, many writes in flight at once: the
+    // shared watch is behind the whole time, with entries pending.
+    let load = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(0..40_000)
+            .map(|i| {
+                let bulk = bulk.clone();
+                async move { bulk.put(&format!("bulk.k{i}"), "\"x\"".into()).await.unwrap() }
+            })
+            .buffer_unordered(512)
+            .count()
+            .await
+    });
+    let mut slowest = Duration::ZERO;
+    let mut writes = 0;
+    while !load.is_finished() {
+        writes += 1;
+        let started = Instant::now();
+        a.update(|t| t.limit = writes).await.expect("a's own write is in effect within its write timeout");
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(a.get().limit, writes);
+    }
+    assert_eq!(load.await.unwrap(), 40_000);
+    assert!(writes > 1, "the load ran while a wrote");
+    eprintln!("figure: {writes} writes during a 40,000-key load under another prefix, slowest {slowest:?}");
 }

@@ -27,6 +27,8 @@ impl<T: KvConfig> Member for Shared<T> {
     fn caught_up(&self, seen: u64) {
         let mut st = self.state();
         st.view.seen = st.view.seen.max(seen);
+        st.last_heard = Instant::now();
+        st.status.last_heard = SystemTime::now();
         self.apply_burst(st);
     }
 

@@ -375,7 +375,7 @@ impl<T: KvConfig> Builder<T> {
     }
 
     /// Decodes `view` into a new handle's first snapshot (the fallback config when told to).
-    fn member(self, bucket: Arc<dyn Bucket>, incarnation: Option<u64>, view: View) -> Result<Arc<Shared<T>>> {
+    fn member(self, bucket: Arc<dyn Bucket>, incarnation: Option<u64>, mut view: View) -> Result<Arc<Shared<T>>> {
         let source = Source::new(self.bucket.clone(), self.prefix.clone());
         let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source) {
             Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown, false),
@@ -387,6 +387,11 @@ impl<T: KvConfig> Builder<T> {
                 }
             },
         };
+        if !fallback {
+            // The first snapshot is this view decoded: nothing left to apply (a fallback retries
+            // the bucket's values at the first caught-up point).
+            view.take_dirty();
+        }
         let mut snapshot = Snapshot::new(config, values, &view, true, 0);
         snapshot.fallback = fallback;
         let status = Status {

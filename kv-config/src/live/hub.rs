@@ -13,16 +13,22 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::StaleReason;
 use crate::error::{Error, Result};
-use crate::feed::{catch_up, pattern_for, scan, CatchUp, Scan};
+use crate::feed::{catch_up, pattern_for, scan, CatchUp, Scan, BATCH_SETTLE};
 use crate::store::{Bucket, Entry, SharedWatches, StoreError, StoreErrorKind, Watch};
 use crate::view::View;
+
+/// A burst that runs this long (another prefix's bulk load on a shared watch, say) is cut at the
+/// next entry outside an atomic batch: the members that received entries swap, so a handle's own
+/// write is in effect within this bound whatever else the bucket is doing. Each cut is a state of
+/// the bucket that existed: entries arrive in revision order.
+const LONGEST_BURST: Duration = Duration::from_millis(50);
 
 /// A handle as its hub sees it. Every method is quick and never awaits.
 pub(super) trait Member: Send + Sync {
@@ -57,8 +63,14 @@ struct Slot {
 pub(super) struct HubState {
     members: Vec<Slot>,
     /// The latest entry of every key (puts and markers; `key` and `bucket` left empty), for a
-    /// shared hub.
+    /// shared hub, as of the last complete burst: a handle that joins never starts with half of
+    /// an atomic batch.
     map: Option<BTreeMap<String, Entry>>,
+    /// The entries of the burst in progress (`bucket` left empty), folded into `map` when it
+    /// completes; a handle that joins meanwhile receives those under its prefix.
+    pending: Vec<Entry>,
+    /// When the burst in progress began.
+    burst_since: Option<Instant>,
     /// The highest revision the watch delivered.
     pub(super) seen: u64,
     /// The bucket incarnation, once a probe told.
@@ -115,7 +127,7 @@ fn keyless(e: &Entry) -> Entry {
         revision: e.revision,
         delta: 0,
         created: e.created,
-        operation: e.operation.clone(),
+        operation: e.operation,
         headers: e.headers.clone(),
         batch_continues: false,
     }
@@ -181,6 +193,8 @@ impl Hub {
         let state = HubState {
             members: Vec::new(),
             map: Some(latest.map),
+            pending: Vec::new(),
+            burst_since: None,
             seen: latest.seen,
             incarnation,
             behind_probes: 0,
@@ -194,7 +208,16 @@ impl Hub {
 
     /// A hub for one handle, watching `prefix` with `watch` (already read up to `seen`).
     pub(super) fn dedicated(bucket: Arc<dyn Bucket>, prefix: &str, heartbeat: Duration, load_timeout: Duration, seen: u64, incarnation: Option<u64>) -> Arc<Hub> {
-        let state = HubState { members: Vec::new(), map: None, seen, incarnation, behind_probes: 0, stale: None };
+        let state = HubState {
+            members: Vec::new(),
+            map: None,
+            pending: Vec::new(),
+            burst_since: None,
+            seen,
+            incarnation,
+            behind_probes: 0,
+            stale: None,
+        };
         Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, state)
     }
 
@@ -227,14 +250,22 @@ impl Hub {
             }
         };
         let member = make(view)?;
+        // The burst in progress reaches the new member as it reaches the others: applied now,
+        // in effect when the burst completes.
+        let mut dirty = false;
+        for e in st.pending.iter().filter(|e| e.key.starts_with(prefix)) {
+            member.on_entry(e);
+            dirty = true;
+        }
         let dyn_member: Arc<dyn Member> = member.clone();
-        st.members.push(Slot { prefix: prefix.to_string(), member: Arc::downgrade(&dyn_member), dirty: false });
+        st.members.push(Slot { prefix: prefix.to_string(), member: Arc::downgrade(&dyn_member), dirty });
         Ok(member)
     }
 
-    /// Adds a member that already holds its view (a handle that started from its cache).
+    /// Adds a member that already holds its view (a handle that started from its cache): it
+    /// swaps at the first caught-up point, so its snapshot stops being the cache's.
     pub(super) fn add(&self, prefix: &str, member: &Arc<dyn Member>) {
-        self.state().members.push(Slot { prefix: prefix.to_string(), member: Arc::downgrade(member), dirty: false });
+        self.state().members.push(Slot { prefix: prefix.to_string(), member: Arc::downgrade(member), dirty: true });
     }
 
     /// Makes sure the hub holds everything the bucket held when this was called, so a handle that
@@ -258,13 +289,17 @@ impl Hub {
         if self.state().incarnation.is_some_and(|i| i != probe.incarnation) {
             return Ok(false);
         }
-        if self.wait_seen_for(probe.last_revision, self.heartbeat).await {
+        let last = probe.last_revision;
+        if self.wait_seen_for(last, BATCH_SETTLE).await {
             return Ok(true);
         }
-        // The last revision may be an entry the watch will never deliver (expired, or removed by
-        // a newer one): fine unless a newer matching entry exists.
+        // The last revision may be an entry the watch will never deliver (an expired marker, or
+        // one removed by a newer write): fine unless a newer entry exists. Else it is in flight.
         let seen = self.state().seen;
-        Ok(asked(seen).await?.next.is_none())
+        match asked(seen).await?.next {
+            None => Ok(true),
+            Some(next) => Ok(self.wait_seen_for(next.min(last), self.heartbeat).await),
+        }
     }
 
     /// Waits until the watch delivered `revision`, for at most `wait`.
@@ -310,14 +345,11 @@ impl Hub {
         let (targets, was_stale) = {
             let mut st = self.state();
             st.seen = st.seen.max(entry.revision);
-            if let Some(map) = &mut st.map {
-                match map.get_mut(entry.key.as_str()) {
-                    Some(e) if e.revision >= entry.revision => {}
-                    Some(e) => *e = keyless(entry),
-                    None => {
-                        map.insert(entry.key.clone(), keyless(entry));
-                    }
-                }
+            st.burst_since.get_or_insert_with(Instant::now);
+            if st.map.is_some() {
+                let mut e = keyless(entry);
+                e.key = entry.key.clone();
+                st.pending.push(e);
             }
             let mut targets = Vec::new();
             for slot in st.members.iter_mut().filter(|s| entry.key.starts_with(s.prefix.as_str())) {
@@ -342,22 +374,40 @@ impl Hub {
         for m in &targets {
             m.on_entry(entry);
         }
-        if at == CatchUp::Yes {
-            self.finish_burst();
+        let long = at == CatchUp::No
+            && !entry.batch_continues
+            && self.state().burst_since.is_some_and(|since| since.elapsed() >= LONGEST_BURST);
+        if at == CatchUp::Yes || long {
+            self.finish_burst(false);
         }
         at
     }
 
-    /// The burst is complete (or its remaining entries will not come): members that received
-    /// entries swap.
-    pub(super) fn finish_burst(&self) {
+    /// The burst is complete (or its remaining entries will not come, or it ran for
+    /// [`LONGEST_BURST`]): members that received entries swap, and with `all` every member looks
+    /// at its view (a quiet-time check: an override dropped there, a view to take over).
+    pub(super) fn finish_burst(&self, all: bool) {
         let (targets, seen) = {
             let mut st = self.state();
+            st.burst_since = None;
+            let pending = std::mem::take(&mut st.pending);
+            if let Some(map) = &mut st.map {
+                for mut e in pending {
+                    let key = std::mem::take(&mut e.key);
+                    match map.get_mut(key.as_str()) {
+                        Some(old) if old.revision >= e.revision => {}
+                        Some(old) => *old = e,
+                        None => {
+                            map.insert(key, e);
+                        }
+                    }
+                }
+            }
             st.members.retain(|s| s.member.strong_count() > 0);
             let targets: Vec<_> = st
                 .members
                 .iter_mut()
-                .filter_map(|s| if std::mem::take(&mut s.dirty) { s.member.upgrade() } else { None })
+                .filter_map(|s| if std::mem::take(&mut s.dirty) || all { s.member.upgrade() } else { None })
                 .collect();
             (targets, st.seen)
         };
@@ -410,6 +460,8 @@ impl Hub {
             let mut st = self.state();
             st.members.retain(|s| s.member.strong_count() > 0);
             st.seen = latest.seen;
+            st.pending.clear();
+            st.burst_since = None;
             st.incarnation = incarnation;
             st.behind_probes = 0;
             st.stale = None;
@@ -431,6 +483,16 @@ impl Hub {
         }
         self.seen_tx.send_replace(latest.seen);
         Ok(watch)
+    }
+
+    /// The server no longer holds `key` at `revision` (an override whose expiry marker never
+    /// came): later joins must not start with it.
+    pub(super) fn forget(&self, key: &str, revision: u64) {
+        if let Some(map) = &mut self.state().map {
+            if map.get(key).is_some_and(|e| e.revision == revision) {
+                map.remove(key);
+            }
+        }
     }
 
     /// Overrides of every member that may have expired unseen, with their full keys.

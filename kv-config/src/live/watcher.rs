@@ -80,7 +80,7 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
                 waiting = Waiting::Quiet;
             }
             Err(()) if matches!(waiting, Waiting::Batch(_)) => {
-                hub.finish_burst();
+                hub.finish_burst(false);
                 waiting = Waiting::Quiet;
             }
             Err(()) => {
@@ -183,8 +183,9 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 None if after == u64::MAX && last_revision > seen => Check::Suspect(last_revision),
                 None => {
                     reconcile_overrides(&hub, bucket, last_revision > seen).await;
-                    // Also applies a burst whose remaining entries were removed before delivery.
-                    hub.finish_burst();
+                    // Also applies a burst whose remaining entries were removed before delivery,
+                    // and views that changed without an entry (an override dropped above).
+                    hub.finish_burst(true);
                     hub.heard();
                     Check::Fine
                 }
@@ -211,6 +212,7 @@ async fn reconcile_overrides(hub: &Hub, bucket: &dyn Bucket, vanished: bool) {
             Ok(latest) => {
                 tracing::info!(bucket = bucket.name(), key = %full, "override expired without a marker reaching the watch; dropped");
                 member.drop_override(&key, revision, latest.map(|e| e.revision));
+                hub.forget(&full, revision);
             }
             Err(_) => return,
         }
