@@ -139,9 +139,12 @@ fn keys_for(n: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // 1. Cold load.
 
-async fn time_start<T: KvConfig>(store: &NatsStore, bucket: &str) -> Duration {
+/// One start (the handle's shared watch, or with `dedicated` a watch of its own), dropped at once.
+async fn time_start<T: KvConfig>(store: &NatsStore, bucket: &str, dedicated: bool) -> Duration {
     let t = Instant::now();
-    let cfg = LiveConfig::<T>::builder(store.clone(), bucket).start().await.expect("LiveConfig start");
+    let builder = LiveConfig::<T>::builder(store.clone(), bucket);
+    let builder = if dedicated { builder.dedicated_watch() } else { builder };
+    let cfg = builder.start().await.expect("LiveConfig start");
     let d = t.elapsed();
     drop(cfg);
     d
@@ -151,7 +154,7 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
     println!("cold load");
     report.section(
         "Cold load (start-up to first snapshot; median of runs)",
-        &["keys", "LiveConfig::start", "of which open_bucket", "kv_config::load on an open bucket", "raw watch_with_history", "raw concurrent get (64)", "raw sequential get", "start vs watch", "load vs watch", "start vs sequential"],
+        &["keys", "LiveConfig::start", "of which open_bucket", "start with dedicated_watch()", "kv_config::load on an open bucket", "raw watch_with_history", "raw concurrent get (64)", "raw sequential get", "start vs watch", "dedicated vs watch", "load vs watch", "start vs sequential"],
     );
     let sizes: &[usize] = if quick { &[100] } else { &[100, 1000, 5000, 50000] };
     let client = connect(url).await;
@@ -166,6 +169,7 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
         let keys = keys_for(n);
         fill(&kv, &keys).await;
         let (mut ours, mut watch, mut conc, mut seq, mut open, mut load) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut dedicated = vec![];
         for _ in 0..runs {
             let t = Instant::now();
             let b = store.open_bucket(&bucket).await.expect("open");
@@ -178,12 +182,14 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
                 _ => drop(kv_config::load::<Keys50000>(&*b, "").await.expect("load")),
             }
             load.push(t.elapsed());
-            ours.push(match n {
-                100 => time_start::<Leaf100>(&store, &bucket).await,
-                1000 => time_start::<Keys1000>(&store, &bucket).await,
-                5000 => time_start::<Keys5000>(&store, &bucket).await,
-                _ => time_start::<Keys50000>(&store, &bucket).await,
-            });
+            for (own, into) in [(false, &mut ours), (true, &mut dedicated)] {
+                into.push(match n {
+                    100 => time_start::<Leaf100>(&store, &bucket, own).await,
+                    1000 => time_start::<Keys1000>(&store, &bucket, own).await,
+                    5000 => time_start::<Keys5000>(&store, &bucket, own).await,
+                    _ => time_start::<Keys50000>(&store, &bucket, own).await,
+                });
+            }
             let t = Instant::now();
             let mut w = kv.watch_with_history(">").await.expect("watch");
             while let Some(e) = w.next().await {
@@ -210,14 +216,14 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
             }
             seq.push(t.elapsed());
         }
-        let (o, w, op, l) = (median(ours), median(watch), median(open), median(load));
+        let (o, w, op, l, d) = (median(ours), median(watch), median(open), median(load), median(dedicated));
         let (c, s, faster) = if gets {
             let (c, s) = (median(conc), median(seq));
             (ms(c), ms(s), format!("{:.1}x faster", s.as_secs_f64() / o.as_secs_f64()))
         } else {
             ("—".into(), "—".into(), "—".into())
         };
-        report.row(&[n.to_string(), ms(o), ms(op), ms(l), ms(w), c, s, ratio(o, w), ratio(l, w), faster]);
+        report.row(&[n.to_string(), ms(o), ms(op), ms(d), ms(l), ms(w), c, s, ratio(o, w), ratio(d, w), ratio(l, w), faster]);
         kv_drop(&js, &bucket).await;
     }
 }
@@ -747,10 +753,26 @@ async fn many_handles(url: &str, quick: bool, report: &mut Report) {
     let samples = if quick { 20 } else { 300 };
     let client = connect(url).await;
     let js = jetstream::new(client.clone());
-    let kv = js.create_key_value(kv::Config { bucket: "many".into(), history: 1, ..Default::default() }).await.expect("bucket");
-    let keys: Vec<String> = (0..tenants).flat_map(|i| [format!("t.{i}.limit"), format!("t.{i}.plan")]).collect();
-    fill(&kv, &keys).await;
-    let start = |store: &NatsStore, i: usize| LiveConfig::<Tenant>::builder(store.clone(), "many").prefix(format!("t.{i}."));
+    // Two buckets with the same tenants: "many1" for the one-handle figures (its dropped
+    // handles leave consumers behind until the server reaps them), "many" for the rest.
+    let mut kvs = Vec::new();
+    for bucket in ["many1", "many"] {
+        let kv = js.create_key_value(kv::Config { bucket: bucket.into(), history: 1, ..Default::default() }).await.expect("bucket");
+        futures_util::stream::iter(0..tenants)
+            .map(|i| {
+                let kv = &kv;
+                async move {
+                    kv.put(format!("t.{i}.limit"), i.to_string().into()).await.expect("fill put");
+                    kv.put(format!("t.{i}.plan"), "\"basic\"".into()).await.expect("fill put");
+                }
+            })
+            .buffer_unordered(128)
+            .collect::<Vec<_>>()
+            .await;
+        kvs.push(kv);
+    }
+    let (kv1, kv) = (&kvs[0], &kvs[1]);
+    let start = |store: &NatsStore, bucket: &str, i: usize| LiveConfig::<Tenant>::builder(store.clone(), bucket).prefix(format!("t.{i}."));
     report.section(
         &format!("Many handles: {tenants} tenants' configs (2 keys each) in one bucket, one process"),
         &["what", "1 handle", &format!("{tenants} handles"), "ratio"],
@@ -761,14 +783,14 @@ async fn many_handles(url: &str, quick: bool, report: &mut Report) {
     let mut dedicated = Vec::new();
     for _ in 0..9 {
         let t = Instant::now();
-        drop(start(&store, 0).start().await.expect("start"));
+        drop(start(&store, "many1", 0).start().await.expect("start"));
         alone.push(t.elapsed());
         let t = Instant::now();
-        drop(start(&store, 0).dedicated_watch().start().await.expect("start"));
+        drop(start(&store, "many1", 0).dedicated_watch().start().await.expect("start"));
         dedicated.push(t.elapsed());
     }
-    let one = LiveConfig::<Tenant>::builder(store.clone(), "many").prefix("t.0.").start().await.expect("start");
-    let one_prop = tenant_changes(&kv, std::slice::from_ref(&one), samples, 1_000_000).await;
+    let one = start(&store, "many1", 0).start().await.expect("start");
+    let one_prop = tenant_changes(kv1, std::slice::from_ref(&one), samples, 1_000_000).await;
     drop(one);
     // All tenants on one store: the first start opens the shared watch, the others join it.
     let store = NatsStore::new(connect(url).await);
@@ -777,15 +799,15 @@ async fn many_handles(url: &str, quick: bool, report: &mut Report) {
     let mut handles = Vec::with_capacity(tenants);
     for i in 0..tenants {
         let t = Instant::now();
-        handles.push(start(&store, i).start().await.expect("start"));
+        handles.push(start(&store, "many", i).start().await.expect("start"));
         joins.push(t.elapsed());
     }
     let all = t_all.elapsed();
     let first = joins[0];
     let join = median(joins[1..].to_vec());
     let consumers = consumer_count(&js, "many").await;
-    let many_prop = tenant_changes(&kv, &handles, samples, 2_000_000).await;
-    let raw_prop = tenant_changes_raw(&kv, tenants, samples, 3_000_000).await;
+    let many_prop = tenant_changes(kv, &handles, samples, 2_000_000).await;
+    let raw_prop = tenant_changes_raw(kv, tenants, samples, 3_000_000).await;
     let alone = median(alone);
     report.row(&["start: the first handle (opens the shared watch, reads the bucket)".into(), ms(alone), ms(first), ratio(first, alone)]);
     report.row(&["start: each further handle (joins, median)".into(), ms(alone), ms(join), ratio(join, alone)]);
@@ -798,6 +820,7 @@ async fn many_handles(url: &str, quick: bool, report: &mut Report) {
     assert_eq!(consumers, 1, "{tenants} handles on one store must share one consumer");
     drop(handles);
     kv_drop(&js, "many").await;
+    kv_drop(&js, "many1").await;
 }
 
 /// The plain 50,000-key structs are 1.2 MB each (50,000 `String`s inline) and are decoded and

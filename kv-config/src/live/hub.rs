@@ -13,7 +13,9 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -21,7 +23,7 @@ use tokio::task::AbortHandle;
 use super::StaleReason;
 use crate::error::{Error, Result};
 use crate::feed::{catch_up, pattern_for, scan, CatchUp, Scan, BATCH_SETTLE};
-use crate::store::{Bucket, Entry, SharedWatches, StoreError, StoreErrorKind, Watch};
+use crate::store::{Bucket, Entry, Headers, Operation, SharedWatches, StoreError, StoreErrorKind, Watch};
 use crate::view::View;
 
 /// A burst that runs this long (another prefix's bulk load on a shared watch, say) is cut at the
@@ -65,7 +67,7 @@ pub(super) struct HubState {
     /// The latest entry of every key (puts and markers; `key` and `bucket` left empty), for a
     /// shared hub, as of the last complete burst: a handle that joins never starts with half of
     /// an atomic batch.
-    map: Option<BTreeMap<String, Entry>>,
+    map: Option<BTreeMap<String, Kept>>,
     /// The entries of the burst in progress (`bucket` left empty), folded into `map` when it
     /// completes; a handle that joins meanwhile receives those under its prefix.
     pending: Vec<Entry>,
@@ -101,10 +103,42 @@ impl Drop for Hub {
     }
 }
 
+/// What a shared hub keeps of a key's latest entry: an [`Entry`] without its key, bucket and
+/// watch bookkeeping (88 bytes instead of 144 on 64-bit targets). The value bytes are shared
+/// with the handles' views.
+struct Kept {
+    value: Bytes,
+    revision: u64,
+    created: SystemTime,
+    operation: Operation,
+    headers: Headers,
+}
+
+impl Kept {
+    fn of(e: Entry) -> Kept {
+        Kept { value: e.value, revision: e.revision, created: e.created, operation: e.operation, headers: e.headers }
+    }
+
+    /// The entry again (key and bucket left empty), for a view.
+    fn entry(&self) -> Entry {
+        Entry {
+            bucket: String::new(),
+            key: String::new(),
+            value: self.value.clone(),
+            revision: self.revision,
+            delta: 0,
+            created: self.created,
+            operation: self.operation,
+            headers: self.headers.clone(),
+            batch_continues: false,
+        }
+    }
+}
+
 /// Fills a shared hub's map from the initial pass of its watch.
 #[derive(Default)]
 struct Latest {
-    map: BTreeMap<String, Entry>,
+    map: BTreeMap<String, Kept>,
     seen: u64,
 }
 
@@ -113,33 +147,17 @@ impl Scan for Latest {
     fn entry(&mut self, mut e: Entry) {
         self.seen = self.seen.max(e.revision);
         let key = std::mem::take(&mut e.key);
-        e.bucket = String::new();
-        self.map.insert(key, e);
-    }
-}
-
-/// The map's copy of `e` (without its key and bucket).
-fn keyless(e: &Entry) -> Entry {
-    Entry {
-        bucket: String::new(),
-        key: String::new(),
-        value: e.value.clone(),
-        revision: e.revision,
-        delta: 0,
-        created: e.created,
-        operation: e.operation,
-        headers: e.headers.clone(),
-        batch_continues: false,
+        self.map.insert(key, Kept::of(e));
     }
 }
 
 /// A view of the keys under `prefix` in `map`, at bucket revision `seen`.
-fn view_of(map: &BTreeMap<String, Entry>, prefix: &str, seen: u64) -> View {
+fn view_of(map: &BTreeMap<String, Kept>, prefix: &str, seen: u64) -> View {
     let mut view = View::default();
     use std::ops::Bound;
     let range = map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-    for (key, e) in range.take_while(|(k, _)| k.starts_with(prefix)) {
-        view.apply_with_key(prefix, key.clone(), e);
+    for (key, kept) in range.take_while(|(k, _)| k.starts_with(prefix)) {
+        view.apply_with_key(prefix, key.clone(), &kept.entry());
     }
     view.seen = seen;
     view.mark_dirty();
@@ -311,7 +329,7 @@ impl Hub {
 
     /// Whether the shared map holds a value (not a delete marker) for the full key `key`.
     pub(super) fn holds(&self, key: &str) -> bool {
-        self.state().map.as_ref().is_some_and(|m| m.get(key).is_some_and(|e| e.is_put()))
+        self.state().map.as_ref().is_some_and(|m| m.get(key).is_some_and(|e| e.operation == Operation::Put))
     }
 
     /// Waits until the watch delivered `revision` (a handle's own seeded defaults), within the
@@ -347,8 +365,8 @@ impl Hub {
             st.seen = st.seen.max(entry.revision);
             st.burst_since.get_or_insert_with(Instant::now);
             if st.map.is_some() {
-                let mut e = keyless(entry);
-                e.key = entry.key.clone();
+                let mut e = entry.clone();
+                e.bucket = String::new();
                 st.pending.push(e);
             }
             let mut targets = Vec::new();
@@ -396,9 +414,9 @@ impl Hub {
                     let key = std::mem::take(&mut e.key);
                     match map.get_mut(key.as_str()) {
                         Some(old) if old.revision >= e.revision => {}
-                        Some(old) => *old = e,
+                        Some(old) => *old = Kept::of(e),
                         None => {
-                            map.insert(key, e);
+                            map.insert(key, Kept::of(e));
                         }
                     }
                 }
