@@ -129,8 +129,9 @@ impl<T: KvConfig> Shared<T> {
 
 /// A typed config kept current by a KV watcher.
 ///
-/// Clone it freely: clones share one snapshot and one watcher task, which stops when the last
-/// clone (and the last [`Subscription`]) is dropped.
+/// Clone it freely: clones share one snapshot. The watch that keeps it current is shared with
+/// every other handle on the same store and bucket (see [`Builder::dedicated_watch`]) and stops
+/// when the last handle using it is dropped.
 ///
 /// ```
 /// use kv_config::{KvConfig, LiveConfig, store::MemoryStore};
