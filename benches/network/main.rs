@@ -3,7 +3,8 @@
 //! each next to the raw async-nats code a user would otherwise write, measured in the same run.
 //!
 //! `cargo bench --bench network` prints a Markdown table (BENCHMARKS.md holds one full run);
-//! `cargo bench --bench network -- --quick` is a few-second smoke run with small sizes.
+//! `cargo bench --bench network -- --quick` is a few-second smoke run with small sizes, and so is
+//! every run without `--bench` (`cargo test --all-targets` runs it that way).
 
 mod shapes;
 #[path = "../common/small.rs"]
@@ -845,7 +846,9 @@ fn main() {
 }
 
 async fn run() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` (the test suite) runs this binary
+    // without it, as the smoke run.
+    let quick = std::env::args().any(|a| a == "--quick") || !std::env::args().any(|a| a == "--bench");
     let server = NatsServer::start().await;
     let url = server.url();
     println!("kv-config network benchmarks{} against nats-server at {url}", if quick { " (quick mode)" } else { "" });
