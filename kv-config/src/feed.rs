@@ -23,6 +23,11 @@ pub(crate) fn pattern_for(prefix: &str) -> String {
     }
 }
 
+/// The error of a request to the server about `bucket` that got no answer within `wait`.
+pub(crate) fn not_reached(bucket: &str, wait: Duration) -> Error {
+    Error::Store(StoreError::new(StoreErrorKind::Timeout).bucket(bucket).detail(format!("the server was not reached within {wait:?}")))
+}
+
 /// Checks a key prefix: empty, or key tokens ending with a dot.
 pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty() || (prefix.ends_with('.') && crate::store::is_valid_key(&prefix[..prefix.len() - 1])) {

@@ -17,9 +17,9 @@ use super::lazy::LazyBucket;
 use super::{Applied, LiveConfig, Options, Shared, Snapshot, Stale, StaleReason, State, Status};
 use crate::config::{KvConfig, Source};
 use crate::error::{Error, Result};
-use crate::feed::{check_prefix, pattern_for, watch_initial};
+use crate::feed::{check_prefix, not_reached, pattern_for, watch_initial};
 use crate::schema::Schema;
-use crate::store::{Bucket, BucketConfig, SharedWatches, Store, StoreError, StoreErrorKind, Watch};
+use crate::store::{Bucket, BucketConfig, SharedWatches, Store, StoreErrorKind, Watch};
 use crate::view::{decode_latest, decode_view, View};
 
 /// What to do when the bucket's values do not make a valid config at start-up.
@@ -301,13 +301,7 @@ impl<T: KvConfig> Builder<T> {
 
     /// [`open`](Self::open), failing with a timeout after `wait` (a frozen server never answers).
     async fn open_within(&self, wait: Duration) -> Result<(Arc<dyn Bucket>, Option<u64>)> {
-        tokio::time::timeout(wait, self.open()).await.map_err(|_| {
-            Error::Store(
-                StoreError::new(StoreErrorKind::Timeout)
-                    .bucket(self.bucket.clone())
-                    .detail(format!("the server was not reached within {wait:?}")),
-            )
-        })?
+        tokio::time::timeout(wait, self.open()).await.map_err(|_| not_reached(&self.bucket, wait))?
     }
 
     /// Opens (or creates and seeds) the bucket and asks which incarnation it is.

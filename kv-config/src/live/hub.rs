@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 
 use super::StaleReason;
 use crate::error::{Error, Result};
-use crate::feed::{catch_up, pattern_for, scan, CatchUp, Scan, BATCH_SETTLE};
+use crate::feed::{catch_up, not_reached, pattern_for, scan, CatchUp, Scan, BATCH_SETTLE};
 use crate::store::{Bucket, Entry, Headers, Operation, SharedWatches, StoreError, StoreErrorKind, Watch};
 use crate::view::View;
 
@@ -81,6 +81,12 @@ pub(super) struct HubState {
     pub(super) behind_probes: u32,
     /// Why the watch may be behind; `None` while the server answers.
     pub(super) stale: Option<StaleReason>,
+}
+
+impl HubState {
+    fn new(map: Option<BTreeMap<String, Kept>>, seen: u64, incarnation: Option<u64>) -> Self {
+        HubState { members: Vec::new(), map, pending: Vec::new(), burst_since: None, seen, incarnation, behind_probes: 0, stale: None }
+    }
 }
 
 pub(super) struct Hub {
@@ -208,17 +214,7 @@ impl Hub {
         let pattern = pattern_for("");
         let mut latest = Latest::default();
         let watch = scan(&*bucket, &pattern, load_timeout, &mut latest).await?;
-        let state = HubState {
-            members: Vec::new(),
-            map: Some(latest.map),
-            pending: Vec::new(),
-            burst_since: None,
-            seen: latest.seen,
-            incarnation,
-            behind_probes: 0,
-            stale: None,
-        };
-        let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, state);
+        let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, HubState::new(Some(latest.map), latest.seen, incarnation));
         hub.spawn(watch);
         *current = Arc::downgrade(&hub);
         Ok(hub)
@@ -226,17 +222,7 @@ impl Hub {
 
     /// A hub for one handle, watching `prefix` with `watch` (already read up to `seen`).
     pub(super) fn dedicated(bucket: Arc<dyn Bucket>, prefix: &str, heartbeat: Duration, load_timeout: Duration, seen: u64, incarnation: Option<u64>) -> Arc<Hub> {
-        let state = HubState {
-            members: Vec::new(),
-            map: None,
-            pending: Vec::new(),
-            burst_since: None,
-            seen,
-            incarnation,
-            behind_probes: 0,
-            stale: None,
-        };
-        Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, state)
+        Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, HubState::new(None, seen, incarnation))
     }
 
     /// Runs the watcher task on `watch`; it ends when the hub is dropped.
@@ -258,14 +244,10 @@ impl Hub {
         F: FnOnce(View) -> Result<Arc<M>>,
     {
         let mut st = self.state();
+        // A dedicated hub hands its member the view it loaded; a shared one has a map.
         let view = match (view, &st.map) {
             (Some(view), _) => view,
-            (None, Some(map)) => view_of(map, prefix, st.seen),
-            (None, None) => {
-                let mut view = View::default();
-                view.seen = st.seen;
-                view
-            }
+            (None, map) => view_of(map.as_ref().unwrap_or(&BTreeMap::new()), prefix, st.seen),
         };
         let member = make(view)?;
         // The burst in progress reaches the new member as it reaches the others: applied now,
@@ -296,11 +278,7 @@ impl Hub {
         let asked = |after: u64| async move {
             match tokio::time::timeout(timeout, self.bucket.probe(&self.pattern, after)).await {
                 Ok(result) => result.map_err(Error::from),
-                Err(_) => Err(Error::Store(
-                    StoreError::new(StoreErrorKind::Timeout)
-                        .bucket(self.bucket.name())
-                        .detail(format!("the server was not reached within {timeout:?}")),
-                )),
+                Err(_) => Err(not_reached(self.bucket.name(), timeout)),
             }
         };
         let probe = asked(u64::MAX).await?;
