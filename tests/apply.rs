@@ -4,6 +4,7 @@
 //! share the sections a change did not touch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -172,12 +173,26 @@ fn model_diff(old: &BTreeMap<String, u64>, new: &BTreeMap<String, u64>) -> Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_leaves_the_handle_equal_to_a_whole_decode() {
-    let (_server, cfg, writer) = setup().await;
-    let seed = 0x5EED_u64 + std::process::id() as u64;
+    random_changes(false).await;
+}
+
+/// The same with a spare ([`Builder::spare_copy`](kv_config::Builder::spare_copy)): changes are
+/// applied in place to the config the change before retired, behind by that change's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_applied_to_a_spare_leaves_the_handle_equal_to_a_whole_decode() {
+    random_changes(true).await;
+}
+
+/// 300 random steps against a whole decode after each. Without a spare, the test also holds the
+/// previous snapshot to check the changed keys; with one it holds nothing, so the retired config
+/// is free to take the next change.
+async fn random_changes(spare: bool) {
+    let (_server, cfg, writer) = setup_with(spare).await;
+    let seed = 0x5EED_u64 + std::process::id() as u64 + u64::from(spare);
     let mut rng = Rng(seed);
     let mut model = BTreeMap::new();
     let mut seen_model = model.clone();
-    let mut prev: Arc<Snapshot<Cfg>> = cfg.get_arc();
+    let mut prev: Option<Arc<Snapshot<Cfg>>> = (!spare).then(|| cfg.get_arc());
     let (mut single, mut bursts) = (0, 0);
     for step in 0..300 {
         // Mostly one write at a time (one swap each); sometimes a quick run of writes the watcher
@@ -197,15 +212,17 @@ async fn every_change_leaves_the_handle_equal_to_a_whole_decode() {
             bursts += 1;
         }
         eventually("the handle caught up", Duration::from_secs(10), || cfg.get().revision() >= last).await;
-        let ctx = format!("seed {seed:#x}, step {step}");
+        let ctx = format!("seed {seed:#x}, spare {spare}, step {step}");
         let whole = kv_config::load::<Cfg>(&*writer, "").await.unwrap_or_else(|e| panic!("{ctx}: bucket valid: {e}"));
-        let now = cfg.get_arc();
-        assert!(now.config() == &whole.config, "{ctx}: live {:?} != whole decode {:?}", now.config(), whole.config);
+        assert!(cfg.get().config() == &whole.config, "{ctx}: live {:?} != whole decode {:?}", cfg.get().config(), whole.config);
         let status = cfg.status();
         assert!(status.rejected.is_empty() && status.is_healthy(), "{ctx}: {status:?}");
         assert_eq!(status.unknown_keys, whole.unknown_keys, "{ctx}: unknown keys");
-        assert_eq!(prev.changed_keys(&now), model_diff(&seen_model, &model), "{ctx}: changed keys");
-        prev = now;
+        if let Some(prev) = &mut prev {
+            let now = cfg.get_arc();
+            assert_eq!(prev.changed_keys(&now), model_diff(&seen_model, &model), "{ctx}: changed keys");
+            *prev = now;
+        }
         seen_model = model.clone();
     }
     assert!(single > 100 && bursts > 20, "both paths exercised: {single} single writes, {bursts} bursts");
@@ -214,9 +231,14 @@ async fn every_change_leaves_the_handle_equal_to_a_whole_decode() {
 /// A server, a handle on bucket `cfg` (created, nothing seeded), and a second connection's
 /// bucket to write through as another client.
 async fn setup() -> (NatsServer, LiveConfig<Cfg>, Arc<dyn Bucket>) {
+    setup_with(false).await
+}
+
+/// [`setup`], with or without a spare.
+async fn setup_with<T: KvConfig>(spare: bool) -> (NatsServer, LiveConfig<T>, Arc<dyn Bucket>) {
     let server = NatsServer::start().await;
     let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
-    let cfg = LiveConfig::<Cfg>::builder(store, "cfg").create_if_missing().seed_defaults(false).start().await.unwrap();
+    let cfg = LiveConfig::<T>::builder(store, "cfg").create_if_missing().seed_defaults(false).spare_copy(spare).start().await.unwrap();
     let writer = NatsStore::new(async_nats::connect(server.url()).await.unwrap()).open_bucket("cfg").await.unwrap();
     (server, cfg, writer)
 }
@@ -355,4 +377,101 @@ async fn hundreds_of_distinct_keys_changed_one_by_one_stay_exact() {
         k
     };
     assert_eq!(changed, expected);
+}
+
+/// Clones of [`Counted`], the only type that counts them (tests run in parallel).
+static COUNTED_CLONES: AtomicUsize = AtomicUsize::new(0);
+
+/// A config that counts its clones, to tell a change applied to a copy from one applied in place.
+#[derive(KvConfig, PartialEq)]
+#[kv(validate = counted_ok)]
+struct Counted {
+    #[kv(default = 1)]
+    a: u32,
+    #[kv(default = "x")]
+    name: String,
+    #[kv(nested)]
+    limits: Limits,
+    #[kv(nested)]
+    server: Arc<Server>,
+}
+
+fn counted_ok(c: &Counted) -> Result<(), String> {
+    if c.a == 13 && c.name == "unlucky" {
+        Err("a 13 and name unlucky".into())
+    } else {
+        Ok(())
+    }
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        COUNTED_CLONES.fetch_add(1, Ordering::SeqCst);
+        Counted { a: self.a, name: self.name.clone(), limits: self.limits.clone(), server: self.server.clone() }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_goes_to_the_retired_config_in_place_once_no_reader_holds_it() {
+    let clones = || COUNTED_CLONES.load(Ordering::SeqCst);
+    for spare in [false, true] {
+        let (_server, cfg, writer) = setup_with::<Counted>(spare).await;
+        let before = clones();
+        let mut expect = (1u32, "x".to_string(), 1u32, 10u32);
+        for i in 0..40u32 {
+            let (key, value) = match i % 4 {
+                0 => ("a", (100 + i).to_string()),
+                1 => ("name", format!("\"n{i}\"")),
+                2 => ("limits.min", (i % 5).to_string()),
+                _ => ("limits.max", (5 + i % 5).to_string()),
+            };
+            match i % 4 {
+                0 => expect.0 = 100 + i,
+                1 => expect.1 = format!("n{i}"),
+                2 => expect.2 = i % 5,
+                _ => expect.3 = 5 + i % 5,
+            }
+            let rev = writer.put(key, value.into()).await.unwrap();
+            eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
+            let now = cfg.get();
+            assert_eq!((now.a, now.name.clone(), now.limits.min, now.limits.max), expect, "spare {spare}, change {i}");
+            let whole = kv_config::load::<Counted>(&*writer, "").await.unwrap();
+            assert!(now.config() == &whole.config, "spare {spare}, change {i}: {:?} != {:?}", now.config(), whole.config);
+        }
+        let copies = clones() - before;
+        if !spare {
+            assert_eq!(copies, 40, "without a spare every change copies the config");
+            continue;
+        }
+        // The first change has no spare yet; every later one finds the config two snapshots back
+        // free and brings it up to date in place.
+        assert_eq!(copies, 1, "with a spare only the first change copies the config");
+
+        // A reader holding the retired snapshot forces a copy, and its snapshot never changes.
+        let held = cfg.get_arc();
+        let seen = (held.a, held.name.clone(), held.limits.clone(), held.server.port);
+        let before = clones();
+        for (key, value) in [("a", "7"), ("server.port", "9001"), ("name", "\"late\"")] {
+            let rev = writer.put(key, value.into()).await.unwrap();
+            eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
+        }
+        assert_eq!((held.a, held.name.clone(), held.limits.clone(), held.server.port), seen, "a held snapshot is never reused");
+        assert_eq!(clones() - before, 1, "only the change whose spare was held copied");
+        let now = cfg.get_arc();
+        assert_eq!((now.a, now.name.as_str(), now.server.port), (7, "late", 9001));
+        drop(held);
+
+        // A refused change through the spare leaves the last good config; the next one applies.
+        let rev = writer.put("a", "13".into()).await.unwrap();
+        eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
+        let rev = writer.put("name", "\"unlucky\"".into()).await.unwrap();
+        eventually("caught up", Duration::from_secs(10), || cfg.status().seen_revision >= rev).await;
+        assert_eq!((cfg.get().a, cfg.get().name.as_str()), (13, "late"), "{:?}", cfg.status());
+        assert!(!cfg.status().rejected.is_empty());
+        let rev = writer.put("a", "14".into()).await.unwrap();
+        eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
+        let whole = kv_config::load::<Counted>(&*writer, "").await.unwrap();
+        assert!(cfg.get().config() == &whole.config, "{:?} != {:?}", cfg.get().config(), whole.config);
+        assert_eq!((cfg.get().a, cfg.get().name.as_str()), (14, "unlucky"));
+    }
 }

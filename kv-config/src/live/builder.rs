@@ -126,6 +126,41 @@ impl<T: KvConfig> Builder<T> {
         self
     }
 
+    /// Whether a change is applied in place to the config the previous change retired (a
+    /// spare), instead of to a copy of the config in effect.
+    ///
+    /// A snapshot is immutable, so a change needs a config to apply to: copying the one in effect
+    /// costs a clone of every field that is not behind an `Arc` (about 0.3 ms for 5,000 `String`
+    /// fields, milliseconds for 50,000, plus dropping the old copy). With a spare, the handle
+    /// keeps the snapshot each change retires and, once no reader holds it any more, brings it up
+    /// to date by decoding only the keys changed since: a change costs what changed. The price is
+    /// memory: one more copy of the config (of the sections that changed, for sections behind an
+    /// `Arc`) between changes. When a reader still holds the retired snapshot (a long-lived
+    /// [`get_arc`](crate::LiveConfig::get_arc), a subscriber that has not looked yet), the change
+    /// falls back to the copy.
+    ///
+    /// Default: on for configs of 512 keys or more, off below (the copy is cheap there).
+    ///
+    /// ```
+    /// use kv_config::{KvConfig, LiveConfig, store::MemoryStore};
+    /// #[derive(KvConfig, Clone, serde::Serialize, serde::Deserialize)]
+    /// struct App {
+    ///     #[kv(default = 8080)]
+    ///     port: u16,
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kv_config::Error> {
+    /// let store = MemoryStore::new();
+    /// let cfg = LiveConfig::<App>::builder(store, "app").create_if_missing().spare_copy(true).start().await?;
+    /// cfg.update(|c| c.port = 9090).await?;
+    /// assert_eq!(cfg.get().port, 9090);
+    /// # Ok(()) }
+    /// ```
+    pub fn spare_copy(mut self, spare: bool) -> Self {
+        self.options.spare = Some(spare);
+        self
+    }
+
     /// What to do when the initial values are invalid.
     pub fn on_invalid(mut self, on_invalid: OnInvalid<T>) -> Self {
         self.on_invalid = Box::new(on_invalid);
@@ -517,6 +552,7 @@ fn build<T: KvConfig>(
         options,
         hub: OnceLock::new(),
         task: Mutex::new(None),
+        spare: Mutex::new(None),
     });
     if has_unknown {
         let mut st = shared.state();

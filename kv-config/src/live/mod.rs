@@ -52,6 +52,9 @@ struct Options {
     heartbeat: Duration,
     load_timeout: Duration,
     author: Option<String>,
+    /// Keep the snapshot a change retires as a spare (`None`: for configs of
+    /// [`SPARE_MIN_KEYS`](apply::SPARE_MIN_KEYS) keys or more).
+    spare: Option<bool>,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
             heartbeat: Duration::from_secs(1),
             load_timeout: Duration::from_secs(10),
             author: None,
+            spare: None,
         }
     }
 }
@@ -99,6 +103,8 @@ struct Shared<T> {
     hub: OnceLock<Arc<hub::Hub>>,
     /// The task that attaches a handle started from its cache (then runs its watcher).
     task: Mutex<Option<AbortHandle>>,
+    /// The config the last change retired, to apply the next change to (see [`apply::Spare`]).
+    spare: Mutex<Option<apply::Spare<T>>>,
 }
 
 impl<T> Drop for Shared<T> {
