@@ -184,8 +184,9 @@ async fn every_change_applied_to_a_spare_leaves_the_handle_equal_to_a_whole_deco
 }
 
 /// 300 random steps against a whole decode after each. Without a spare, the test also holds the
-/// previous snapshot to check the changed keys; with one it holds nothing, so the retired config
-/// is free to take the next change.
+/// previous snapshot to check the changed keys. With one, it holds a random few snapshots for a
+/// random while (so changes find their spares sometimes free, sometimes held) and checks that
+/// none of them ever changes.
 async fn random_changes(spare: bool) {
     let (_server, cfg, writer) = setup_with(spare).await;
     let seed = 0x5EED_u64 + std::process::id() as u64 + u64::from(spare);
@@ -193,8 +194,19 @@ async fn random_changes(spare: bool) {
     let mut model = BTreeMap::new();
     let mut seen_model = model.clone();
     let mut prev: Option<Arc<Snapshot<Cfg>>> = (!spare).then(|| cfg.get_arc());
+    let mut held: Vec<(Arc<Snapshot<Cfg>>, Cfg)> = Vec::new();
     let (mut single, mut bursts) = (0, 0);
     for step in 0..300 {
+        if spare {
+            if rng.below(4) == 0 && held.len() < 3 {
+                let snap = cfg.get_arc();
+                let copy = snap.config().clone();
+                held.push((snap, copy));
+            }
+            if rng.below(3) == 0 && !held.is_empty() {
+                held.remove(rng.below(held.len() as u64) as usize);
+            }
+        }
         // Mostly one write at a time (one swap each); sometimes a quick run of writes the watcher
         // may take as one burst, sometimes more than an apply takes on at once.
         let writes = match rng.below(10) {
@@ -218,6 +230,9 @@ async fn random_changes(spare: bool) {
         let status = cfg.status();
         assert!(status.rejected.is_empty() && status.is_healthy(), "{ctx}: {status:?}");
         assert_eq!(status.unknown_keys, whole.unknown_keys, "{ctx}: unknown keys");
+        for (snap, copy) in &held {
+            assert!(snap.config() == copy, "{ctx}: a held snapshot changed: {:?} != {copy:?}", snap.config());
+        }
         if let Some(prev) = &mut prev {
             let now = cfg.get_arc();
             assert_eq!(prev.changed_keys(&now), model_diff(&seen_model, &model), "{ctx}: changed keys");
@@ -447,19 +462,35 @@ async fn a_change_goes_to_the_retired_config_in_place_once_no_reader_holds_it() 
         // free and brings it up to date in place.
         assert_eq!(copies, 1, "with a spare only the first change copies the config");
 
-        // A reader holding the retired snapshot forces a copy, and its snapshot never changes.
-        let held = cfg.get_arc();
-        let seen = (held.a, held.name.clone(), held.limits.clone(), held.server.port);
+        // Readers holding retired snapshots: a change whose spares are all held copies the
+        // config; a later one takes the newest spare let go since, even when it is two changes
+        // behind (then it gets the keys of both). No held snapshot ever changes.
+        let put = |key: &'static str, value: &'static str| {
+            let writer = writer.clone();
+            let cfg = &cfg;
+            async move {
+                let rev = writer.put(key, value.into()).await.unwrap();
+                eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
+            }
+        };
         let before = clones();
-        for (key, value) in [("a", "7"), ("server.port", "9001"), ("name", "\"late\"")] {
-            let rev = writer.put(key, value.into()).await.unwrap();
-            eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
-        }
-        assert_eq!((held.a, held.name.clone(), held.limits.clone(), held.server.port), seen, "a held snapshot is never reused");
-        assert_eq!(clones() - before, 1, "only the change whose spare was held copied");
+        let first = cfg.get_arc();
+        let first_seen = (first.a, first.name.clone(), first.limits.clone(), first.server.port);
+        put("a", "7").await; // takes the spare from before `first`
+        let second = cfg.get_arc();
+        let second_seen = (second.a, second.name.clone(), second.limits.clone(), second.server.port);
+        put("server.port", "9001").await; // its spare is `first`, held: a copy
+        assert_eq!(clones() - before, 1, "the change whose only spare was held copied");
+        drop(first);
+        put("name", "\"late\"").await; // `second` is held, `first` is free: two changes behind
+        assert_eq!(clones() - before, 1, "the older spare, let go, took the change in place");
+        assert_eq!((second.a, second.name.clone(), second.limits.clone(), second.server.port), second_seen, "a held snapshot never changes");
+        assert_eq!(first_seen.0, 100 + 36, "the first held snapshot had the loop's last `a`");
         let now = cfg.get_arc();
         assert_eq!((now.a, now.name.as_str(), now.server.port), (7, "late", 9001));
-        drop(held);
+        let whole = kv_config::load::<Counted>(&*writer, "").await.unwrap();
+        assert!(now.config() == &whole.config, "{:?} != {:?}", now.config(), whole.config);
+        drop((second, now));
 
         // A refused change through the spare leaves the last good config; the next one applies.
         let rev = writer.put("a", "13".into()).await.unwrap();

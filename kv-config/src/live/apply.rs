@@ -10,27 +10,11 @@ use std::time::{Instant, SystemTime};
 
 use super::hub::Member;
 use super::snapshot::HISTORY;
+use super::spare::{Spares, SPARE_MIN_KEYS};
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
-use crate::config::{apply_changes, KvConfig, APPLY_MAX_CHANGED};
+use crate::config::{apply_changes, KvConfig};
 use crate::store::Entry;
 use crate::view::{decode_view, unknown_keys, Dirty, View};
-
-/// Configs with at least this many keys keep a spare by default: below it, copying the config
-/// per change costs less than ~50 µs on the machines of BENCHMARKS.md (about 60 ns per `String`
-/// field), and the spare's memory is not worth it.
-pub(super) const SPARE_MIN_KEYS: usize = 512;
-
-/// The snapshot the last change retired. Once no reader holds it any more, the next change is
-/// applied to its config in place (the keys it is behind plus the new ones) instead of to a copy
-/// of the config in effect: a plain struct of 50,000 `String` fields costs milliseconds to copy
-/// and drop, and microseconds to bring two changes up to date.
-pub(super) struct Spare<T> {
-    retired: Arc<Snapshot<T>>,
-    /// The keys whose values changed from `retired` to the snapshot `upto`.
-    behind: Vec<String>,
-    /// The `seq` of the snapshot that followed `retired`.
-    upto: u64,
-}
 
 impl<T: KvConfig> Member for Shared<T> {
     fn on_entry(&self, entry: &Entry) {
@@ -132,12 +116,17 @@ impl<T: KvConfig> Shared<T> {
             return false;
         }
         let values = st.view.effective();
-        let (mut config, apply_keys) = match self.take_spare(&current, keys) {
-            Some((config, keys)) => (config, Cow::Owned(keys)),
-            None => (current.config.clone(), Cow::Borrowed(keys)),
+        // The next snapshot, built in place: a plain struct of 50,000 `String` fields is 1.2 MB
+        // inline, and each move of it costs as much as the change.
+        let (mut next, apply_keys) = match self.spares().take(&current, keys) {
+            Some((spare, keys)) => (spare, Cow::Owned(keys)),
+            None => (Arc::new(Snapshot::clone(&current)), Cow::Borrowed(keys)),
+        };
+        let Some(snapshot) = Arc::get_mut(&mut next) else {
+            return false; // not reached: a fresh copy, or a spare nobody else holds
         };
         // apply_changes never panics: validators and Deserialize impls run under catch_unwind.
-        let Some(unknown) = apply_changes::<T>(&mut config, &values, &apply_keys, &self.source) else {
+        let Some(unknown) = apply_changes::<T>(&mut snapshot.config, &values, &apply_keys, &self.source) else {
             return false;
         };
         let mut delta: Vec<String> = keys
@@ -149,18 +138,19 @@ impl<T: KvConfig> Shared<T> {
         self.note_unknown_changed(st, &unknown);
         st.status.revision = st.view.seen;
         let changed = !delta.is_empty();
-        let mut snapshot = Snapshot::new(config, values, &st.view, false, st.epoch);
+        let mut meta = Snapshot::new((), values, &st.view, false, st.epoch);
         let mut history = current.history.clone();
         if history.len() >= HISTORY {
             history.pop_front();
         }
         history.push_back((current.seq, delta.into()));
-        snapshot.history = history;
-        let upto = snapshot.seq;
+        meta.history = history;
+        let upto = meta.seq;
+        snapshot.replace_meta(meta);
         drop(current);
-        let retired = self.snapshot.swap(Arc::new(snapshot));
+        let retired = self.snapshot.swap(next);
         if self.keeps_spare(st) {
-            *self.spare() = Some(Spare { retired, behind: keys.to_vec(), upto });
+            self.spares().retire(retired, keys, upto);
         }
         if changed {
             st.status.swaps += 1;
@@ -169,40 +159,19 @@ impl<T: KvConfig> Shared<T> {
         true
     }
 
-    /// The retired config to apply `keys` to in place, with every key it is behind, when it is
-    /// the predecessor of `current`, no reader holds it any more and the keys are few enough.
-    fn take_spare(&self, current: &Snapshot<T>, keys: &[String]) -> Option<(T, Vec<String>)> {
-        let spare = self.spare().take()?;
-        if spare.upto != current.seq {
-            return None;
-        }
-        let mut all = spare.behind;
-        for key in keys {
-            if !all.contains(key) {
-                all.push(key.clone());
-            }
-        }
-        if all.len() > APPLY_MAX_CHANGED {
-            return None;
-        }
-        // Fails while a reader (a `get()` guard, a subscriber's last snapshot) still holds it.
-        let retired = Arc::try_unwrap(spare.retired).ok()?;
-        Some((retired.config, all))
-    }
-
     /// Whether to keep the snapshot a change retires as the next change's spare.
     fn keeps_spare(&self, st: &State) -> bool {
         self.options.spare.unwrap_or(st.view.values.len() >= SPARE_MIN_KEYS)
     }
 
-    fn spare(&self) -> MutexGuard<'_, Option<Spare<T>>> {
-        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    fn spares(&self) -> MutexGuard<'_, Spares<T>> {
+        self.spares.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Decodes the whole config, keeping the last good value of every refused key.
     fn decode_whole(&self, st: &mut State) {
-        // A whole decode starts a new chain: the spare would never be used.
-        *self.spare() = None;
+        // A whole decode starts a new chain: the spares would never be used.
+        self.spares().clear();
         let seen = st.view.seen;
         let current = self.snapshot.load_full();
         // decode_view never panics: validators and Deserialize impls run under catch_unwind.

@@ -552,7 +552,7 @@ fn build<T: KvConfig>(
         options,
         hub: OnceLock::new(),
         task: Mutex::new(None),
-        spare: Mutex::new(None),
+        spares: Mutex::new(super::spare::Spares::new()),
     });
     if has_unknown {
         let mut st = shared.state();

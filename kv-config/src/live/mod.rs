@@ -3,8 +3,8 @@
 //!
 //! One job per file: [`builder`] opens the bucket and takes the first snapshot, [`hub`] shares one
 //! watch among the handles on a bucket, [`watcher`] keeps it current (and notices when it
-//! cannot), [`apply`] turns a handle's changed keys into its next snapshot, [`write`] is the
-//! compare-and-swap write path,
+//! cannot), [`apply`] turns a handle's changed keys into its next snapshot (in place, into one a
+//! change retired and [`spare`] kept), [`write`] is the compare-and-swap write path,
 //! [`snapshot`], [`status`] and [`subscribe`] are what readers get. [`cache`] owns the
 //! last-known-good file; after a start from it, [`lazy`] stands in for the bucket and [`attach`]
 //! reaches the server.
@@ -18,6 +18,7 @@ mod provenance;
 mod cache;
 mod lazy;
 mod snapshot;
+mod spare;
 mod status;
 mod subscribe;
 mod watcher;
@@ -53,7 +54,7 @@ struct Options {
     load_timeout: Duration,
     author: Option<String>,
     /// Keep the snapshot a change retires as a spare (`None`: for configs of
-    /// [`SPARE_MIN_KEYS`](apply::SPARE_MIN_KEYS) keys or more).
+    /// [`SPARE_MIN_KEYS`](spare::SPARE_MIN_KEYS) keys or more).
     spare: Option<bool>,
 }
 
@@ -103,8 +104,8 @@ struct Shared<T> {
     hub: OnceLock<Arc<hub::Hub>>,
     /// The task that attaches a handle started from its cache (then runs its watcher).
     task: Mutex<Option<AbortHandle>>,
-    /// The config the last change retired, to apply the next change to (see [`apply::Spare`]).
-    spare: Mutex<Option<apply::Spare<T>>>,
+    /// The snapshots recent changes retired, to apply the next change to (see [`spare`]).
+    spares: Mutex<spare::Spares<T>>,
 }
 
 impl<T> Drop for Shared<T> {

@@ -131,6 +131,40 @@ impl<T> Snapshot<T> {
         }
     }
 
+    /// Takes everything but the config from `meta` (a snapshot of the same values built around
+    /// `()`), in place: a large `T` is not moved.
+    pub(super) fn replace_meta(&mut self, meta: Snapshot<()>) {
+        let Snapshot {
+            config: (),
+            values,
+            overrides,
+            repair,
+            guard,
+            overridden,
+            underlying,
+            override_revisions,
+            fallback,
+            revision,
+            epoch,
+            from_cache,
+            seq,
+            history,
+        } = meta;
+        self.values = values;
+        self.overrides = overrides;
+        self.repair = repair;
+        self.guard = guard;
+        self.overridden = overridden;
+        self.underlying = underlying;
+        self.override_revisions = override_revisions;
+        self.fallback = fallback;
+        self.revision = revision;
+        self.epoch = epoch;
+        self.from_cache = from_cache;
+        self.seq = seq;
+        self.history = history;
+    }
+
     /// The config.
     pub fn config(&self) -> &T {
         &self.config
