@@ -412,6 +412,9 @@ struct Counted {
 }
 
 fn counted_ok(c: &Counted) -> Result<(), String> {
+    if c.name == "panic" {
+        panic!("a validator that panics");
+    }
     if c.a == 13 && c.name == "unlucky" {
         Err("a 13 and name unlucky".into())
     } else {
@@ -504,5 +507,20 @@ async fn a_change_goes_to_the_retired_config_in_place_once_no_reader_holds_it() 
         let whole = kv_config::load::<Counted>(&*writer, "").await.unwrap();
         assert!(cfg.get().config() == &whole.config, "{:?} != {:?}", cfg.get().config(), whole.config);
         assert_eq!((cfg.get().a, cfg.get().name.as_str()), (14, "unlucky"));
+
+        // A validator that panics while a change is applied to the spare: refused, the config in
+        // effect stays, the half-applied spare is never used.
+        let good = cfg.get_arc().config().clone();
+        let rev = writer.put("name", "\"panic\"".into()).await.unwrap();
+        eventually("seen", Duration::from_secs(10), || cfg.status().seen_revision >= rev).await;
+        assert!(cfg.get().config() == &good, "{:?}", cfg.status());
+        assert!(cfg.status().rejected.iter().any(|e| e.to_string().contains("panicked")), "{:?}", cfg.status());
+        for (key, value) in [("a", "15"), ("name", "\"after\""), ("limits.max", "9")] {
+            let rev = writer.put(key, value.into()).await.unwrap();
+            eventually("caught up", Duration::from_secs(10), || cfg.get().revision() >= rev).await;
+        }
+        let whole = kv_config::load::<Counted>(&*writer, "").await.unwrap();
+        assert!(cfg.get().config() == &whole.config, "{:?} != {:?}", cfg.get().config(), whole.config);
+        assert_eq!((cfg.get().a, cfg.get().name.as_str(), cfg.get().limits.max), (15, "after", 9));
     }
 }
