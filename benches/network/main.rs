@@ -1,6 +1,6 @@
 //! Network benchmarks against a real nats-server that this binary starts itself: cold load,
-//! propagation, fan-out, write-back, conflicting writers, memory and many handles on one bucket,
-//! each next to the raw async-nats code a user would otherwise write, measured in the same run.
+//! propagation, fan-out, write-back, conflicting writers, memory, many handles on one bucket and
+//! ways to scan a bucket (the consumer kinds a cold load could use), each next to the raw async-nats code a user would otherwise write, measured in the same run.
 //!
 //! `cargo bench --bench network` prints a Markdown table (BENCHMARKS.md holds one full run);
 //! `cargo bench --bench network -- --quick` is a few-second smoke run with small sizes, and so is
@@ -678,10 +678,27 @@ async fn memory(url: &str, report: &mut Report) {
     report.row(&["raw payload for reference (1,000 × (100 B value + key))".into(), payload.to_string()]);
     drop((copy, config_only, handle));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = allocated();
-    let handle = LiveConfig::<Keys1000>::builder(store.clone(), "mem").dedicated_watch().start().await.expect("start");
+    let mut before = allocated();
+    let mut handle = LiveConfig::<Keys1000>::builder(store.clone(), "mem").dedicated_watch().start().await.expect("start");
     tokio::time::sleep(Duration::from_millis(100)).await;
     report.row(&["the same handle with `dedicated_watch()` (no shared map of the bucket)".into(), (allocated() - before).to_string()]);
+    // After changes the handle also keeps the snapshot the last change retired (its spare, see
+    // `Builder::spare_copy`), unless told not to.
+    for spare in [true, false] {
+        let rev = kv.put("g0.f0", value_100b(7 + usize::from(spare))).await.expect("put");
+        caught_up(&handle, rev).await;
+        let rev = kv.put("g0.f1", value_100b(9 + usize::from(spare))).await.expect("put");
+        caught_up(&handle, rev).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let what = if spare { "the same after two changes (keeps a spare: the default from 512 keys)" } else { "the same after two changes with `spare_copy(false)`" };
+        report.row(&[what.into(), (allocated() - before).to_string()]);
+        if spare {
+            drop(handle);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            before = allocated();
+            handle = LiveConfig::<Keys1000>::builder(store.clone(), "mem").dedicated_watch().spare_copy(false).start().await.expect("start");
+        }
+    }
     drop(handle);
     // The same handle on the embedded store, for comparison.
     let mem = MemoryStore::new();
@@ -875,8 +892,159 @@ async fn run() {
     if run("memory") {
         Box::pin(memory(&url, &mut report)).await;
     }
+    if run("scan") {
+        Box::pin(scan_experiment(&url, quick, &mut report)).await;
+    }
     if run("many-handles") {
         Box::pin(many_handles(&url, quick, &mut report)).await;
     }
     println!("\n{}\n\n(total {:.1} s)", report.out, t.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Scan: could a consumer tuned for the initial read beat `watch_with_history` (issue 11's
+// stretch)? The same read of every key's latest entry by an async-nats ordered push consumer
+// (what `watch_with_history` and kv-config's watch use), a push consumer without flow control or
+// heartbeats, and a pull consumer fetching everything in one batch; the last two also with
+// `DeliverPolicy::All`, which reads the same entries on a bucket of history 1 without the
+// server's last-per-subject lookup.
+
+async fn scan_experiment(url: &str, quick: bool, report: &mut Report) {
+    use jetstream::consumer::{pull, push, AckPolicy, DeliverPolicy};
+    println!("scan");
+    report.section("Scan: read the latest entry of every key", &["keys", "watch_with_history", "push, no flow control", "pull, one batch", "our NatsStore watch", "push vs watch", "pull vs watch", "ours vs watch", "push all vs watch", "pull all vs watch"]);
+    let sizes: &[usize] = if quick { &[100] } else { &[1000, 5000, 50000] };
+    let client = connect(url).await;
+    let js = jetstream::new(client.clone());
+    let store = NatsStore::new(client.clone());
+    for &n in sizes {
+        let runs = if quick { 1 } else if n > 5000 { 7 } else { 15 };
+        let bucket = format!("scan{n}");
+        let kv = js.create_key_value(kv::Config { bucket: bucket.clone(), ..Default::default() }).await.expect("bucket");
+        fill(&kv, &keys_for(n)).await;
+        let stream = js.get_stream(format!("KV_{bucket}")).await.expect("stream");
+        let b = store.open_bucket(&bucket).await.expect("open");
+        let (mut w, mut p, mut q, mut o, mut pa, mut qa) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..runs {
+            let t = Instant::now();
+            let mut s = kv.watch_with_history(">").await.expect("watch");
+            while let Some(e) = s.next().await {
+                if e.expect("entry").delta == 0 {
+                    break;
+                }
+            }
+            w.push(t.elapsed());
+            drop(s);
+
+            let t = Instant::now();
+            let c = stream
+                .create_consumer(push::Config {
+                    deliver_subject: client.new_inbox(),
+                    ack_policy: AckPolicy::None,
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    filter_subject: format!("$KV.{bucket}.>"),
+                    memory_storage: true,
+                    inactive_threshold: Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .await
+                .expect("push consumer");
+            let pending = c.cached_info().num_pending;
+            let mut m = c.messages().await.expect("push messages");
+            let mut got = 0u64;
+            while got < pending {
+                let msg = m.next().await.expect("end").expect("msg");
+                let info = msg.info().expect("info");
+                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
+                got += 1;
+            }
+            p.push(t.elapsed());
+            drop(m);
+
+            let t = Instant::now();
+            let c = stream
+                .create_consumer(pull::Config {
+                    ack_policy: AckPolicy::None,
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    filter_subject: format!("$KV.{bucket}.>"),
+                    memory_storage: true,
+                    inactive_threshold: Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .await
+                .expect("pull consumer");
+            let pending = c.cached_info().num_pending as usize;
+            let mut m = c.batch().max_messages(pending).expires(Duration::from_secs(10)).messages().await.expect("batch");
+            let mut got = 0usize;
+            while got < pending {
+                let msg = m.next().await.expect("end").expect("msg");
+                let info = msg.info().expect("info");
+                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
+                got += 1;
+            }
+            q.push(t.elapsed());
+            drop(m);
+
+            let t = Instant::now();
+            let c = stream
+                .create_consumer(push::Config {
+                    deliver_subject: client.new_inbox(),
+                    ack_policy: AckPolicy::None,
+                    deliver_policy: DeliverPolicy::All,
+                    filter_subject: format!("$KV.{bucket}.>"),
+                    memory_storage: true,
+                    inactive_threshold: Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .await
+                .expect("push consumer");
+            let pending = c.cached_info().num_pending;
+            let mut m = c.messages().await.expect("push messages");
+            let mut got = 0u64;
+            while got < pending {
+                let msg = m.next().await.expect("end").expect("msg");
+                let info = msg.info().expect("info");
+                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
+                got += 1;
+            }
+            pa.push(t.elapsed());
+            drop(m);
+
+            let t = Instant::now();
+            let c = stream
+                .create_consumer(pull::Config {
+                    ack_policy: AckPolicy::None,
+                    deliver_policy: DeliverPolicy::All,
+                    filter_subject: format!("$KV.{bucket}.>"),
+                    memory_storage: true,
+                    inactive_threshold: Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .await
+                .expect("pull consumer");
+            let pending = c.cached_info().num_pending as usize;
+            let mut m = c.batch().max_messages(pending).expires(Duration::from_secs(10)).messages().await.expect("batch");
+            let mut got = 0usize;
+            while got < pending {
+                let msg = m.next().await.expect("end").expect("msg");
+                let info = msg.info().expect("info");
+                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
+                got += 1;
+            }
+            qa.push(t.elapsed());
+            drop(m);
+
+            let t = Instant::now();
+            let mut s = b.watch(">", kv_config::store::WatchStart::LatestPerKey).await.expect("ours");
+            while let Some(e) = s.next().await {
+                if e.expect("entry").delta == 0 {
+                    break;
+                }
+            }
+            o.push(t.elapsed());
+        }
+        let (w, p, q, o, pa, qa) = (median(w), median(p), median(q), median(o), median(pa), median(qa));
+        report.row(&[n.to_string(), ms(w), ms(p), ms(q), ms(o), ratio(p, w), ratio(q, w), ratio(o, w), ratio(pa, w), ratio(qa, w)]);
+        kv_drop(&js, &bucket).await;
+    }
 }

@@ -731,10 +731,11 @@ impl<'a> Decoder<'a> {
 }
 
 /// A nested section behind an [`Arc`](std::sync::Arc) (`#[kv(nested)] server: Arc<Server>`):
-/// cloning the config shares the section instead of copying it. The watcher applies a change to
-/// a copy of the config in effect, so in a config of thousands of keys, sections behind `Arc`
-/// make a change cost the section it touches (copied once, by `Arc::make_mut`) instead of the
-/// whole struct.
+/// cloning the config shares the section instead of copying it. When the watcher applies a change
+/// to a copy of the config in effect (a small config, or a reader still holding the snapshot the
+/// change before retired: see [`Builder::spare_copy`](crate::Builder::spare_copy)), sections behind
+/// `Arc` make the change cost the section it touches (copied once, by `Arc::make_mut`) instead of
+/// the whole struct, and a spare shares every section no change touched.
 ///
 /// ```
 /// use std::sync::Arc;

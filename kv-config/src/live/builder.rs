@@ -129,15 +129,19 @@ impl<T: KvConfig> Builder<T> {
     /// Whether a change is applied in place to the config the previous change retired (a
     /// spare), instead of to a copy of the config in effect.
     ///
-    /// A snapshot is immutable, so a change needs a config to apply to: copying the one in effect
-    /// costs a clone of every field that is not behind an `Arc` (about 0.3 ms for 5,000 `String`
-    /// fields, milliseconds for 50,000, plus dropping the old copy). With a spare, the handle
-    /// keeps the snapshot each change retires and, once no reader holds it any more, brings it up
-    /// to date by decoding only the keys changed since: a change costs what changed. The price is
-    /// memory: one more copy of the config (of the sections that changed, for sections behind an
-    /// `Arc`) between changes. When a reader still holds the retired snapshot (a long-lived
-    /// [`get_arc`](crate::LiveConfig::get_arc), a subscriber that has not looked yet), the change
-    /// falls back to the copy.
+    /// A snapshot readers may hold is never modified, so a change needs a config of its own:
+    /// copying the one in effect costs a clone of every field that is not behind an `Arc` (about
+    /// 0.3 ms for 5,000 `String` fields, milliseconds for 50,000, plus dropping the old copy).
+    /// With a spare, the handle keeps the snapshot each change retires and, once no reader holds
+    /// it any more, brings it up to date in place by decoding only the keys changed since (those
+    /// of the change that retired it, and the new ones): a change costs what changed. When every
+    /// spare is still held (a long-lived [`get_arc`](crate::LiveConfig::get_arc), a subscriber
+    /// that has not looked yet), the change falls back to the copy and the held spare is kept
+    /// for the next change, so at most two are kept. Spares let go are dropped on tokio's
+    /// blocking pool, off the watcher's path.
+    ///
+    /// The price is memory: one more copy of the config between changes (only of the sections
+    /// that changed, for sections behind an `Arc`).
     ///
     /// Default: on for configs of 512 keys or more, off below (the copy is cheap there).
     ///
