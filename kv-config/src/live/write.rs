@@ -19,8 +19,9 @@ pub(super) fn to_raw(encoded: &crate::Encoded) -> RawValues {
     encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0, created: None })).collect()
 }
 
-/// Pauses between conflicting attempts: exponential from 1 ms to 32 ms, with full jitter so
-/// writers that collided do not collide again in lockstep. The ceiling stays low on purpose: a
+/// Pauses between conflicting attempts (cut short by the next write to the bucket, see
+/// `modify`): exponential from 1 ms to 32 ms, with full jitter so writers that collided do not
+/// collide again in lockstep. The ceiling stays low on purpose: a
 /// writer that lost many rounds must not wait far longer than one that just started, or it
 /// starves behind fresh writers (seen with 8 guarded writers on a loaded machine).
 pub(super) struct Backoff {
@@ -34,8 +35,8 @@ impl Backoff {
 
     pub(super) async fn pause(&mut self) {
         let nanos = self.ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
-        tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=nanos))).await;
         self.ceiling = (self.ceiling * 2).min(Duration::from_millis(32));
+        tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=nanos))).await;
     }
 }
 
@@ -274,7 +275,15 @@ impl<T: KvConfig> LiveConfig<T> {
                         None => shared.bucket.entry(&key).await?.map_or(0, |e| e.revision),
                     };
                     shared.wait_applied(base.epoch, target).await;
-                    backoff.pause().await;
+                    // Then retry at the next write anyone makes, or after the jittered pause if
+                    // nobody writes meanwhile. The writer that just won learns the new revision
+                    // first and writes again at once; a loser that slept a fixed time would lose
+                    // to it again and again (capture). Woken by the next commit, it starts level
+                    // with that commit's author.
+                    tokio::select! {
+                        () = backoff.pause() => {}
+                        _ = shared.wait_applied(base.epoch, target + 1) => {}
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
