@@ -909,8 +909,45 @@ async fn run() {
 // `DeliverPolicy::All`, which reads the same entries on a bucket of history 1 without the
 // server's last-per-subject lookup.
 
+/// Reads every message a fresh consumer has pending (each message's subject, sequence and
+/// payload touched, as a watch would) and returns the time from creating the consumer.
+async fn scan_with(stream: &jetstream::stream::Stream, client: &async_nats::Client, bucket: &str, pull: bool, policy: jetstream::consumer::DeliverPolicy) -> Duration {
+    use jetstream::consumer::{self, AckPolicy};
+    let t = Instant::now();
+    let filter_subject = format!("$KV.{bucket}.>");
+    let inactive_threshold = Duration::from_secs(5);
+    let (pending, mut messages): (u64, futures_util::stream::BoxStream<'_, jetstream::Message>) = if pull {
+        let config = consumer::pull::Config { ack_policy: AckPolicy::None, deliver_policy: policy, filter_subject, memory_storage: true, inactive_threshold, ..Default::default() };
+        let c = stream.create_consumer(config).await.expect("pull consumer");
+        let pending = c.cached_info().num_pending;
+        let batch = c.batch().max_messages(pending as usize).expires(Duration::from_secs(10)).messages().await.expect("batch");
+        (pending, batch.map(|m| m.expect("message")).boxed())
+    } else {
+        let deliver_subject = client.new_inbox();
+        let config = consumer::push::Config { deliver_subject, ack_policy: AckPolicy::None, deliver_policy: policy, filter_subject, memory_storage: true, inactive_threshold, ..Default::default() };
+        let c = stream.create_consumer(config).await.expect("push consumer");
+        let pending = c.cached_info().num_pending;
+        (pending, c.messages().await.expect("push messages").map(|m| m.expect("message")).boxed())
+    };
+    for _ in 0..pending {
+        let msg = messages.next().await.expect("a pending message");
+        let info = msg.info().expect("info");
+        std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
+    }
+    t.elapsed()
+}
+
+/// Until the first entry with nothing more pending.
+async fn drain<E>(mut s: impl futures_util::Stream<Item = Result<E, impl std::fmt::Debug>> + Unpin, delta: impl Fn(&E) -> u64) {
+    while let Some(e) = s.next().await {
+        if delta(&e.expect("entry")) == 0 {
+            break;
+        }
+    }
+}
+
 async fn scan_experiment(url: &str, quick: bool, report: &mut Report) {
-    use jetstream::consumer::{pull, push, AckPolicy, DeliverPolicy};
+    use jetstream::consumer::DeliverPolicy::{All, LastPerSubject};
     println!("scan");
     report.section("Scan: read the latest entry of every key", &["keys", "watch_with_history", "push, no flow control", "pull, one batch", "our NatsStore watch", "push vs watch", "pull vs watch", "ours vs watch", "push all vs watch", "pull all vs watch"]);
     let sizes: &[usize] = if quick { &[100] } else { &[1000, 5000, 50000] };
@@ -927,120 +964,14 @@ async fn scan_experiment(url: &str, quick: bool, report: &mut Report) {
         let (mut w, mut p, mut q, mut o, mut pa, mut qa) = (vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..runs {
             let t = Instant::now();
-            let mut s = kv.watch_with_history(">").await.expect("watch");
-            while let Some(e) = s.next().await {
-                if e.expect("entry").delta == 0 {
-                    break;
-                }
-            }
+            drain(kv.watch_with_history(">").await.expect("watch"), |e: &kv::Entry| e.delta).await;
             w.push(t.elapsed());
-            drop(s);
-
+            p.push(scan_with(&stream, &client, &bucket, false, LastPerSubject).await);
+            q.push(scan_with(&stream, &client, &bucket, true, LastPerSubject).await);
+            pa.push(scan_with(&stream, &client, &bucket, false, All).await);
+            qa.push(scan_with(&stream, &client, &bucket, true, All).await);
             let t = Instant::now();
-            let c = stream
-                .create_consumer(push::Config {
-                    deliver_subject: client.new_inbox(),
-                    ack_policy: AckPolicy::None,
-                    deliver_policy: DeliverPolicy::LastPerSubject,
-                    filter_subject: format!("$KV.{bucket}.>"),
-                    memory_storage: true,
-                    inactive_threshold: Duration::from_secs(5),
-                    ..Default::default()
-                })
-                .await
-                .expect("push consumer");
-            let pending = c.cached_info().num_pending;
-            let mut m = c.messages().await.expect("push messages");
-            let mut got = 0u64;
-            while got < pending {
-                let msg = m.next().await.expect("end").expect("msg");
-                let info = msg.info().expect("info");
-                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
-                got += 1;
-            }
-            p.push(t.elapsed());
-            drop(m);
-
-            let t = Instant::now();
-            let c = stream
-                .create_consumer(pull::Config {
-                    ack_policy: AckPolicy::None,
-                    deliver_policy: DeliverPolicy::LastPerSubject,
-                    filter_subject: format!("$KV.{bucket}.>"),
-                    memory_storage: true,
-                    inactive_threshold: Duration::from_secs(5),
-                    ..Default::default()
-                })
-                .await
-                .expect("pull consumer");
-            let pending = c.cached_info().num_pending as usize;
-            let mut m = c.batch().max_messages(pending).expires(Duration::from_secs(10)).messages().await.expect("batch");
-            let mut got = 0usize;
-            while got < pending {
-                let msg = m.next().await.expect("end").expect("msg");
-                let info = msg.info().expect("info");
-                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
-                got += 1;
-            }
-            q.push(t.elapsed());
-            drop(m);
-
-            let t = Instant::now();
-            let c = stream
-                .create_consumer(push::Config {
-                    deliver_subject: client.new_inbox(),
-                    ack_policy: AckPolicy::None,
-                    deliver_policy: DeliverPolicy::All,
-                    filter_subject: format!("$KV.{bucket}.>"),
-                    memory_storage: true,
-                    inactive_threshold: Duration::from_secs(5),
-                    ..Default::default()
-                })
-                .await
-                .expect("push consumer");
-            let pending = c.cached_info().num_pending;
-            let mut m = c.messages().await.expect("push messages");
-            let mut got = 0u64;
-            while got < pending {
-                let msg = m.next().await.expect("end").expect("msg");
-                let info = msg.info().expect("info");
-                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
-                got += 1;
-            }
-            pa.push(t.elapsed());
-            drop(m);
-
-            let t = Instant::now();
-            let c = stream
-                .create_consumer(pull::Config {
-                    ack_policy: AckPolicy::None,
-                    deliver_policy: DeliverPolicy::All,
-                    filter_subject: format!("$KV.{bucket}.>"),
-                    memory_storage: true,
-                    inactive_threshold: Duration::from_secs(5),
-                    ..Default::default()
-                })
-                .await
-                .expect("pull consumer");
-            let pending = c.cached_info().num_pending as usize;
-            let mut m = c.batch().max_messages(pending).expires(Duration::from_secs(10)).messages().await.expect("batch");
-            let mut got = 0usize;
-            while got < pending {
-                let msg = m.next().await.expect("end").expect("msg");
-                let info = msg.info().expect("info");
-                std::hint::black_box((msg.subject.len(), info.stream_sequence, msg.payload.len()));
-                got += 1;
-            }
-            qa.push(t.elapsed());
-            drop(m);
-
-            let t = Instant::now();
-            let mut s = b.watch(">", kv_config::store::WatchStart::LatestPerKey).await.expect("ours");
-            while let Some(e) = s.next().await {
-                if e.expect("entry").delta == 0 {
-                    break;
-                }
-            }
+            drain(b.watch(">", kv_config::store::WatchStart::LatestPerKey).await.expect("ours"), |e: &kv_config::store::Entry| e.delta).await;
             o.push(t.elapsed());
         }
         let (w, p, q, o, pa, qa) = (median(w), median(p), median(q), median(o), median(pa), median(qa));
