@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use super::hub::Member;
 use super::snapshot::HISTORY;
-use super::spare::{Spares, SPARE_MIN_KEYS};
+use super::spare::{drop_later, Spares, SPARE_MIN_KEYS};
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
 use crate::config::{apply_changes, KvConfig};
 use crate::store::Entry;
@@ -127,6 +127,7 @@ impl<T: KvConfig> Shared<T> {
         };
         // apply_changes never panics: validators and Deserialize impls run under catch_unwind.
         let Some(unknown) = apply_changes::<T>(&mut snapshot.config, &values, &apply_keys, &self.source) else {
+            drop_later(vec![next]);
             return false;
         };
         let mut delta: Vec<String> = keys

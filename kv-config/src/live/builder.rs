@@ -141,9 +141,12 @@ impl<T: KvConfig> Builder<T> {
     /// blocking pool, off the watcher's path.
     ///
     /// The price is memory: one more copy of the config between changes (only of the sections
-    /// that changed, for sections behind an `Arc`).
+    /// that changed, for sections behind an `Arc`), and the raw values it was built from until
+    /// the next change (shared with the snapshot in effect, except after the values were folded
+    /// into a new map, every n/8 changes).
     ///
-    /// Default: on for configs of 512 keys or more, off below (the copy is cheap there).
+    /// Default: on when the bucket holds 512 keys or more under the handle's prefix (counted at
+    /// each change), off below (the copy is cheap there).
     ///
     /// ```
     /// use kv_config::{KvConfig, LiveConfig, store::MemoryStore};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::Snapshot;
 use crate::config::APPLY_MAX_CHANGED;
 
-/// Configs with at least this many keys keep spares by default: below it, copying the config per
+/// Configs with at least this many keys in the bucket (under the prefix) keep spares by default: below it, copying the config per
 /// change costs less than ~50 µs on the machines of BENCHMARKS.md (about 60 ns per `String`
 /// field), and the spare's memory is not worth it.
 pub(super) const SPARE_MIN_KEYS: usize = 512;
@@ -97,7 +97,7 @@ impl<T: Send + Sync + 'static> Spares<T> {
 
 /// Drops snapshots off the watcher's path: the last reference to a large plain config takes as
 /// long to drop as to copy, and the watcher should be applying the next change meanwhile.
-fn drop_later<T: Send + Sync + 'static>(old: Vec<Arc<Snapshot<T>>>) {
+pub(super) fn drop_later<T: Send + Sync + 'static>(old: Vec<Arc<Snapshot<T>>>) {
     // Only the last reference costs anything; a reader that still holds one drops it itself.
     let last: Vec<_> = old.into_iter().filter(|s| Arc::strong_count(s) == 1).collect();
     if last.is_empty() {

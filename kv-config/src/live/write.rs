@@ -280,9 +280,12 @@ impl<T: KvConfig> LiveConfig<T> {
                     // first and writes again at once; a loser that slept a fixed time would lose
                     // to it again and again (capture). Woken by the next commit, it starts level
                     // with that commit's author.
+                    // "Next" is past everything applied by now, not past `target`: an atomic batch
+                    // (a guard key) or other keys' writes may already have moved the watcher on.
+                    let applied = shared.applied.borrow().seen;
                     tokio::select! {
                         () = backoff.pause() => {}
-                        _ = shared.wait_applied(base.epoch, target + 1) => {}
+                        _ = shared.wait_applied(base.epoch, applied.max(target).saturating_add(1)) => {}
                     }
                 }
                 Err(e) => return Err(e.into()),
