@@ -4,11 +4,11 @@
 //! share the sections a change did not touch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kv_config::store::{Bucket, NatsStore, Store};
+use kv_config::store::{Bucket, MemoryStore, NatsStore, Store};
 use kv_config::{KvConfig, LiveConfig, Problem, Snapshot};
 use kv_config_testing::{eventually, NatsServer};
 
@@ -523,4 +523,59 @@ async fn a_change_goes_to_the_retired_config_in_place_once_no_reader_holds_it() 
         assert!(cfg.get().config() == &whole.config, "{:?} != {:?}", cfg.get().config(), whole.config);
         assert_eq!((cfg.get().a, cfg.get().name.as_str(), cfg.get().limits.max), (15, "after", 9));
     }
+}
+
+/// Readers on other threads hold `get()` guards and `get_arc()` snapshots while changes stream
+/// in: a handle with a spare must never modify a snapshot one of them holds (guards of
+/// `ArcSwap::load` count only once a swap pays their debt), and must end where a handle without
+/// one and a whole decode end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_on_other_threads_never_see_a_snapshot_change_under_them() {
+    let store = MemoryStore::new();
+    let with = LiveConfig::<Cfg>::builder(store.clone(), "cfg").create_if_missing().seed_defaults(false).spare_copy(true).start().await.unwrap();
+    let without = LiveConfig::<Cfg>::builder(store.clone(), "cfg").spare_copy(false).dedicated_watch().start().await.unwrap();
+    let writer = store.open_bucket("cfg").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (cfg, stop) = (with.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut checks = 0u64;
+                let mut held: Option<(Arc<Snapshot<Cfg>>, Cfg)> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let guard = cfg.get();
+                    let copy = guard.config().clone();
+                    for _ in 0..200 {
+                        std::hint::spin_loop();
+                    }
+                    assert!(guard.config() == &copy, "reader {r}: a guarded snapshot changed under it");
+                    drop(guard);
+                    if checks % 7 == 0 {
+                        if let Some((snap, copy)) = held.take() {
+                            assert!(snap.config() == &copy, "reader {r}: a held snapshot changed");
+                        }
+                        let snap = cfg.get_arc();
+                        let copy = snap.config().clone();
+                        held = Some((snap, copy));
+                    }
+                    checks += 1;
+                }
+                checks
+            })
+        })
+        .collect();
+    let mut rng = Rng(0xC0FFEE + std::process::id() as u64);
+    let mut model = BTreeMap::new();
+    for step in 0..1500 {
+        let last = apply(&*writer, &mut model, &random_op(&mut rng)).await;
+        if step % 50 == 49 {
+            eventually("both caught up", Duration::from_secs(10), || with.get().revision() >= last && without.get().revision() >= last).await;
+            let whole = kv_config::load::<Cfg>(&*writer, "").await.unwrap();
+            assert!(with.get().config() == &whole.config, "step {step}: with a spare {:?} != {:?}", with.get().config(), whole.config);
+            assert!(without.get().config() == &whole.config, "step {step}: without {:?} != {:?}", without.get().config(), whole.config);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let checks: u64 = readers.into_iter().map(|r| r.join().expect("a reader failed")).sum();
+    assert!(checks > 1000, "the readers ran: {checks} checks");
 }
