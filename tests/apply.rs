@@ -550,7 +550,7 @@ async fn readers_on_other_threads_never_see_a_snapshot_change_under_them() {
                     }
                     assert!(guard.config() == &copy, "reader {r}: a guarded snapshot changed under it");
                     drop(guard);
-                    if checks % 7 == 0 {
+                    if checks.is_multiple_of(7) {
                         if let Some((snap, copy)) = held.take() {
                             assert!(snap.config() == &copy, "reader {r}: a held snapshot changed");
                         }
