@@ -174,9 +174,10 @@ impl<T: KvConfig> Builder<T> {
         self
     }
 
-    /// How many times `update` runs its closure before giving up on conflicts (default 100; retries
-    /// wait a jittered, exponentially growing pause of at most 32 ms, so the default gives up
-    /// after at most about 3 s of lost races).
+    /// How many times `update` runs its closure before giving up on conflicts (default 100). A
+    /// retry goes out at the next write anyone makes to the bucket, or after a jittered,
+    /// exponentially growing pause of at most 32 ms if nobody writes, so the default gives up
+    /// after at most about 3 s of lost races.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.options.max_attempts = attempts.max(1);
         self

@@ -95,8 +95,7 @@ impl<T: KvConfig> LiveConfig<T> {
                         crate::store::StoreErrorKind::WrongRevision { current: Some(c), .. } => *c,
                         _ => last_revision(shared.bucket.entry(&full).await?),
                     };
-                    shared.wait_applied(base.epoch, target).await;
-                    backoff.pause().await;
+                    shared.after_conflict(&mut backoff, base.epoch, target).await;
                 }
                 Err(e) if e.is_wrong_revision() => {
                     let (expected, current) = match e.kind() {

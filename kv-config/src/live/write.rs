@@ -49,6 +49,22 @@ impl<T: KvConfig> Shared<T> {
         Err(Error::UnknownKey { key: crate::redact::bound(key, 120), type_name: T::__KV_NAME.to_string(), known: self.known().listing() })
     }
 
+    /// After a lost revision race: refreshes (waits until the watcher applied `target`, the
+    /// revision lost to), then waits for the next write anyone makes or the jittered pause,
+    /// whichever comes first. The writer that just won learns the new revision first and writes
+    /// again at once; a loser that slept a fixed time would lose to it again and again (capture).
+    /// Woken by the next commit, it starts level with that commit's author. "Next" is past
+    /// everything applied by now, not past `target`: an atomic batch (a guard key) or other
+    /// keys' writes may already have moved the watcher on.
+    pub(super) async fn after_conflict(&self, backoff: &mut Backoff, epoch: u64, target: u64) {
+        self.wait_applied(epoch, target).await;
+        let applied = self.applied.borrow().seen;
+        tokio::select! {
+            () = backoff.pause() => {}
+            _ = self.wait_applied(epoch, applied.max(target).saturating_add(1)) => {}
+        }
+    }
+
     /// Waits until the watcher has applied `revision` of this epoch; `false` on timeout or when
     /// the bucket was replaced meanwhile.
     pub(super) async fn wait_applied(&self, epoch: u64, revision: u64) -> bool {
@@ -269,24 +285,11 @@ impl<T: KvConfig> LiveConfig<T> {
                     if attempt >= shared.options.max_attempts {
                         return Err(Error::Conflict { bucket: shared.source.bucket.clone(), key, expected, current, attempts: attempt });
                     }
-                    // Refresh: wait until the watcher has seen the newer revision, then back off.
                     let target = match current {
                         Some(c) => c,
                         None => shared.bucket.entry(&key).await?.map_or(0, |e| e.revision),
                     };
-                    shared.wait_applied(base.epoch, target).await;
-                    // Then retry at the next write anyone makes, or after the jittered pause if
-                    // nobody writes meanwhile. The writer that just won learns the new revision
-                    // first and writes again at once; a loser that slept a fixed time would lose
-                    // to it again and again (capture). Woken by the next commit, it starts level
-                    // with that commit's author.
-                    // "Next" is past everything applied by now, not past `target`: an atomic batch
-                    // (a guard key) or other keys' writes may already have moved the watcher on.
-                    let applied = shared.applied.borrow().seen;
-                    tokio::select! {
-                        () = backoff.pause() => {}
-                        _ = shared.wait_applied(base.epoch, applied.max(target).saturating_add(1)) => {}
-                    }
+                    shared.after_conflict(&mut backoff, base.epoch, target).await;
                 }
                 Err(e) => return Err(e.into()),
             }
