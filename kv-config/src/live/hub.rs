@@ -5,7 +5,7 @@
 //! memory, after one small request that makes sure the hub holds every write made before the
 //! start: no second consumer and no scan, whatever its config or prefix. A
 //! dedicated hub watches one handle's prefix and keeps no map: a start from the cache file, a
-//! store without [`SharedWatches`](crate::store::SharedWatches), or
+//! store without [`SharedWatches`], or
 //! [`Builder::dedicated_watch`](super::Builder::dedicated_watch).
 //!
 //! Lock order: the hub's state, then a member's. A member never calls into its hub.

@@ -4,7 +4,7 @@
 //! One job per file: [`builder`] opens the bucket and takes the first snapshot, [`hub`] shares one
 //! watch among the handles on a bucket, [`watcher`] keeps it current (and notices when it
 //! cannot), [`apply`] turns a handle's changed keys into its next snapshot (in place, into one a
-//! change retired and [`spare`] kept), [`write`] is the compare-and-swap write path,
+//! change retired and [`spare`] kept), [`write`](mod@write) is the compare-and-swap write path,
 //! [`snapshot`], [`status`] and [`subscribe`] are what readers get. [`cache`] owns the
 //! last-known-good file; after a start from it, [`lazy`] stands in for the bucket and [`attach`]
 //! reaches the server.

@@ -20,10 +20,10 @@ pub(super) fn to_raw(encoded: &crate::Encoded) -> RawValues {
 }
 
 /// Pauses between conflicting attempts (cut short by the next write to the bucket, see
-/// `modify`): exponential from 1 ms to 32 ms, with full jitter so writers that collided do not
-/// collide again in lockstep. The ceiling stays low on purpose: a
-/// writer that lost many rounds must not wait far longer than one that just started, or it
-/// starves behind fresh writers (seen with 8 guarded writers on a loaded machine).
+/// [`Shared::after_conflict`]): exponential from 1 ms to 32 ms, with full jitter so writers that
+/// collided do not collide again in lockstep. The ceiling stays low on purpose: a writer that
+/// lost many rounds must not wait far longer than one that just started, or it starves behind
+/// fresh writers (seen with 8 guarded writers on a loaded machine).
 pub(super) struct Backoff {
     ceiling: Duration,
 }
@@ -128,7 +128,7 @@ impl<T: KvConfig> LiveConfig<T> {
     /// Publishes the schema (keys, types, docs, defaults, secret flags, struct name and crate
     /// version) as JSON under the reserved key `__kvconfig.schema` (after the prefix), for admin
     /// tools, and next to it its JSON Schema ([`KvConfig::json_schema`]) under
-    /// [`JSON_SCHEMA_KEY`](crate::JSON_SCHEMA_KEY) (`__kvconfig.json_schema`), for validators and
+    /// [`JSON_SCHEMA_KEY`] (`__kvconfig.json_schema`), for validators and
     /// editors. Only a document that changed is written; both together go in one atomic batch
     /// (on a bucket without atomic writes, one after the other). Returns the latest revision of
     /// the two keys: the new one, or the existing one when nothing changed.
