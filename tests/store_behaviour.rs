@@ -278,6 +278,22 @@ async fn headers_travel_with_writes(f: Fixture) {
     assert_eq!(b.get("a").await.unwrap().as_deref(), Some(&b"2"[..]), "refused writes changed nothing");
 }
 
+/// A start asks the server one question fewer: the incarnation comes with the open, and it is the
+/// one a probe tells (a watcher compares the two to notice a replaced bucket).
+async fn incarnation_is_known_at_open(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("inc")).await.unwrap();
+    let probed = b.probe(">", u64::MAX).await.unwrap().incarnation;
+    assert_eq!(b.opened_incarnation(), Some(probed), "created");
+    let opened = f.store.open_bucket("inc").await.unwrap();
+    assert_eq!(opened.opened_incarnation(), Some(probed), "opened");
+    f.store.delete_bucket("inc").await.unwrap();
+    let again = f.store.create_bucket(&BucketConfig::new("inc")).await.unwrap();
+    let reprobed = again.probe(">", u64::MAX).await.unwrap().incarnation;
+    assert_ne!(reprobed, probed, "a re-created bucket is another incarnation");
+    assert_eq!(again.opened_incarnation(), Some(reprobed), "re-created");
+    assert_eq!(f.store.open_bucket("inc").await.unwrap().opened_incarnation(), Some(reprobed), "re-opened");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -290,6 +306,7 @@ macro_rules! suite {
 }
 
 suite!(
+    incarnation_is_known_at_open,
     put_then_get,
     delete_missing_is_harmless,
     create_is_a_lock,

@@ -9,14 +9,21 @@
 //! into it at plain `HashMap` speed. When the delta grows past an eighth of the base it is folded
 //! into a new base, so the fold's O(n) is paid once per n/8 changes.
 
+use std::collections::hash_map::Entry as Slot;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{RawValue, RawValues};
 
+/// The base map. foldhash rather than SipHash: a cold load hashes every key two or three times
+/// (fill, decode), and at 50,000 keys SipHash was a measurable part of it. Keys come from the
+/// bucket's writers; foldhash is seeded per process, so they cannot aim at its buckets offline.
+type Base = HashMap<String, RawValue, foldhash::fast::RandomState>;
+
 /// The raw values in effect by relative key: a shared base plus the changes since.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Values {
-    base: Arc<RawValues>,
+    base: Arc<Base>,
     /// Changes since `base`: `Some` replaces or adds a value, `None` removes one.
     delta: imbl::HashMap<String, Option<RawValue>>,
     len: usize,
@@ -50,7 +57,7 @@ impl Lookup for Values {
 
 impl From<RawValues> for Values {
     fn from(map: RawValues) -> Self {
-        Values { len: map.len(), base: Arc::new(map), delta: imbl::HashMap::new() }
+        Values::from_base(map.into_iter().collect())
     }
 }
 
@@ -62,9 +69,13 @@ impl PartialEq for Values {
 }
 
 impl Values {
+    fn from_base(base: Base) -> Self {
+        Values { len: base.len(), base: Arc::new(base), delta: imbl::HashMap::new() }
+    }
+
     /// Room for `n` values in the base.
     pub(crate) fn with_capacity(n: usize) -> Self {
-        Values::from(RawValues::with_capacity(n))
+        Values::from_base(Base::with_capacity_and_hasher(n, Default::default()))
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
@@ -94,19 +105,30 @@ impl Values {
         old
     }
 
-    /// [`insert`](Self::insert) of a key the caller owns: while nothing shares the base (the
-    /// initial load), the key is moved in, not copied.
-    pub(crate) fn insert_owned(&mut self, key: String, value: RawValue) -> Option<RawValue> {
+    /// Sets `key` unless it holds `value`'s revision or a later one; returns whether it did. While
+    /// nothing shares the base (the initial load) this is one lookup, and the key is moved in.
+    pub(crate) fn insert_if_newer(&mut self, key: String, value: RawValue) -> bool {
         if self.delta.is_empty() {
             if let Some(base) = Arc::get_mut(&mut self.base) {
-                let old = base.insert(key, value);
-                if old.is_none() {
-                    self.len += 1;
-                }
-                return old;
+                return match base.entry(key) {
+                    Slot::Occupied(o) if o.get().revision >= value.revision => false,
+                    Slot::Occupied(mut o) => {
+                        o.insert(value);
+                        true
+                    }
+                    Slot::Vacant(v) => {
+                        v.insert(value);
+                        self.len += 1;
+                        true
+                    }
+                };
             }
         }
-        self.insert(&key, value)
+        if self.get(&key).is_some_and(|old| old.revision >= value.revision) {
+            return false;
+        }
+        self.insert(&key, value);
+        true
     }
 
     /// Removes `key`; returns its value.
@@ -148,8 +170,8 @@ impl Values {
 
     /// Folds the delta into a new base (O(n), once per n/8 changes).
     fn fold(&mut self) {
-        let map: RawValues = self.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        *self = Values::from(map);
+        let map: Base = self.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        *self = Values::from_base(map);
     }
 
     /// Every key and value, in no particular order.

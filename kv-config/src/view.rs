@@ -84,16 +84,53 @@ impl View {
     }
 
     /// [`apply`](Self::apply) while filling a new view (the initial load of a bucket): the entry's
-    /// key is moved into the view rather than copied, and the whole view counts as changed.
+    /// key and value are moved into the view rather than copied, and the whole view counts as
+    /// changed.
     pub(crate) fn apply_owned(&mut self, prefix: &str, mut e: Entry) -> bool {
         let key = std::mem::take(&mut e.key);
-        self.apply_entry(prefix, &e, Some(key))
+        if self.plain_put(prefix, &key, &e) {
+            let value = std::mem::take(&mut e.value);
+            return self.fill(prefix, key, value, &e);
+        }
+        self.apply_fresh(prefix, &e, key)
     }
 
     /// [`apply_owned`](Self::apply_owned) of `e` under the full key `key` (the entry's own key
     /// field is not read): a new view filled from a shared watch's map.
     pub(crate) fn apply_with_key(&mut self, prefix: &str, key: String, e: &Entry) -> bool {
-        self.apply_entry(prefix, e, Some(key))
+        if self.plain_put(prefix, &key, e) {
+            return self.fill(prefix, key, e.value.clone(), e);
+        }
+        self.apply_fresh(prefix, e, key)
+    }
+
+    /// Any other entry of a view being filled: the general path, and the whole view counts as
+    /// changed.
+    fn apply_fresh(&mut self, prefix: &str, e: &Entry, key: String) -> bool {
+        let changed = self.apply_entry(prefix, e, Some(key));
+        if changed {
+            self.mark_dirty();
+        }
+        changed
+    }
+
+    /// A put of a config key under `prefix` into a view without delete markers: what almost every
+    /// entry of an initial load is, taken by [`fill`](Self::fill).
+    fn plain_put(&self, prefix: &str, key: &str, e: &Entry) -> bool {
+        e.is_put() && self.markers.is_empty() && key.strip_prefix(prefix).is_some_and(|rel| !rel.starts_with(RESERVED_PREFIX))
+    }
+
+    /// Records a [`plain_put`](Self::plain_put) in a view being filled: one lookup in the map,
+    /// which also keeps a later revision of the key if one is there already.
+    fn fill(&mut self, prefix: &str, mut key: String, value: bytes::Bytes, e: &Entry) -> bool {
+        self.seen = self.seen.max(e.revision);
+        key.drain(..prefix.len());
+        let value = RawValue { value, revision: e.revision, created: Some(e.created) };
+        if !self.values.insert_if_newer(key, value) {
+            return false;
+        }
+        self.mark_dirty();
+        true
     }
 
     fn apply_entry(&mut self, prefix: &str, e: &Entry, owned: Option<String>) -> bool {
@@ -116,18 +153,7 @@ impl View {
                 self.markers.remove(rel);
             }
             let value = RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
-            match owned {
-                // A new view being filled: everything in it is new anyway.
-                Some(mut key) => {
-                    key.drain(..prefix.len());
-                    self.values.insert_owned(key, value);
-                    self.mark_dirty();
-                    return true;
-                }
-                None => {
-                    self.values.insert(rel, value);
-                }
-            }
+            self.values.insert(rel, value);
         } else {
             self.values.remove(rel);
             self.markers.insert(rel.to_string(), e.revision);
@@ -332,5 +358,35 @@ mod tests {
             v.apply("p.", &entry(&format!("p.k{i}"), "1", 20 + i, Operation::Put));
         }
         assert_eq!(v.take_dirty(), Dirty::All, "more keys than an apply takes on");
+    }
+
+    #[test]
+    fn a_view_being_filled_keeps_the_latest_revision_and_its_own_keys() {
+        let mut v = View::with_capacity(4);
+        assert!(v.apply_owned("p.", entry("p.a", "5", 5, Operation::Put)));
+        assert!(!v.apply_owned("p.", entry("p.a", "3", 3, Operation::Put)), "older put delivered again");
+        assert!(!v.apply_owned("p.", entry("p.a", "5", 5, Operation::Put)), "the same revision again");
+        assert!(v.apply_owned("p.", entry("p.a", "8", 8, Operation::Put)), "a later put replaces it");
+        assert!(!v.apply_owned("p.", entry("q.b", "1", 9, Operation::Put)), "outside the prefix");
+        assert!(!v.apply_owned("p.", entry("p.__kvconfig.guard", "1", 10, Operation::Put)));
+        assert_eq!(v.guard, 10, "the guard key is tracked, not a value");
+        assert!(v.apply_owned("p.", entry("p.c", "", 11, Operation::Delete)));
+        assert!(!v.apply_owned("p.", entry("p.c", "1", 4, Operation::Put)), "a put older than the marker");
+        assert!(v.apply_owned("p.", entry("p.c", "1", 12, Operation::Put)), "a put after the marker");
+        let shared = entry("p.d", "7", 13, Operation::Put);
+        assert!(v.apply_with_key("p.", "p.d".to_string(), &shared));
+        assert_eq!(v.seen, 13);
+        let got: Vec<(String, u64, Vec<u8>)> = {
+            let mut g: Vec<_> = v.values.iter().map(|(k, r)| (k.clone(), r.revision, r.value.to_vec())).collect();
+            g.sort();
+            g
+        };
+        assert_eq!(
+            got,
+            vec![("a".into(), 8, b"8".to_vec()), ("c".into(), 12, b"1".to_vec()), ("d".into(), 13, b"7".to_vec())]
+        );
+        assert!(v.markers.get("c").is_none(), "the later put clears the marker");
+        assert_eq!(&shared.value[..], b"7", "a shared entry keeps its value");
+        assert_eq!(v.take_dirty(), Dirty::All, "a view being filled is new as a whole");
     }
 }

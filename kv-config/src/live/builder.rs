@@ -363,7 +363,10 @@ impl<T: KvConfig> Builder<T> {
         }
         // Which incarnation of the bucket this is, before reading it: a bucket replaced later is
         // then told apart even if its revisions climb past ours.
-        let incarnation = bucket.probe(&pattern_for(&self.prefix), u64::MAX).await.ok().map(|p| p.incarnation);
+        let incarnation = match bucket.opened_incarnation() {
+            Some(known) => Some(known),
+            None => bucket.probe(&pattern_for(&self.prefix), u64::MAX).await.ok().map(|p| p.incarnation),
+        };
         Ok((bucket, incarnation))
     }
 

@@ -390,6 +390,10 @@ impl Bucket for MemBucket {
         Ok(Watch::new(n, futures_util::StreamExt::chain(futures_util::stream::iter(initial), live)))
     }
 
+    fn opened_incarnation(&self) -> Option<u64> {
+        Some(self.incarnation)
+    }
+
     async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
         let st = self.live_state()?;
         let next = st.msgs.range(after.saturating_add(1)..).find(|(_, m)| key_matches(pattern, &m.key)).map(|(s, _)| *s);

@@ -432,6 +432,14 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// Watches keys matching `pattern` (NATS wildcards `*` and `>`; `>` = all).
     async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch>;
 
+    /// The bucket's incarnation as the store learned it when it opened (or created) this handle,
+    /// if it did: [`Probe::incarnation`] without a request. A NATS bucket knows it from the
+    /// answer to the open, so a start asks the server one question fewer; the default (`None`)
+    /// makes the start [`probe`](Self::probe) instead.
+    fn opened_incarnation(&self) -> Option<u64> {
+        None
+    }
+
     /// Asks the server, in one or two short requests, which incarnation of the bucket it holds and
     /// the first revision after `after` of a key matching `pattern`. A watcher uses it to tell a
     /// quiet bucket from a silent server, a stalled watch, or a bucket deleted or replaced.

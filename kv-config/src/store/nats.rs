@@ -156,6 +156,11 @@ impl PermissionLog {
     }
 }
 
+/// A bucket's incarnation: its stream's creation time, in nanoseconds since the Unix epoch.
+fn incarnation_of(info: &jetstream::stream::Info) -> u64 {
+    info.created.unix_timestamp_nanos().max(0) as u64
+}
+
 impl NatsStore {
     /// A store on this connection (JetStream's default domain and API prefix).
     pub fn new(client: async_nats::Client) -> Self {
@@ -650,11 +655,15 @@ impl Bucket for NatsBucket {
         result.map_err(|e| self.perms.refine(e, started))
     }
 
+    fn opened_incarnation(&self) -> Option<u64> {
+        Some(incarnation_of(self.kv.stream.cached_info()))
+    }
+
     async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
         let started = Instant::now();
         let result: StoreResult<Probe> = async {
             let info = self.kv.stream.get_info().await.map_err(|e| classify(&e).bucket(self.name.clone()))?;
-            let incarnation = info.created.unix_timestamp_nanos().max(0) as u64;
+            let incarnation = incarnation_of(&info);
             let last_revision = info.state.last_sequence;
             let first_revision = if info.state.messages == 0 { last_revision + 1 } else { info.state.first_sequence };
             let next = if last_revision > after {
