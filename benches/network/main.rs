@@ -231,6 +231,72 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
     }
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat` (Linux; `None`
+/// elsewhere). Clock ticks of 10 ms: the section below sums many runs.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) end at its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Cold load by CPU time rather than wall time: the client process's CPU per read of the bucket,
+/// for the raw watch and kv-config's `load` and start-up (`dedicated_watch()`), rounds
+/// alternating. On this shared 2-core machine the wall-time ratios of the cold-load table move
+/// by ±0.3x between runs; CPU time is what kv-config adds, and moves far less.
+async fn load_cpu(url: &str, quick: bool, report: &mut Report) {
+    println!("load cpu");
+    report.section(
+        "Cold load by client CPU time (process user + system time per read of the bucket, 20 reads per round, median of 3 rounds)",
+        &["keys", "raw watch_with_history", "kv_config::load", "start with dedicated_watch()", "load vs raw", "start vs raw"],
+    );
+    if process_cpu().is_none() {
+        println!("  (no /proc/self/stat here: skipped)");
+        return;
+    }
+    let client = connect(url).await;
+    let js = jetstream::new(client.clone());
+    let store = NatsStore::new(client.clone());
+    let (sizes, reads, rounds): (&[usize], u32, usize) = if quick { (&[100], 1, 1) } else { (&[5000, 50000], 20, 3) };
+    for &n in sizes {
+        let bucket = format!("cpu{n}");
+        let kv = js.create_key_value(kv::Config { bucket: bucket.clone(), ..Default::default() }).await.expect("bucket");
+        fill(&kv, &keys_for(n)).await;
+        let b = store.open_bucket(&bucket).await.expect("open");
+        let (mut raw, mut load, mut start) = (vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            for (what, into) in [(0, &mut raw), (1, &mut load), (2, &mut start)] {
+                let before = process_cpu().expect("cpu time");
+                for _ in 0..reads {
+                    match (what, n) {
+                        (0, _) => {
+                            let mut w = kv.watch_with_history(">").await.expect("watch");
+                            while let Some(e) = w.next().await {
+                                if e.expect("entry").delta == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        (1, 100) => drop(kv_config::load::<Leaf100>(&*b, "").await.expect("load")),
+                        (1, 5000) => drop(kv_config::load::<Keys5000>(&*b, "").await.expect("load")),
+                        (1, _) => drop(kv_config::load::<Keys50000>(&*b, "").await.expect("load")),
+                        (_, 100) => { time_start::<Leaf100>(&store, &bucket, true).await; },
+                        (_, 5000) => { time_start::<Keys5000>(&store, &bucket, true).await; },
+                        (_, _) => { time_start::<Keys50000>(&store, &bucket, true).await; },
+                    }
+                }
+                into.push((process_cpu().expect("cpu time") - before) / reads);
+            }
+        }
+        let (r, l, s) = (median(raw), median(load), median(start));
+        // A quick run reads too little for a 10 ms clock tick.
+        let vs = |x: Duration| if r.is_zero() { "—".to_string() } else { ratio(x, r) };
+        report.row(&[n.to_string(), ms(r), ms(l), ms(s), vs(l), vs(s)]);
+        kv_drop(&js, &bucket).await;
+    }
+}
+
 /// Deletes a benchmark bucket so the server's memory and disk do not carry it into later sections.
 async fn kv_drop(js: &jetstream::Context, bucket: &str) {
     js.delete_key_value(bucket).await.expect("delete bucket");
@@ -893,6 +959,9 @@ async fn run() {
     }
     if run("memory") {
         Box::pin(memory(&url, &mut report)).await;
+    }
+    if run("load-cpu") {
+        Box::pin(load_cpu(&url, quick, &mut report)).await;
     }
     if run("scan") {
         Box::pin(scan_experiment(&url, quick, &mut report)).await;
