@@ -17,7 +17,8 @@ use crate::config::{RawValue, RawValues};
 
 /// The base map. foldhash rather than SipHash: a cold load hashes every key two or three times
 /// (fill, decode), and at 50,000 keys SipHash was a measurable part of it. Keys come from the
-/// bucket's writers; foldhash is seeded per process, so they cannot aim at its buckets offline.
+/// bucket's writers; foldhash's `RandomState` is seeded at random, so they cannot aim at its
+/// buckets offline.
 type Base = HashMap<String, RawValue, foldhash::fast::RandomState>;
 
 /// The raw values in effect by relative key: a shared base plus the changes since.
