@@ -80,7 +80,7 @@ impl View {
     /// Records an entry; returns `true` if it changed anything. Entries at or below the revision
     /// already known for their key are ignored (async-nats may replay history after a reconnect).
     pub(crate) fn apply(&mut self, prefix: &str, e: &Entry) -> bool {
-        self.apply_entry(prefix, e, None)
+        self.apply_entry(prefix, &e.key, e)
     }
 
     /// [`apply`](Self::apply) while filling a new view (the initial load of a bucket): the entry's
@@ -92,7 +92,7 @@ impl View {
             let value = std::mem::take(&mut e.value);
             return self.fill(prefix, key, value, &e);
         }
-        self.apply_fresh(prefix, &e, key)
+        self.apply_fresh(prefix, &e, &key)
     }
 
     /// [`apply_owned`](Self::apply_owned) of `e` under the full key `key` (the entry's own key
@@ -101,13 +101,13 @@ impl View {
         if self.plain_put(prefix, &key, e) {
             return self.fill(prefix, key, e.value.clone(), e);
         }
-        self.apply_fresh(prefix, e, key)
+        self.apply_fresh(prefix, e, &key)
     }
 
     /// Any other entry of a view being filled: the general path, and the whole view counts as
     /// changed.
-    fn apply_fresh(&mut self, prefix: &str, e: &Entry, key: String) -> bool {
-        let changed = self.apply_entry(prefix, e, Some(key));
+    fn apply_fresh(&mut self, prefix: &str, e: &Entry, key: &str) -> bool {
+        let changed = self.apply_entry(prefix, key, e);
         if changed {
             self.mark_dirty();
         }
@@ -133,9 +133,9 @@ impl View {
         true
     }
 
-    fn apply_entry(&mut self, prefix: &str, e: &Entry, owned: Option<String>) -> bool {
+    /// Records `e` under the full key `key` (the entry's own, or one the caller holds).
+    fn apply_entry(&mut self, prefix: &str, key: &str, e: &Entry) -> bool {
         self.seen = self.seen.max(e.revision);
-        let key = owned.as_deref().unwrap_or(&e.key);
         let Some(rel) = key.strip_prefix(prefix) else { return false };
         if rel.starts_with(RESERVED_PREFIX) {
             if rel == GUARD_KEY {
