@@ -4,7 +4,6 @@
 //! corrupt or foreign file.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kv_config::store::{Bucket, BucketConfig, NatsStore, Store, StoreErrorKind};
@@ -48,24 +47,16 @@ struct Secretive {
 
 const HEARTBEAT: Duration = Duration::from_millis(250);
 
-/// A directory for cache files, removed when dropped.
-struct Dir(PathBuf);
+/// A directory for cache files, removed when dropped. `tempfile` names it at random: a name made
+/// of the process id could meet a directory left behind by an earlier run with the same id.
+struct Dir(tempfile::TempDir);
 
 impl Dir {
     fn new() -> Dir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!("kvc-cache-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Dir(dir)
+        Dir(tempfile::Builder::new().prefix("kvc-cache-test-").tempdir().expect("temp dir"))
     }
     fn file(&self) -> PathBuf {
-        self.0.join("app.cache")
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join("app.cache")
     }
 }
 

@@ -243,10 +243,8 @@ async fn an_override_survives_a_server_restart_and_still_expires() {
 #[tokio::test]
 async fn a_cache_holds_own_values_and_the_override_returns_with_the_server() {
     let (mut server, _) = server().await;
-    let dir = std::env::temp_dir().join(format!("kvc-override-cache-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("app.cache");
-    let _ = std::fs::remove_file(&path);
+    let dir = tempfile::Builder::new().prefix("kvc-override-cache-").tempdir().unwrap();
+    let path = dir.path().join("app.cache");
     let store = NatsStore::connect(server.url(), async_nats::ConnectOptions::new().retry_on_initial_connect()).await.unwrap();
     let builder = || {
         LiveConfig::<Cfg>::builder(store.clone(), "cfg")
@@ -269,5 +267,4 @@ async fn a_cache_holds_own_values_and_the_override_returns_with_the_server() {
     eventually("back with the live override", Duration::from_secs(15), || offline.get().workers == 9).await;
     assert_eq!(offline.status().overrides.len(), 1);
     assert_eq!(offline.status().resumed_from, None, "a cache taken under an override is loaded in full");
-    let _ = std::fs::remove_dir_all(&dir);
 }
