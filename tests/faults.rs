@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kv_config::store::{Bucket, BucketConfig, NatsStore, Store, StoreErrorKind, WriteOp};
+use kv_config::store::{
+    Bucket, BucketConfig, BucketInfo, Entry, NatsStore, Probe, SharedWatches, Store, StoreErrorKind, StoreResult, Watch, WatchStart, WriteOp,
+};
 use kv_config::{Error, KvConfig, LiveConfig, StaleReason};
 use kv_config_testing::{eventually, NatsServer};
 use serde::{Deserialize, Serialize};
@@ -435,4 +437,171 @@ async fn d5_after_a_reload_the_next_write_restores_required_keys_the_new_bucket_
     cfg.update(|c| c.workers = 6).await.expect("update");
     assert_eq!(bucket.get("name").await.unwrap().unwrap(), "\"api\"", "written back with the update");
     LiveConfig::<Required>::builder(store, "req").start().await.expect("a new handle starts");
+}
+
+/// Three keys always written together in one atomic batch. No validator ties them, so half of a
+/// batch would show as data rather than be refused.
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Trio {
+    #[kv(default)]
+    a: u32,
+    #[kv(default)]
+    b: u32,
+    #[kv(default)]
+    c: u32,
+}
+
+/// How long a [`SlowBatches`] watch pauses after each entry of a batch that is not its last.
+const BATCH_GAP: Duration = Duration::from_millis(150);
+
+/// A NATS store whose watches deliver every entry of an atomic batch but the last with a pending
+/// count of 0, and pause [`BATCH_GAP`] after it: what a watcher sees when the server stores a
+/// batch's messages one by one and is descheduled between them (seen on a loaded machine). The
+/// rest (probes, writes) is the real server's.
+#[derive(Debug, Clone)]
+struct SlowBatches(NatsStore);
+
+#[derive(Debug)]
+struct SlowBucket(Arc<dyn Bucket>);
+
+#[async_trait::async_trait]
+impl Store for SlowBatches {
+    async fn create_bucket(&self, config: &BucketConfig) -> StoreResult<Arc<dyn Bucket>> {
+        Ok(Arc::new(SlowBucket(self.0.create_bucket(config).await?)))
+    }
+    async fn open_bucket(&self, name: &str) -> StoreResult<Arc<dyn Bucket>> {
+        Ok(Arc::new(SlowBucket(self.0.open_bucket(name).await?)))
+    }
+    async fn bucket_names(&self) -> StoreResult<Vec<String>> {
+        self.0.bucket_names().await
+    }
+    async fn delete_bucket(&self, name: &str) -> StoreResult<()> {
+        self.0.delete_bucket(name).await
+    }
+    async fn enable_atomic_writes(&self, name: &str) -> StoreResult<()> {
+        self.0.enable_atomic_writes(name).await
+    }
+    fn shared_watches(&self) -> Option<&SharedWatches> {
+        self.0.shared_watches()
+    }
+}
+
+#[async_trait::async_trait]
+impl Bucket for SlowBucket {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn is_connected(&self) -> bool {
+        self.0.is_connected()
+    }
+    async fn info(&self) -> StoreResult<BucketInfo> {
+        self.0.info().await
+    }
+    async fn entry(&self, key: &str) -> StoreResult<Option<Entry>> {
+        self.0.entry(key).await
+    }
+    async fn entry_at(&self, key: &str, revision: u64) -> StoreResult<Option<Entry>> {
+        self.0.entry_at(key, revision).await
+    }
+    async fn history(&self, key: &str) -> StoreResult<Vec<Entry>> {
+        self.0.history(key).await
+    }
+    async fn keys(&self) -> StoreResult<Vec<String>> {
+        self.0.keys().await
+    }
+    async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
+        use futures_util::StreamExt;
+        let inner = self.0.watch(pattern, start).await?;
+        let initial = inner.initial_pending();
+        let mut pause = false;
+        let slowed = inner.then(move |item| {
+            let wait = std::mem::replace(&mut pause, matches!(&item, Ok(e) if e.batch_continues));
+            async move {
+                if wait {
+                    tokio::time::sleep(BATCH_GAP).await;
+                }
+                item.map(|mut e| {
+                    if e.batch_continues {
+                        e.delta = 0;
+                    }
+                    e
+                })
+            }
+        });
+        Ok(Watch::new(initial, slowed))
+    }
+    fn opened_incarnation(&self) -> Option<u64> {
+        self.0.opened_incarnation()
+    }
+    async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
+        self.0.probe(pattern, after).await
+    }
+    async fn write(&self, op: WriteOp) -> StoreResult<u64> {
+        self.0.write(op).await
+    }
+    async fn write_atomic(&self, ops: Vec<WriteOp>) -> StoreResult<u64> {
+        self.0.write_atomic(ops).await
+    }
+}
+
+/// Reads `handle` every millisecond until `stop`, and returns the first snapshot that holds half
+/// of a batch.
+fn half_batches(handle: LiveConfig<Trio>, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<Option<Trio>> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            let t = handle.get();
+            if t.a != t.b || t.b != t.c {
+                return Some(Trio::clone(&t));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        None
+    })
+}
+
+/// Defect: a watcher took an atomic batch as complete once nothing more arrived within 50 ms
+/// after the pending count read 0 in its middle. On a loaded machine the server can store a
+/// batch that slowly: the handle swapped in half of it, and a handle joining the shared watch
+/// then started from half of it. Now the watcher asks the server whether the rest is stored, in
+/// flight, or outside its keys, and never completes a batch on a timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d8_a_batch_stored_slowly_never_shows_half_of_it() {
+    let (_server, store) = server().await;
+    store.create_bucket(&BucketConfig::new("trio").atomic_writes(true)).await.unwrap();
+    let slow = SlowBatches(store.clone());
+    // A heartbeat above the gap: the watch is slow, not stalled.
+    let trio = || LiveConfig::<Trio>::builder(slow.clone(), "trio").prefix("t.").heartbeat(Duration::from_secs(1));
+    let shared = trio().start().await.unwrap();
+    let dedicated = trio().dedicated_watch().start().await.unwrap();
+    let writer = store.open_bucket("trio").await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let observers = [half_batches(shared.clone(), stop.clone()), half_batches(dedicated.clone(), stop.clone())];
+    let batch = |i: u32, outside: bool| {
+        let v = bytes::Bytes::from(i.to_string());
+        let mut ops: Vec<_> = ["t.a", "t.b", "t.c"].iter().map(|k| WriteOp::put(*k, v.clone())).collect();
+        if outside {
+            // The commit lies outside the handles' prefix: what they see of the batch ends at `t.c`.
+            ops.push(WriteOp::put("u.other", v.clone()));
+        }
+        ops
+    };
+    for i in 1..=4u32 {
+        writer.write_atomic(batch(i, i == 4)).await.unwrap();
+        // Joins the shared watch while it delivers the batch, or loads afresh through the slow
+        // watch when the hub is too far behind: either way, all of the batch or none of it.
+        let joined = trio().start().await.expect("start");
+        let t = joined.get();
+        assert!(t.a == t.b && t.b == t.c, "a handle started with half of batch {i}: {:?}", *t);
+        let dedicated_start = trio().dedicated_watch().start().await.expect("start");
+        let t = dedicated_start.get();
+        assert!(t.a == t.b && t.b == t.c, "a dedicated start loaded half of batch {i}: {:?}", *t);
+        for h in [&shared, &dedicated, &joined] {
+            eventually("the batch in effect", Duration::from_secs(5), || h.get().c == i).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for o in observers {
+        assert_eq!(o.await.unwrap(), None, "a handle showed half of a batch");
+    }
+    assert!(shared.status().is_healthy() && dedicated.status().is_healthy(), "{:?}", shared.status());
 }

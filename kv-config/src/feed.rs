@@ -6,13 +6,40 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 
 use crate::error::{Error, Result};
-use crate::store::{Bucket, Entry, StoreError, StoreErrorKind, Watch, WatchStart};
+use crate::store::{Bucket, Entry, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
 use crate::view::View;
 
 /// How long a watcher waits for the rest of an atomic batch when the server's pending count says
-/// it is caught up but the batch's commit has not arrived: the commit may lie outside the watched
-/// prefix (a batch from any client may span prefixes), so it may never come.
+/// it is caught up but the batch's commit has not arrived, before it asks the server
+/// ([`batch_rest`]): the commit may lie outside the watched prefix (a batch from any client may
+/// span prefixes), so it may never come; or the server may still be storing the batch (it stores
+/// a batch's messages one by one, and the pending count reads 0 between them).
 pub(crate) const BATCH_SETTLE: Duration = Duration::from_millis(50);
+
+/// What the server says about the rest of an atomic batch, asked with a [`Probe`] after the
+/// revision `seen` (the last entry delivered) once nothing arrived within [`BATCH_SETTLE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchRest {
+    /// Nothing after `seen` matches the watch, yet the bucket holds later entries: the batch's
+    /// rest lies outside the watched keys. What arrived is all this watch gets of it.
+    Done,
+    /// An entry the watch matches is stored at this revision and not yet delivered: in flight.
+    Stored(u64),
+    /// Nothing is stored after `seen`: the server has not finished storing the batch (a batch's
+    /// commit always follows its other entries).
+    NotStored,
+}
+
+/// Reads a [`Probe`] made with `after = seen`. Exact for a watch of the whole bucket; for a
+/// prefix, a batch still being stored could read [`BatchRest::Done`] if its stored part after
+/// `seen` lies outside the prefix.
+pub(crate) fn batch_rest(probe: &Probe, seen: u64) -> BatchRest {
+    match probe.next {
+        Some(next) => BatchRest::Stored(next),
+        None if probe.last_revision <= seen => BatchRest::NotStored,
+        None => BatchRest::Done,
+    }
+}
 
 /// The NATS subject pattern of every key under `prefix`.
 pub(crate) fn pattern_for(prefix: &str) -> String {
@@ -45,7 +72,7 @@ pub(crate) enum CatchUp {
     /// Caught up: a snapshot may be taken.
     Yes,
     /// Caught up by the pending count, inside an atomic batch whose commit has not been seen:
-    /// caught up unless another entry arrives within [`BATCH_SETTLE`].
+    /// wait [`BATCH_SETTLE`] for more, then ask the server ([`batch_rest`]).
     Settle,
 }
 
@@ -104,25 +131,44 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
     // Set by the first entry of a batch whose commit is not seen, never postponed by later ones.
     let mut settle_until: Option<Instant> = None;
     let mut read = 0u64;
+    let mut last = 0u64;
     loop {
         // An entry already buffered needs no timer: a 50,000-key load would otherwise arm and
         // cancel 50,000 timers (and read the clock three times per entry).
         let ready = match watch.next().now_or_never() {
-            Some(item) => Ok(item),
+            Some(item) => Some(item),
             None => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let wait = settle_until.map_or(left, |until| until.saturating_duration_since(Instant::now()).min(left));
                 if wait.is_zero() && settle_until.is_some() {
-                    break;
+                    None
+                } else {
+                    match tokio::time::timeout(wait, watch.next()).await {
+                        Ok(item) => Some(item),
+                        Err(_) if settle_until.is_some() => None,
+                        Err(_) => return Err(too_slow(format!("read {read} of {pending} entries"))),
+                    }
                 }
-                tokio::time::timeout(wait, watch.next()).await
             }
         };
-        match ready {
-            Err(_) if settle_until.is_some() => break,
-            Err(_) => return Err(too_slow(format!("read {read} of {pending} entries"))),
-            Ok(Some(Ok(e))) => {
+        let Some(item) = ready else {
+            // Inside a batch, nothing more within the settle time: ask the server.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let probe = tokio::time::timeout(left, bucket.probe(pattern, last))
+                .await
+                .map_err(|_| too_slow(format!("read {read} of {pending} entries")))??;
+            match batch_rest(&probe, last) {
+                BatchRest::Done => break,
+                // In flight: the load's deadline bounds the wait.
+                BatchRest::Stored(_) => settle_until = None,
+                BatchRest::NotStored => settle_until = Some(Instant::now() + BATCH_SETTLE),
+            }
+            continue;
+        };
+        match item {
+            Some(Ok(e)) => {
                 read += 1;
+                last = last.max(e.revision);
                 let at = catch_up(&e);
                 into.entry(e);
                 match at {
@@ -136,11 +182,11 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
                     CatchUp::No => settle_until = None,
                 }
             }
-            Ok(Some(Err(e))) if matches!(e.kind(), StoreErrorKind::NotFound | StoreErrorKind::PermissionDenied) => {
+            Some(Err(e)) if matches!(e.kind(), StoreErrorKind::NotFound | StoreErrorKind::PermissionDenied) => {
                 return Err(e.into())
             }
-            Ok(Some(Err(e))) => tracing::warn!(bucket = bucket.name(), error = %e, "watch error during the initial load"),
-            Ok(None) => return Err(Error::Closed(bucket.name().to_string())),
+            Some(Err(e)) => tracing::warn!(bucket = bucket.name(), error = %e, "watch error during the initial load"),
+            None => return Err(Error::Closed(bucket.name().to_string())),
         }
     }
     Ok(watch)

@@ -73,6 +73,9 @@ pub(super) struct HubState {
     pending: Vec<Entry>,
     /// When the burst in progress began.
     burst_since: Option<Instant>,
+    /// The last entry delivered belongs to an atomic batch whose commit has not been delivered:
+    /// the burst must not complete before the server says the rest will not come.
+    pub(super) open_batch: bool,
     /// The highest revision the watch delivered.
     pub(super) seen: u64,
     /// The bucket incarnation, once a probe told.
@@ -85,7 +88,7 @@ pub(super) struct HubState {
 
 impl HubState {
     fn new(map: Option<BTreeMap<String, Kept>>, seen: u64, incarnation: Option<u64>) -> Self {
-        HubState { members: Vec::new(), map, pending: Vec::new(), burst_since: None, seen, incarnation, behind_probes: 0, stale: None }
+        HubState { members: Vec::new(), map, pending: Vec::new(), burst_since: None, open_batch: false, seen, incarnation, behind_probes: 0, stale: None }
     }
 }
 
@@ -341,6 +344,7 @@ impl Hub {
         let (targets, was_stale) = {
             let mut st = self.state();
             st.seen = st.seen.max(entry.revision);
+            st.open_batch = entry.batch_continues;
             st.burst_since.get_or_insert_with(Instant::now);
             if st.map.is_some() {
                 let mut e = entry.clone();
@@ -386,6 +390,7 @@ impl Hub {
         let (targets, seen) = {
             let mut st = self.state();
             st.burst_since = None;
+            st.open_batch = false;
             let pending = std::mem::take(&mut st.pending);
             if let Some(map) = &mut st.map {
                 for mut e in pending {
@@ -458,6 +463,7 @@ impl Hub {
             st.seen = latest.seen;
             st.pending.clear();
             st.burst_since = None;
+            st.open_batch = false;
             st.incarnation = incarnation;
             st.behind_probes = 0;
             st.stale = None;

@@ -14,7 +14,7 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::hub::Hub;
 use super::StaleReason;
-use crate::feed::{CatchUp, BATCH_SETTLE};
+use crate::feed::{batch_rest, BatchRest, CatchUp, BATCH_SETTLE};
 use crate::store::{Bucket, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
 
 /// What the loop waits for next.
@@ -23,7 +23,9 @@ enum Waiting {
     /// The next entry; probe after a quiet heartbeat.
     Quiet,
     /// The rest of an atomic batch, until this deadline (set by the batch's first entry, so a
-    /// stream of batches cannot postpone the swap for ever).
+    /// stream of batches cannot postpone the question for ever); then ask the server whether more
+    /// of it will come ([`batch_rest`]). A burst never completes halfway through a batch on a
+    /// timer: that would swap in, and let new handles start from, half of it.
     Batch(Instant),
     /// A probe saw this revision undelivered: look again soon, re-create the watch if still missing.
     Suspect(u64),
@@ -79,12 +81,8 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
                 watch = restart(&weak, &*bucket, &pattern, watch).await;
                 waiting = Waiting::Quiet;
             }
-            Err(()) if matches!(waiting, Waiting::Batch(_)) => {
-                hub.finish_burst(false);
-                waiting = Waiting::Quiet;
-            }
             Err(()) => {
-                if !hub.has_members() {
+                if !hub.has_members() && !matches!(waiting, Waiting::Batch(_)) {
                     // Nobody reads this hub any more (its last handle is being dropped).
                     continue;
                 }
@@ -108,6 +106,7 @@ async fn checked(
 ) -> (Watch, Waiting) {
     match check(weak, &**bucket, pattern, heartbeat, waiting).await {
         Check::Fine => (watch, Waiting::Quiet),
+        Check::BatchNotStored => (watch, Waiting::Batch(Instant::now() + (heartbeat / 4).max(BATCH_SETTLE))),
         Check::Suspect(rev) => (watch, Waiting::Suspect(rev)),
         Check::Stalled => (restart(weak, &**bucket, pattern, watch).await, Waiting::Quiet),
         Check::Replaced => match reload(weak, &**bucket).await {
@@ -124,6 +123,8 @@ const BEHIND_PROBES: u32 = 3;
 /// What a quiet-time check found.
 enum Check {
     Fine,
+    /// The rest of an atomic batch is not stored yet: wait for it.
+    BatchNotStored,
     Suspect(u64),
     Stalled,
     Replaced,
@@ -131,9 +132,9 @@ enum Check {
 
 /// Asks the server whether the hub is current (see the module docs).
 async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: Duration, waiting: Waiting) -> Check {
-    let Some((seen, incarnation)) = weak.upgrade().map(|h| {
+    let Some((seen, incarnation, open_batch)) = weak.upgrade().map(|h| {
         let st = h.state();
-        (st.seen, st.incarnation)
+        (st.seen, st.incarnation, st.open_batch)
     }) else {
         return Check::Fine;
     };
@@ -145,8 +146,9 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
     }
     // Looking for the next matching entry is a wildcard search on the server (milliseconds on a
     // bucket of 50,000 keys, while this loop delivers nothing): only on the second look, when a
-    // newer revision seen by the first is still not delivered.
-    let after = if matches!(waiting, Waiting::Suspect(rev) if seen < rev) { seen } else { u64::MAX };
+    // newer revision seen by the first is still not delivered, and inside an atomic batch.
+    let batch = open_batch || matches!(waiting, Waiting::Batch(_));
+    let after = if batch || matches!(waiting, Waiting::Suspect(rev) if seen < rev) { seen } else { u64::MAX };
     let probe = tokio::time::timeout(heartbeat, bucket.probe(pattern, after)).await;
     let Some(hub) = weak.upgrade() else { return Check::Fine };
     match probe {
@@ -165,7 +167,8 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
             hub.mark_stale(StaleReason::NoResponse, Some(e.to_string()));
             Check::Fine
         }
-        Ok(Ok(Probe { incarnation: now, last_revision, next, .. })) => {
+        Ok(Ok(probe)) => {
+            let Probe { incarnation: now, last_revision, next, .. } = probe;
             // A new incarnation is a replaced bucket. A last revision below ours with the same
             // incarnation may be a new cluster leader still catching up: only if it persists.
             let (replaced, missing) = {
@@ -178,6 +181,12 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 return Check::Replaced;
             }
             hub.state().incarnation = Some(now);
+            // Inside a batch, a stored entry is its rest in flight (below, as any undelivered
+            // entry), and nothing after `seen` matching means the rest lies outside the watched
+            // keys (complete below); but the server may not have stored the rest yet.
+            if batch && batch_rest(&probe, seen) == BatchRest::NotStored {
+                return Check::BatchNotStored;
+            }
             match next {
                 // Something newer exists; it may be in flight, or outside the watched prefix.
                 None if after == u64::MAX && last_revision > seen => Check::Suspect(last_revision),
