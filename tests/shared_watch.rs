@@ -269,7 +269,10 @@ struct Pair {
 async fn a_handle_joining_during_an_atomic_batch_never_starts_with_half_of_it() {
     let (server, store, _client) = server().await;
     store.create_bucket(&BucketConfig::new("pairs").atomic_writes(true)).await.unwrap();
-    let pair = || LiveConfig::<Pair>::builder(store.clone(), "pairs").prefix("p.").heartbeat(HEARTBEAT).load_timeout(LOAD_TIMEOUT);
+    // A longer load timeout than the other tests': a join may have to read the bucket afresh
+    // (the hub is behind the writer), and under this stream of batches on a loaded 2-core machine
+    // that took over 1 s once (3 busy loops beside the test).
+    let pair = || LiveConfig::<Pair>::builder(store.clone(), "pairs").prefix("p.").heartbeat(HEARTBEAT).load_timeout(Duration::from_secs(5));
     let first = pair().start().await.unwrap();
     let writer = raw(&server, "pairs").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
