@@ -76,6 +76,9 @@ impl Store for MemoryStore {
     }
 
     async fn open_bucket(&self, name: &str) -> StoreResult<Arc<dyn Bucket>> {
+        if !is_valid_bucket_name(name) {
+            return Err(invalid_bucket_name(name));
+        }
         match self.buckets().get(name) {
             Some(b) => Ok(b.clone()),
             None => Err(StoreError::new(StoreErrorKind::NotFound).bucket(name)),
