@@ -174,7 +174,7 @@ async fn invalid_keys_are_refused(f: Fixture) {
     let err = f.store.create_bucket(&BucketConfig::new("bad.name")).await.unwrap_err();
     assert_eq!(*err.kind(), StoreErrorKind::InvalidBucketName);
     // Opening a bad name is the same error on every store (the memory store said `NotFound`).
-    let err = f.store.open_bucket("bad name").await.err().expect("bad name");
+    let err = f.store.open_bucket("bad name").await.expect_err("bad name");
     assert_eq!(*err.kind(), StoreErrorKind::InvalidBucketName, "{err}");
 }
 

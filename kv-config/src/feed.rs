@@ -152,14 +152,16 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
             }
         };
         let Some(item) = ready else {
-            // Inside a batch, nothing more within the settle time: ask the server.
+            // Inside a batch, nothing more within the settle time: ask the server, within the
+            // load's deadline (which also bounds waiting for the rest).
+            let unfinished = || too_slow(format!("read {read} of {pending} entries (an atomic batch among them unfinished)"));
             let left = deadline.saturating_duration_since(Instant::now());
-            let probe = tokio::time::timeout(left, bucket.probe(pattern, last))
-                .await
-                .map_err(|_| too_slow(format!("read {read} of {pending} entries")))??;
+            if left.is_zero() {
+                return Err(unfinished());
+            }
+            let probe = tokio::time::timeout(left, bucket.probe(pattern, last)).await.map_err(|_| unfinished())??;
             match batch_rest(&probe, last) {
                 BatchRest::Done => break,
-                // In flight: the load's deadline bounds the wait.
                 BatchRest::Stored(_) => settle_until = None,
                 BatchRest::NotStored => settle_until = Some(Instant::now() + BATCH_SETTLE),
             }
@@ -190,4 +192,25 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
         }
     }
     Ok(watch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(last_revision: u64, next: Option<u64>) -> Probe {
+        Probe { incarnation: 1, last_revision, first_revision: 1, next }
+    }
+
+    #[test]
+    fn the_rest_of_a_batch_is_stored_not_stored_or_outside_the_watched_keys() {
+        // An entry the watch matches is stored after the last delivered one (10): in flight.
+        assert_eq!(batch_rest(&probe(12, Some(12)), 10), BatchRest::Stored(12));
+        // Nothing stored after it: the server is still storing the batch.
+        assert_eq!(batch_rest(&probe(10, None), 10), BatchRest::NotStored);
+        // The server is behind what was delivered (a new leader catching up): nothing to finish.
+        assert_eq!(batch_rest(&probe(9, None), 10), BatchRest::NotStored);
+        // Later entries exist and none matches: the rest lies outside the watched keys.
+        assert_eq!(batch_rest(&probe(12, None), 10), BatchRest::Done);
+    }
 }

@@ -17,6 +17,10 @@ pub enum StaleReason {
     /// The server holds a newer matching entry the watch did not deliver; the watch is being
     /// re-created from the last applied revision + 1.
     WatchStalled,
+    /// An atomic batch has been partly stored on the server for over a heartbeat: the entries of
+    /// it delivered so far are held back (a snapshot never shows half of a batch), so the
+    /// snapshot shows the state before the batch. Clears once the rest arrives.
+    BatchIncomplete,
     /// The bucket no longer exists (deleted, or the server's store was wiped). The last good
     /// snapshot stays in effect; the handle reattaches when the bucket is created again.
     BucketMissing,
@@ -36,6 +40,7 @@ impl std::fmt::Display for StaleReason {
             StaleReason::Disconnected => "disconnected from the server",
             StaleReason::NoResponse => "the server does not answer",
             StaleReason::WatchStalled => "the watch stalled; re-creating it",
+            StaleReason::BatchIncomplete => "an atomic batch is only partly stored; waiting for the rest",
             StaleReason::BucketMissing => "the bucket is missing",
             StaleReason::FromCache { saved } => {
                 let age = SystemTime::now().duration_since(*saved).unwrap_or_default();

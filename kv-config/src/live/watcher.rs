@@ -22,13 +22,23 @@ use crate::store::{Bucket, Probe, StoreError, StoreErrorKind, Watch, WatchStart}
 enum Waiting {
     /// The next entry; probe after a quiet heartbeat.
     Quiet,
-    /// The rest of an atomic batch, until this deadline (set by the batch's first entry, so a
-    /// stream of batches cannot postpone the question for ever); then ask the server whether more
-    /// of it will come ([`batch_rest`]). A burst never completes halfway through a batch on a
-    /// timer: that would swap in, and let new handles start from, half of it.
-    Batch(Instant),
+    /// The rest of an atomic batch, until `until` (set by the batch's first entry, so a stream
+    /// of batches cannot postpone the question for ever); then ask the server whether more of it
+    /// will come ([`batch_rest`]). A burst never completes halfway through a batch on a timer:
+    /// that would swap in, and let new handles start from, half of it. `look` is what the last
+    /// question found, if nothing was delivered since.
+    Batch { until: Instant, look: Option<Look> },
     /// A probe saw this revision undelivered: look again soon, re-create the watch if still missing.
     Suspect(u64),
+}
+
+/// The questions about an open batch with nothing delivered in between: the hub's `seen`, when
+/// the first was asked, and since when the server says the rest is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    seen: u64,
+    since: Instant,
+    stored: Option<Instant>,
 }
 
 /// On a busy bucket the watch is never quiet; the server is still asked every this many
@@ -44,7 +54,7 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
     loop {
         let wait = match waiting {
             Waiting::Quiet => heartbeat,
-            Waiting::Batch(until) => until.saturating_duration_since(Instant::now()),
+            Waiting::Batch { until, .. } => until.saturating_duration_since(Instant::now()),
             Waiting::Suspect(_) => (heartbeat / 4).max(BATCH_SETTLE),
         };
         // A panic inside the client's stream (seen when a closed client's ordered consumer is
@@ -58,8 +68,8 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
         match item {
             Ok(Ok(Some(Ok(entry)))) => {
                 waiting = match (hub.on_entry(&entry), waiting) {
-                    (CatchUp::Settle, Waiting::Batch(until)) => Waiting::Batch(until),
-                    (CatchUp::Settle, _) => Waiting::Batch(Instant::now() + BATCH_SETTLE),
+                    (CatchUp::Settle, Waiting::Batch { until, look }) => Waiting::Batch { until, look },
+                    (CatchUp::Settle, _) => Waiting::Batch { until: Instant::now() + BATCH_SETTLE, look: None },
                     (_, Waiting::Suspect(rev)) if entry.revision < rev => Waiting::Suspect(rev),
                     _ => Waiting::Quiet,
                 };
@@ -82,7 +92,7 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
                 waiting = Waiting::Quiet;
             }
             Err(()) => {
-                if !hub.has_members() && !matches!(waiting, Waiting::Batch(_)) {
+                if !hub.has_members() && !matches!(waiting, Waiting::Batch { .. }) {
                     // Nobody reads this hub any more (its last handle is being dropped).
                     continue;
                 }
@@ -106,7 +116,7 @@ async fn checked(
 ) -> (Watch, Waiting) {
     match check(weak, &**bucket, pattern, heartbeat, waiting).await {
         Check::Fine => (watch, Waiting::Quiet),
-        Check::BatchNotStored => (watch, Waiting::Batch(Instant::now() + (heartbeat / 4).max(BATCH_SETTLE))),
+        Check::Batch { wait, look } => (watch, Waiting::Batch { until: Instant::now() + wait, look: Some(look) }),
         Check::Suspect(rev) => (watch, Waiting::Suspect(rev)),
         Check::Stalled => (restart(weak, &**bucket, pattern, watch).await, Waiting::Quiet),
         Check::Replaced => match reload(weak, &**bucket).await {
@@ -123,8 +133,9 @@ const BEHIND_PROBES: u32 = 3;
 /// What a quiet-time check found.
 enum Check {
     Fine,
-    /// The rest of an atomic batch is not stored yet: wait for it.
-    BatchNotStored,
+    /// The rest of an atomic batch is not stored yet, or stored and on its way: ask again after
+    /// `wait`.
+    Batch { wait: Duration, look: Look },
     Suspect(u64),
     Stalled,
     Replaced,
@@ -147,7 +158,7 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
     // Looking for the next matching entry is a wildcard search on the server (milliseconds on a
     // bucket of 50,000 keys, while this loop delivers nothing): only on the second look, when a
     // newer revision seen by the first is still not delivered, and inside an atomic batch.
-    let batch = open_batch || matches!(waiting, Waiting::Batch(_));
+    let batch = open_batch || matches!(waiting, Waiting::Batch { .. });
     let after = if batch || matches!(waiting, Waiting::Suspect(rev) if seen < rev) { seen } else { u64::MAX };
     let probe = tokio::time::timeout(heartbeat, bucket.probe(pattern, after)).await;
     let Some(hub) = weak.upgrade() else { return Check::Fine };
@@ -181,17 +192,49 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 return Check::Replaced;
             }
             hub.state().incarnation = Some(now);
-            // Inside a batch, a stored entry is its rest in flight (below, as any undelivered
-            // entry), and nothing after `seen` matching means the rest lies outside the watched
-            // keys (complete below); but the server may not have stored the rest yet.
-            if batch && batch_rest(&probe, seen) == BatchRest::NotStored {
-                return Check::BatchNotStored;
+            if batch {
+                // Asked again with nothing delivered since: keep when the question began.
+                let mut look = match waiting {
+                    Waiting::Batch { look: Some(look), .. } if look.seen == seen => look,
+                    _ => Look { seen, since: Instant::now(), stored: None },
+                };
+                let soon = (heartbeat / 4).max(BATCH_SETTLE);
+                match batch_rest(&probe, seen) {
+                    // The rest lies outside the watched keys: complete below.
+                    BatchRest::Done => {}
+                    // On its way. Stored and undelivered for a heartbeat is a stalled watch, as
+                    // for any entry (below, from a quiet or suspect state); a slow one is not.
+                    BatchRest::Stored(rev) if matches!(waiting, Waiting::Batch { .. }) => {
+                        let stored = *look.stored.get_or_insert_with(Instant::now);
+                        return if stored.elapsed() >= heartbeat { Check::Suspect(rev) } else { Check::Batch { wait: soon, look } };
+                    }
+                    BatchRest::Stored(_) => {}
+                    BatchRest::NotStored => {
+                        look.stored = None;
+                        let waited = look.since.elapsed();
+                        if waited >= heartbeat {
+                            hub.mark_stale(
+                                StaleReason::BatchIncomplete,
+                                Some(format!(
+                                    "bucket `{}`: an atomic batch has been partly stored for {waited:?}; the entries delivered so far are held back",
+                                    bucket.name()
+                                )),
+                            );
+                        }
+                        // A last revision below ours is a server behind (counted above, a
+                        // heartbeat apart as in quiet checks); else the batch is being stored.
+                        let wait = if last_revision < seen { heartbeat } else { soon };
+                        return Check::Batch { wait, look };
+                    }
+                }
             }
             match next {
                 // Something newer exists; it may be in flight, or outside the watched prefix.
                 None if after == u64::MAX && last_revision > seen => Check::Suspect(last_revision),
                 None => {
-                    reconcile_overrides(&hub, bucket, last_revision > seen).await;
+                    // Entries past `seen` that the watch will not deliver vanished, unless they are
+                    // a batch's rest outside the watched keys.
+                    reconcile_overrides(&hub, bucket, last_revision > seen && !batch).await;
                     // Also applies a burst whose remaining entries were removed before delivery,
                     // and views that changed without an entry (an override dropped above).
                     hub.finish_burst(true);
