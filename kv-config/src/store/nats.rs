@@ -162,6 +162,33 @@ fn incarnation_of(info: &jetstream::stream::Info) -> u64 {
 }
 
 impl NatsStore {
+    /// After creating bucket `name`: nats-server 2.15 can bring back the messages of a stream of
+    /// that name deleted a moment before (its store was still on disk; seen about once in 8
+    /// delete-then-create cycles). A bucket just created holds nothing written before its
+    /// creation, so such messages are purged. If newer writes are already mixed in (another
+    /// client wrote within the same instant) nothing is purged and a warning is logged.
+    async fn drop_resurrected(&self, name: &str) -> StoreResult<()> {
+        let failed = |e: &(dyn std::error::Error + 'static)| classify(e).bucket(name);
+        let stream = self.js.get_stream(format!("KV_{name}")).await.map_err(|e| failed(&e))?;
+        let info = stream.cached_info();
+        if info.state.messages == 0 {
+            return Ok(());
+        }
+        let created = info.created;
+        // A message that cannot be read (removed meanwhile) proves nothing either way.
+        let written_before = |seq: u64| {
+            let stream = &stream;
+            async move { stream.get_raw_message(seq).await.is_ok_and(|m| m.time < created) }
+        };
+        if written_before(info.state.last_sequence).await {
+            tracing::warn!(bucket = name, messages = info.state.messages, "the new bucket came back with the deleted one's entries; purged");
+            stream.purge().await.map_err(|e| failed(&e))?;
+        } else if written_before(info.state.first_sequence).await {
+            tracing::warn!(bucket = name, "the new bucket holds entries of a deleted bucket of the same name, mixed with new writes; left as they are");
+        }
+        Ok(())
+    }
+
     /// A store on this connection (JetStream's default domain and API prefix).
     pub fn new(client: async_nats::Client) -> Self {
         let js = jetstream::new(client.clone());
@@ -260,25 +287,37 @@ impl Store for NatsStore {
                 Err(e) if *e.kind() == StoreErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            let created = self
-                .js
-                .create_key_value(kv::Config {
-                    bucket: config.name.clone(),
-                    description: config.description.clone(),
-                    history: i64::from(config.history.clamp(1, 64)),
-                    max_age: config.max_age.unwrap_or_default(),
-                    max_value_size: config.max_value_size.map_or(-1, |m| m.min(i32::MAX as u32) as i32),
-                    storage: match config.storage {
-                        StorageKind::File => StorageType::File,
-                        StorageKind::Memory => StorageType::Memory,
-                    },
-                    num_replicas: config.replicas.max(1),
-                    limit_markers: config.key_ttl,
-                    ..Default::default()
-                })
-                .await;
+            let kv_config = kv::Config {
+                bucket: config.name.clone(),
+                description: config.description.clone(),
+                history: i64::from(config.history.clamp(1, 64)),
+                max_age: config.max_age.unwrap_or_default(),
+                max_value_size: config.max_value_size.map_or(-1, |m| m.min(i32::MAX as u32) as i32),
+                storage: match config.storage {
+                    StorageKind::File => StorageType::File,
+                    StorageKind::Memory => StorageType::Memory,
+                },
+                num_replicas: config.replicas.max(1),
+                limit_markers: config.key_ttl,
+                ..Default::default()
+            };
+            let mut pause = Duration::from_millis(20);
+            let created = loop {
+                let created = self.js.create_key_value(kv_config.clone()).await;
+                match &created {
+                    // A stream of this name deleted a moment ago: the server may still be removing
+                    // its store ("error creating store for stream", 10049; seen about once in 10
+                    // delete-then-create runs). Try again shortly.
+                    Err(e) if e.to_string().contains("10049") && started.elapsed() + pause < RECREATE_WAIT => {
+                        tracing::debug!(bucket = %config.name, error = %e, "bucket store not ready; creating again");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                    _ => break created,
+                }
+            };
             match created {
-                Ok(_) => {}
+                Ok(_) => self.drop_resurrected(&config.name).await?,
                 // Someone else created it at the same moment: use theirs.
                 Err(e) if e.to_string().contains("already in use") => return self.open_bucket(&config.name).await,
                 Err(e) => return Err(classify(&e).bucket(config.name.clone())),
@@ -455,6 +494,10 @@ impl NatsBucket {
 }
 
 /// How long reading a key's history may take.
+/// How long [`NatsStore::create_bucket`] retries a creation the server refuses because the store
+/// of a just-deleted stream of that name is still being removed.
+const RECREATE_WAIT: Duration = Duration::from_secs(3);
+
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The user headers of a message (not NATS's own), sorted by name.
