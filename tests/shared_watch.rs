@@ -258,6 +258,30 @@ fn same(p: &Pair) -> Result<(), String> {
 
 const KEYS: usize = 200;
 
+/// Every key of a [`Pair`] set to `i`, for one atomic batch.
+fn pair_batch(i: u32) -> Vec<WriteOp> {
+    let v = bytes::Bytes::from(i.to_string());
+    (0..KEYS).map(|k| WriteOp::put(format!("p.v.k{k}"), v.clone())).collect()
+}
+
+/// Writes [`pair_batch`] 1, 2, 3 ... with `writer` until the returned flag is set; the task
+/// returns the last batch written.
+fn batch_stream(writer: std::sync::Arc<dyn Bucket>) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<u32>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                writer.write_atomic(pair_batch(i)).await.unwrap();
+            }
+            i
+        }
+    });
+    (stop, task)
+}
+
 /// Two hundred keys that are only valid together, always written in one atomic batch.
 #[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
 #[kv(validate = same)]
@@ -275,20 +299,7 @@ async fn a_handle_joining_during_an_atomic_batch_never_starts_with_half_of_it() 
     let pair = || LiveConfig::<Pair>::builder(store.clone(), "pairs").prefix("p.").heartbeat(HEARTBEAT).load_timeout(Duration::from_secs(5));
     let first = pair().start().await.unwrap();
     let writer = raw(&server, "pairs").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let batches = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut i = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                let v = bytes::Bytes::from(i.to_string());
-                let ops = (0..KEYS).map(|k| WriteOp::put(format!("p.v.k{k}"), v.clone())).collect();
-                writer.write_atomic(ops).await.unwrap();
-            }
-            i
-        }
-    });
+    let (stop, batches) = batch_stream(writer);
     let mut joined = 0;
     for _ in 0..200 {
         let h = pair().start().await.expect("a join never sees half of a batch");
@@ -312,20 +323,8 @@ async fn reads_started_during_a_stream_of_atomic_batches_never_miss_a_key() {
     let (server, store, _client) = server().await;
     store.create_bucket(&BucketConfig::new("pairs").atomic_writes(true)).await.unwrap();
     let writer = raw(&server, "pairs").await;
-    let batch = |i: u32| (0..KEYS).map(|k| WriteOp::put(format!("p.v.k{k}"), bytes::Bytes::from(i.to_string()))).collect::<Vec<_>>();
-    writer.write_atomic(batch(0)).await.unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let batches = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let mut i = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                writer.write_atomic(batch(i)).await.unwrap();
-            }
-            i
-        }
-    });
+    writer.write_atomic(pair_batch(0)).await.unwrap();
+    let (stop, batches) = batch_stream(writer);
     let reader = raw(&server, "pairs").await;
     for n in 0..400 {
         let loaded = kv_config::load::<Pair>(&*reader, "p.").await.unwrap_or_else(|e| panic!("load {n}: {e}"));
