@@ -317,7 +317,8 @@ async fn a_handle_joining_during_an_atomic_batch_never_starts_with_half_of_it() 
 /// on a history-1 bucket can see the batch's keys neither old nor new (the old entries removed,
 /// the new ones not yet shown), and its pending count reads 0 without them. A one-shot load, a
 /// dedicated start or a shared hub's first read then missed those keys (13 of 4,000 loads under
-/// load). The read now goes on when it got fewer entries than announced and the server holds more.
+/// load), or all of them (the watch announced nothing: an empty config). The read now goes on
+/// when it got fewer entries than announced, or none, and the server holds more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_started_during_a_stream_of_atomic_batches_never_miss_a_key() {
     let (server, store, _client) = server().await;

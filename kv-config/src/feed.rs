@@ -126,7 +126,17 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
     let pending = watch.initial_pending();
     into.expect(pending.min(1 << 20) as usize);
     if pending == 0 {
-        return Ok(watch);
+        // Nothing matches, or every matching key is hidden for a moment (nats-server 2.15, during
+        // an atomic batch's commit on a history-1 bucket; see the short read below): the server
+        // says which. Only the read of an empty prefix pays this request.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let probe = tokio::time::timeout(left, bucket.probe(pattern, 0))
+            .await
+            .map_err(|_| too_slow("read 0 of 0 entries".into()))??;
+        if probe.next.is_none() {
+            return Ok(watch);
+        }
+        tracing::debug!(bucket = bucket.name(), "the initial pass announced nothing, but the server holds entries; reading on");
     }
     // Set by the first entry of a batch whose commit is not seen, never postponed by later ones.
     let mut settle_until: Option<Instant> = None;
