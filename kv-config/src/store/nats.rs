@@ -493,11 +493,11 @@ impl NatsBucket {
     }
 }
 
-/// How long reading a key's history may take.
 /// How long [`NatsStore::create_bucket`] retries a creation the server refuses because the store
 /// of a just-deleted stream of that name is still being removed.
 const RECREATE_WAIT: Duration = Duration::from_secs(3);
 
+/// How long reading a key's history may take.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The user headers of a message (not NATS's own), sorted by name.
