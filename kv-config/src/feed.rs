@@ -125,15 +125,20 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
         .map_err(|_| too_slow("could not start a watch".into()))??;
     let pending = watch.initial_pending();
     into.expect(pending.min(1 << 20) as usize);
+    // Asks the server what it holds after revision `after`, within the load's deadline; `what`
+    // says how far the read got, for the timeout error.
+    let ask = |after: u64, what: String| async move {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(too_slow(what));
+        }
+        tokio::time::timeout(left, bucket.probe(pattern, after)).await.map_err(|_| too_slow(what))?.map_err(Error::from)
+    };
     if pending == 0 {
         // Nothing matches, or every matching key is hidden for a moment (nats-server 2.15, during
         // an atomic batch's commit on a history-1 bucket; see the short read below): the server
         // says which. Only the read of an empty prefix pays this request.
-        let left = deadline.saturating_duration_since(Instant::now());
-        let probe = tokio::time::timeout(left, bucket.probe(pattern, 0))
-            .await
-            .map_err(|_| too_slow("read 0 of 0 entries".into()))??;
-        if probe.next.is_none() {
+        if ask(0, "read 0 of 0 entries".into()).await?.next.is_none() {
             return Ok(watch);
         }
         tracing::debug!(bucket = bucket.name(), "the initial pass announced nothing, but the server holds entries; reading on");
@@ -162,14 +167,9 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
             }
         };
         let Some(item) = ready else {
-            // Inside a batch, nothing more within the settle time: ask the server, within the
-            // load's deadline (which also bounds waiting for the rest).
-            let unfinished = || too_slow(format!("read {read} of {pending} entries (an atomic batch among them unfinished)"));
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(unfinished());
-            }
-            let probe = tokio::time::timeout(left, bucket.probe(pattern, last)).await.map_err(|_| unfinished())??;
+            // Inside a batch, nothing more within the settle time: ask the server (the load's
+            // deadline also bounds waiting for the rest).
+            let probe = ask(last, format!("read {read} of {pending} entries (an atomic batch among them unfinished)")).await?;
             match batch_rest(&probe, last) {
                 BatchRest::Done => break,
                 BatchRest::Stored(_) => settle_until = None,
@@ -190,11 +190,7 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, 
                     // the pending count then reads 0 with those keys missing (seen in 13 of 4,000
                     // loads under load). The server holds them: ask, and read on if it does.
                     CatchUp::Yes if read < pending => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        let probe = tokio::time::timeout(left, bucket.probe(pattern, last))
-                            .await
-                            .map_err(|_| too_slow(format!("read {read} of {pending} entries")))??;
-                        if probe.next.is_none() {
+                        if ask(last, format!("read {read} of {pending} entries")).await?.next.is_none() {
                             break;
                         }
                         tracing::debug!(bucket = bucket.name(), read, pending, "the initial pass ended short; reading on");
