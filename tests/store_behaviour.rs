@@ -317,6 +317,31 @@ async fn a_deleted_bucket_can_be_created_again_at_once(f: Fixture) {
     assert_eq!(b.get("k").await.unwrap(), None, "a new bucket, not the old one: incarnation {:?} vs old {old:?}, info {:?}", b.opened_incarnation(), b.info().await);
 }
 
+/// `open_and_watch` (which the NATS store sends as two requests at once) opens the bucket and
+/// watches what the pattern matches, from the latest entry of each key, then live; a missing
+/// bucket or a bad name is the open's error, naming the bucket.
+async fn open_and_watch_is_open_then_watch(f: Fixture) {
+    let b = f.store.create_bucket(&BucketConfig::new("ow")).await.unwrap();
+    b.put("a.x", "1".into()).await.unwrap();
+    b.put("a.x", "2".into()).await.unwrap();
+    b.put("b.y", "3".into()).await.unwrap();
+    let (opened, mut watch) = f.store.open_and_watch("ow", "a.>", WatchStart::LatestPerKey).await.unwrap();
+    assert_eq!(opened.name(), "ow");
+    assert_eq!(opened.opened_incarnation(), b.opened_incarnation(), "the open's answer, as `open_bucket` gives it");
+    assert_eq!(watch.initial_pending(), 1, "one key under `a.`");
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!((first.key.as_str(), &first.value[..], first.delta), ("a.x", &b"2"[..], 0));
+    opened.put("b.z", "4".into()).await.unwrap();
+    let live = opened.put("a.w", "5".into()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("live entry").unwrap().unwrap();
+    assert_eq!((next.key.as_str(), next.revision), ("a.w", live), "live entries under the pattern only");
+    let err = f.store.open_and_watch("nope", ">", WatchStart::LatestPerKey).await.err().expect("no bucket");
+    assert_eq!(*err.kind(), StoreErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("`nope`"), "{err}");
+    let err = f.store.open_and_watch("bad name", ">", WatchStart::LatestPerKey).await.err().expect("bad name");
+    assert_eq!(*err.kind(), StoreErrorKind::InvalidBucketName, "{err}");
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -331,6 +356,7 @@ macro_rules! suite {
 suite!(
     incarnation_is_known_at_open,
     a_deleted_bucket_can_be_created_again_at_once,
+    open_and_watch_is_open_then_watch,
     put_then_get,
     delete_missing_is_harmless,
     create_is_a_lock,

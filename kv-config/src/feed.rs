@@ -87,8 +87,11 @@ pub(crate) fn catch_up(entry: &Entry) -> CatchUp {
 
 /// One pass over the bucket: a watch delivers the latest entry of every key under `prefix`, read
 /// until caught up, within `timeout` (a stalled or silent server is an error, never a hang). The
-/// watch stays open for live changes.
-pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Duration) -> Result<(Watch, View)> {
+/// watch stays open for live changes. `watch`, when given, is one already started on the bucket
+/// for the prefix's keys from [`WatchStart::LatestPerKey`] (see [`Store::open_and_watch`]).
+///
+/// [`Store::open_and_watch`]: crate::store::Store::open_and_watch
+pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, watch: Option<Watch>, timeout: Duration) -> Result<(Watch, View)> {
     struct Fill<'a>(&'a str, View);
     impl Scan for Fill<'_> {
         fn expect(&mut self, n: usize) {
@@ -99,7 +102,7 @@ pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, timeout: Du
         }
     }
     let mut fill = Fill(prefix, View::default());
-    let watch = scan(bucket, &pattern_for(prefix), timeout, &mut fill).await?;
+    let watch = scan(bucket, &pattern_for(prefix), watch, timeout, &mut fill).await?;
     Ok((watch, fill.1))
 }
 
@@ -111,18 +114,21 @@ pub(crate) trait Scan {
     fn entry(&mut self, e: Entry);
 }
 
-/// The initial pass of [`watch_initial`] over the keys matching `pattern`, into `into`. Returns
-/// the watch, still open.
-pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, timeout: Duration, into: &mut impl Scan) -> Result<Watch> {
+/// The initial pass of [`watch_initial`] over the keys matching `pattern`, into `into`, on
+/// `watch` or a new one. Returns the watch, still open.
+pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, watch: Option<Watch>, timeout: Duration, into: &mut impl Scan) -> Result<Watch> {
     let deadline = Instant::now() + timeout;
     let too_slow = |what: String| {
         Error::Store(StoreError::new(StoreErrorKind::Timeout).bucket(bucket.name()).detail(format!(
             "the initial load {what} within {timeout:?}"
         )))
     };
-    let mut watch = tokio::time::timeout(timeout, bucket.watch(pattern, WatchStart::LatestPerKey))
-        .await
-        .map_err(|_| too_slow("could not start a watch".into()))??;
+    let mut watch = match watch {
+        Some(watch) => watch,
+        None => tokio::time::timeout(timeout, bucket.watch(pattern, WatchStart::LatestPerKey))
+            .await
+            .map_err(|_| too_slow("could not start a watch".into()))??,
+    };
     let pending = watch.initial_pending();
     into.expect(pending.min(1 << 20) as usize);
     // Asks the server what it holds after revision `after`, within the load's deadline; `what`

@@ -45,7 +45,7 @@ pub struct Loaded<T> {
 /// ```
 pub async fn load<T: KvConfig>(bucket: &dyn Bucket, prefix: &str) -> Result<Loaded<T>> {
     check_prefix(prefix)?;
-    let (_watch, view) = watch_initial(bucket, prefix, LOAD_TIMEOUT).await?;
+    let (_watch, view) = watch_initial(bucket, prefix, None, LOAD_TIMEOUT).await?;
     let source = Source::new(bucket.name(), prefix);
     let decoded = decode_view::<T>(&view, None, &source)?;
     let unknown_keys = if decoded.has_unknown {

@@ -109,7 +109,7 @@ async fn try_attach<T: KvConfig>(
             _ => {}
         }
     }
-    match watch_initial(&*bucket, prefix, load_timeout).await {
+    match watch_initial(&*bucket, prefix, None, load_timeout).await {
         Ok((watch, view)) => {
             let shared = weak.upgrade()?;
             tracing::info!(

@@ -19,7 +19,7 @@ use crate::config::{KvConfig, Source};
 use crate::error::{Error, Result};
 use crate::feed::{check_prefix, not_reached, pattern_for, watch_initial};
 use crate::schema::Schema;
-use crate::store::{Bucket, BucketConfig, SharedWatches, Store, StoreErrorKind, Watch};
+use crate::store::{Bucket, BucketConfig, SharedWatches, Store, StoreErrorKind, Watch, WatchStart};
 use crate::view::{decode_latest, decode_view, View};
 
 /// What to do when the bucket's values do not make a valid config at start-up.
@@ -305,8 +305,9 @@ impl<T: KvConfig> Builder<T> {
             if let Some(watches) = shared {
                 return self.join(&watches).await;
             }
-            let (bucket, incarnation) = self.open_within(self.options.load_timeout).await?;
-            let (watch, view) = watch_initial(&*bucket, &self.prefix, self.options.load_timeout).await?;
+            let pattern = pattern_for(&self.prefix);
+            let (bucket, incarnation, early) = self.open_within(self.options.load_timeout, Some(&pattern)).await?;
+            let (watch, view) = watch_initial(&*bucket, &self.prefix, early, self.options.load_timeout).await?;
             return self.finish(bucket, incarnation, watch, view, None);
         };
         let id = Arc::new(Identity::new(path.clone(), &T::schema(), &self.bucket, &self.prefix, self.cache_secrets));
@@ -320,9 +321,9 @@ impl<T: KvConfig> Builder<T> {
         }
         let wait = if cached.is_ok() { self.cache_wait } else { self.options.load_timeout };
         let attempt = async {
-            let opened = self.open_within(wait).await?;
-            let (watch, view) = watch_initial(&*opened.0, &self.prefix, self.options.load_timeout).await?;
-            Ok::<_, Error>((opened, watch, view))
+            let (bucket, incarnation, early) = self.open_within(wait, Some(&pattern_for(&self.prefix))).await?;
+            let (watch, view) = watch_initial(&*bucket, &self.prefix, early, self.options.load_timeout).await?;
+            Ok::<_, Error>(((bucket, incarnation), watch, view))
         }
         .await;
         match attempt {
@@ -343,18 +344,25 @@ impl<T: KvConfig> Builder<T> {
     }
 
     /// [`open`](Self::open), failing with a timeout after `wait` (a frozen server never answers).
-    async fn open_within(&self, wait: Duration) -> Result<(Arc<dyn Bucket>, Option<u64>)> {
-        tokio::time::timeout(wait, self.open()).await.map_err(|_| not_reached(&self.bucket, wait))?
+    async fn open_within(&self, wait: Duration, watch: Option<&str>) -> Result<(Arc<dyn Bucket>, Option<u64>, Option<Watch>)> {
+        tokio::time::timeout(wait, self.open(watch)).await.map_err(|_| not_reached(&self.bucket, wait))?
     }
 
-    /// Opens (or creates and seeds) the bucket and asks which incarnation it is.
-    async fn open(&self) -> Result<(Arc<dyn Bucket>, Option<u64>)> {
-        let bucket = match self.store.open_bucket(&self.bucket).await {
-            Ok(b) => b,
+    /// Opens (or creates and seeds) the bucket and asks which incarnation it is. With `watch`,
+    /// also starts a watch of that pattern from [`WatchStart::LatestPerKey`], sent with the open
+    /// ([`Store::open_and_watch`]), unless defaults are seeded (the watch must start after them)
+    /// or the bucket is created.
+    async fn open(&self, watch: Option<&str>) -> Result<(Arc<dyn Bucket>, Option<u64>, Option<Watch>)> {
+        let opened = match watch.filter(|_| !self.seed_defaults) {
+            Some(pattern) => self.store.open_and_watch(&self.bucket, pattern, WatchStart::LatestPerKey).await.map(|(b, w)| (b, Some(w))),
+            None => self.store.open_bucket(&self.bucket).await.map(|b| (b, None)),
+        };
+        let (bucket, watch) = match opened {
+            Ok(opened) => opened,
             Err(e) if *e.kind() == StoreErrorKind::NotFound && self.create.is_some() => {
                 let config = self.create.clone().unwrap_or_else(|| BucketConfig::new(self.bucket.clone()));
                 tracing::info!(bucket = %self.bucket, "creating bucket");
-                self.store.create_bucket(&config).await?
+                (self.store.create_bucket(&config).await?, None)
             }
             Err(e) => return Err(e.into()),
         };
@@ -367,7 +375,7 @@ impl<T: KvConfig> Builder<T> {
             Some(known) => Some(known),
             None => bucket.probe(&pattern_for(&self.prefix), u64::MAX).await.ok().map(|p| p.incarnation),
         };
-        Ok((bucket, incarnation))
+        Ok((bucket, incarnation, watch))
     }
 
     /// A handle on a shared hub: the hub of the bucket on `watches`, or a new one that this
@@ -376,7 +384,7 @@ impl<T: KvConfig> Builder<T> {
         let mut opened = false;
         let hub = Hub::shared(watches, &self.bucket, self.options.heartbeat, self.options.load_timeout, async {
             opened = true;
-            self.open_within(self.options.load_timeout).await
+            self.open_within(self.options.load_timeout, Some(&pattern_for(""))).await
         })
         .await?;
         if !opened && self.seed_defaults {

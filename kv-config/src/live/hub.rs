@@ -193,13 +193,14 @@ impl Hub {
     }
 
     /// The hub of `bucket` on `watches` that new handles join, or a new one: `open` opens the
-    /// bucket (and says which incarnation it is), then the whole bucket is read into the hub's
-    /// map and the hub starts watching it. A hub that is stale (its server did not answer, or its
+    /// bucket (and says which incarnation it is, and may start the watch of the whole bucket,
+    /// `pattern_for("")`, with it), then the whole bucket is read into the hub's map and the hub
+    /// starts watching it. A hub that is stale (its server did not answer, or its
     /// bucket vanished) is not joined: the new handle gets a new hub, loaded afresh (the old one
     /// runs on for its handles).
     pub(super) async fn shared<F>(watches: &SharedWatches, name: &str, heartbeat: Duration, load_timeout: Duration, open: F) -> Result<Arc<Hub>>
     where
-        F: Future<Output = Result<(Arc<dyn Bucket>, Option<u64>)>>,
+        F: Future<Output = Result<(Arc<dyn Bucket>, Option<u64>, Option<Watch>)>>,
     {
         let slot: Arc<HubSlot> = watches.slot(&format!("{name}\u{0}{heartbeat:?}\u{0}{load_timeout:?}"));
         let mut current = slot.0.lock().await;
@@ -213,10 +214,10 @@ impl Hub {
                 }
             }
         }
-        let (bucket, incarnation) = open.await?;
+        let (bucket, incarnation, early) = open.await?;
         let pattern = pattern_for("");
         let mut latest = Latest::default();
-        let watch = scan(&*bucket, &pattern, load_timeout, &mut latest).await?;
+        let watch = scan(&*bucket, &pattern, early, load_timeout, &mut latest).await?;
         let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, HubState::new(Some(latest.map), latest.seen, incarnation));
         hub.spawn(watch);
         *current = Arc::downgrade(&hub);
@@ -456,7 +457,7 @@ impl Hub {
     /// The watch that read it is returned, still open.
     pub(super) async fn reload(&self, incarnation: Option<u64>) -> Result<Watch> {
         let mut latest = Latest::default();
-        let watch = scan(&*self.bucket, &self.pattern, self.load_timeout, &mut latest).await?;
+        let watch = scan(&*self.bucket, &self.pattern, None, self.load_timeout, &mut latest).await?;
         let views: Vec<(Arc<dyn Member>, View)> = {
             let mut st = self.state();
             st.members.retain(|s| s.member.strong_count() > 0);

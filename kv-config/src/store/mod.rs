@@ -393,6 +393,26 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Turns on atomic batches for an existing bucket (see [`BucketConfig::atomic_writes`]).
     async fn enable_atomic_writes(&self, name: &str) -> StoreResult<()>;
 
+    /// Opens an existing bucket and starts a [`watch`](Bucket::watch) of `pattern` on it, as
+    /// [`open_bucket`](Self::open_bucket) then [`Bucket::watch`] do (the default). A store may
+    /// send both requests at once: [`NatsStore`](crate::store::NatsStore) does, so a start-up
+    /// waits for one round trip to the server instead of two.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use kv_config::store::{BucketConfig, MemoryStore, Store, WatchStart};
+    /// let store = MemoryStore::new();
+    /// store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    /// let (bucket, watch) = store.open_and_watch("cfg", ">", WatchStart::LatestPerKey).await.unwrap();
+    /// assert_eq!((bucket.name(), watch.initial_pending()), ("cfg", 0));
+    /// # }
+    /// ```
+    async fn open_and_watch(&self, name: &str, pattern: &str, start: WatchStart) -> StoreResult<(Arc<dyn Bucket>, Watch)> {
+        let bucket = self.open_bucket(name).await?;
+        let watch = bucket.watch(pattern, start).await?;
+        Ok((bucket, watch))
+    }
+
     /// The table through which [`LiveConfig`](crate::LiveConfig) handles on this store (and its
     /// clones) share one watch per bucket; `None` (the default) gives every handle its own.
     fn shared_watches(&self) -> Option<&SharedWatches> {

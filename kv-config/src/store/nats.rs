@@ -346,6 +346,34 @@ impl Store for NatsStore {
         result.map_err(|e| self.perms.refine(e, started))
     }
 
+    /// Sends the open (`STREAM.INFO`) and the watch's consumer create at once. The watch assumes
+    /// the usual subjects of a bucket (`$KV.<name>.`); a bucket whose open says otherwise (a
+    /// mirror, another domain) is watched again the usual way.
+    async fn open_and_watch(&self, name: &str, pattern: &str, start: WatchStart) -> StoreResult<(Arc<dyn Bucket>, Watch)> {
+        let started = Instant::now();
+        let result: StoreResult<(Arc<dyn Bucket>, Watch)> = async {
+            if !is_valid_bucket_name(name) {
+                return Err(invalid_bucket_name(name));
+            }
+            let prefix = format!("$KV.{name}.");
+            let stream = self.js.get_stream_no_info(format!("KV_{name}")).await.map_err(|e| classify(&e).bucket(name))?;
+            let (kv, watch) = tokio::join!(self.js.get_key_value(name), ordered_watch(&self.client, &stream, name, &prefix, pattern, start));
+            let kv = kv.map_err(|e| classify(&e).bucket(name))?;
+            let usual = kv.prefix == prefix;
+            let bucket = self.wrap(kv);
+            match watch {
+                Ok(watch) if usual => Ok((bucket, watch)),
+                // Dropped, the early watch's consumer goes with its subscription.
+                _ => {
+                    let watch = bucket.watch(pattern, start).await?;
+                    Ok((bucket, watch))
+                }
+            }
+        }
+        .await;
+        result.map_err(|e| self.perms.refine(e, started))
+    }
+
     async fn bucket_names(&self) -> StoreResult<Vec<String>> {
         let started = Instant::now();
         let result: StoreResult<Vec<String>> = async {
@@ -639,62 +667,7 @@ impl Bucket for NatsBucket {
 
     async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
         let started = Instant::now();
-        let result: StoreResult<Watch> = async {
-            use jetstream::consumer::{push::OrderedConfig, DeliverPolicy, ReplayPolicy};
-            let deliver_policy = match start {
-                WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
-                WatchStart::New => DeliverPolicy::New,
-                WatchStart::FromRevision(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
-            };
-            // Our own ordered consumer rather than kv::Store::watch*: its cached info tells how many
-            // entries are pending at the start, which is the only "loaded" signal for an empty match.
-            let consumer = self
-                .kv
-                .stream
-                .create_consumer(OrderedConfig {
-                    deliver_subject: self.client.new_inbox(),
-                    description: Some("kv-config watch".to_string()),
-                    filter_subject: format!("{}{}", self.kv.prefix, pattern),
-                    replay_policy: ReplayPolicy::Instant,
-                    deliver_policy,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| self.err(&e, pattern))?;
-            let initial = consumer.cached_info().num_pending;
-            let messages = consumer.messages().await.map_err(|e| self.err(&e, pattern))?;
-            let bucket = self.name.clone();
-            let prefix = self.kv.prefix.clone();
-            let stream = messages.map(move |msg| {
-                let msg = msg.map_err(|e| classify(&e).bucket(bucket.clone()))?;
-                let info = msg.info().map_err(|e| {
-                    StoreError::new(StoreErrorKind::Other).bucket(bucket.clone()).detail(format!("bad message metadata: {e}"))
-                })?;
-                let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
-                // The server's pending count can read 0 between the messages of an atomic batch; the
-                // batch headers cannot: only the commit message ends a batch.
-                let batch_continues = msg.headers.as_ref().is_some_and(|h| {
-                    h.get(async_nats::header::NATS_BATCH_ID).is_some()
-                        && h.get(async_nats::header::NATS_BATCH_COMMIT).is_none()
-                });
-                Ok(Entry {
-                    bucket: bucket.clone(),
-                    operation: operation_of(msg.headers.as_ref()),
-                    headers: headers_of(msg.headers.as_ref()),
-                    batch_continues,
-                    // A copy: the payload is a slice of the connection's read buffer, and a view that
-                    // kept it would keep the whole buffer (measured: a 1,000-key handle held about
-                    // one payload's worth of read buffers beside the values).
-                    value: Bytes::copy_from_slice(&msg.payload),
-                    revision: info.stream_sequence,
-                    delta: info.pending,
-                    created: SystemTime::from(info.published),
-                    key,
-                })
-            });
-            Ok(Watch::new(initial, stream))
-        }
-        .await;
+        let result = ordered_watch(&self.client, &self.kv.stream, &self.name, &self.kv.prefix, pattern, start).await;
         result.map_err(|e| self.perms.refine(e, started))
     }
 
@@ -1012,4 +985,67 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
         out = out.detail(text);
     }
     out
+}
+
+/// A watch of the keys matching `pattern` in bucket `name` (its subjects start with `prefix`):
+/// an ordered push consumer on `stream`, read as [`Entry`]s.
+async fn ordered_watch<I>(
+    client: &async_nats::Client,
+    stream: &jetstream::stream::Stream<I>,
+    name: &str,
+    prefix: &str,
+    pattern: &str,
+    start: WatchStart,
+) -> StoreResult<Watch> {
+    use jetstream::consumer::{push::OrderedConfig, DeliverPolicy, ReplayPolicy};
+    let deliver_policy = match start {
+        WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
+        WatchStart::New => DeliverPolicy::New,
+        WatchStart::FromRevision(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+    };
+    // Our own ordered consumer rather than kv::Store::watch*: its cached info tells how many
+    // entries are pending at the start, which is the only "loaded" signal for an empty match.
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some("kv-config watch".to_string()),
+            filter_subject: format!("{prefix}{pattern}"),
+            replay_policy: ReplayPolicy::Instant,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| classify(&e).bucket(name).key(pattern))?;
+    let initial = consumer.cached_info().num_pending;
+    let messages = consumer.messages().await.map_err(|e| classify(&e).bucket(name).key(pattern))?;
+    let bucket = name.to_string();
+    let prefix = prefix.to_string();
+    let entries = messages.map(move |msg| {
+        let msg = msg.map_err(|e| classify(&e).bucket(bucket.clone()))?;
+        let info = msg.info().map_err(|e| {
+            StoreError::new(StoreErrorKind::Other).bucket(bucket.clone()).detail(format!("bad message metadata: {e}"))
+        })?;
+        let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
+        // The server's pending count can read 0 between the messages of an atomic batch; the
+        // batch headers cannot: only the commit message ends a batch.
+        let batch_continues = msg.headers.as_ref().is_some_and(|h| {
+            h.get(async_nats::header::NATS_BATCH_ID).is_some()
+                && h.get(async_nats::header::NATS_BATCH_COMMIT).is_none()
+        });
+        Ok(Entry {
+            bucket: bucket.clone(),
+            operation: operation_of(msg.headers.as_ref()),
+            headers: headers_of(msg.headers.as_ref()),
+            batch_continues,
+            // A copy: the payload is a slice of the connection's read buffer, and a view that
+            // kept it would keep the whole buffer (measured: a 1,000-key handle held about
+            // one payload's worth of read buffers beside the values).
+            value: Bytes::copy_from_slice(&msg.payload),
+            revision: info.stream_sequence,
+            delta: info.pending,
+            created: SystemTime::from(info.published),
+            key,
+        })
+    });
+    Ok(Watch::new(initial, entries))
 }
