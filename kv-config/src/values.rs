@@ -7,19 +7,15 @@
 //! and the changes since the base in a persistent `delta` map (structural sharing, O(log n)
 //! insert on a shared copy). While nothing shares the base (the initial load), writes go straight
 //! into it at plain `HashMap` speed. When the delta grows past an eighth of the base it is folded
-//! into a new base, so the fold's O(n) is paid once per n/8 changes.
+//! into a new base, so the fold's O(n) is paid once per n/8 changes. The base is a [`dense`] map:
+//! entries in one vector, found through 4-byte indices, about half a `HashMap`'s bytes.
 
-use std::collections::hash_map::Entry as Slot;
-use std::collections::HashMap;
+mod dense;
+
 use std::sync::Arc;
 
 use crate::config::{RawValue, RawValues};
-
-/// The base map. foldhash rather than SipHash: a cold load hashes every key two or three times
-/// (fill, decode), and at 50,000 keys SipHash was a measurable part of it. Keys come from the
-/// bucket's writers; foldhash's `RandomState` is seeded at random, so they cannot aim at its
-/// buckets offline.
-type Base = HashMap<String, RawValue, foldhash::fast::RandomState>;
+use dense::{Dense as Base, Place};
 
 /// The raw values in effect by relative key: a shared base plus the changes since.
 #[derive(Debug, Clone, Default)]
@@ -76,7 +72,7 @@ impl Values {
 
     /// Room for `n` values in the base.
     pub(crate) fn with_capacity(n: usize) -> Self {
-        Values::from_base(Base::with_capacity_and_hasher(n, Default::default()))
+        Values::from_base(Base::with_capacity(n))
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
@@ -111,14 +107,14 @@ impl Values {
     pub(crate) fn insert_if_newer(&mut self, key: String, value: RawValue) -> bool {
         if self.delta.is_empty() {
             if let Some(base) = Arc::get_mut(&mut self.base) {
-                return match base.entry(key) {
-                    Slot::Occupied(o) if o.get().revision >= value.revision => false,
-                    Slot::Occupied(mut o) => {
-                        o.insert(value);
+                return match base.place(&key) {
+                    Place::Occupied(old) if old.revision >= value.revision => false,
+                    Place::Occupied(old) => {
+                        *old = value;
                         true
                     }
-                    Slot::Vacant(v) => {
-                        v.insert(value);
+                    Place::Vacant(v) => {
+                        v.insert(key, value);
                         self.len += 1;
                         true
                     }
@@ -146,9 +142,12 @@ impl Values {
             // Nothing shares the base (the initial load, or after a fold): write in place.
             if let Some(base) = Arc::get_mut(&mut self.base) {
                 return match value {
-                    Some(v) => match base.get_mut(key) {
-                        Some(slot) => Some(std::mem::replace(slot, v)),
-                        None => base.insert(key.to_string(), v),
+                    Some(v) => match base.place(key) {
+                        Place::Occupied(slot) => Some(std::mem::replace(slot, v)),
+                        Place::Vacant(slot) => {
+                            slot.insert(key.to_string(), v);
+                            None
+                        }
                     },
                     None => base.remove(key),
                 };
@@ -171,7 +170,10 @@ impl Values {
 
     /// Folds the delta into a new base (O(n), once per n/8 changes).
     fn fold(&mut self) {
-        let map: Base = self.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut map = Base::with_capacity(self.len);
+        for (k, v) in self.iter() {
+            map.insert(k.clone(), v.clone());
+        }
         *self = Values::from_base(map);
     }
 

@@ -1,0 +1,182 @@
+//! [`Dense`]: the base map of [`Values`](super::Values), laid out for memory.
+//!
+//! A `HashMap<String, RawValue>` keeps its 80-byte entries in the hash table itself, and the table
+//! is kept at most 7/8 full in a power of two: 1,000 keys took 2,048 slots, 165,900 bytes (measured
+//! by heaptrack, BENCHMARKS.md "Memory"). Here the entries sit in one vector of exactly their
+//! number, and the hash table holds 4-byte indices into it, as `indexmap` does with 8-byte ones:
+//! about 90,000 bytes for the same 1,000 keys.
+
+use hashbrown::HashTable;
+
+use crate::config::RawValue;
+
+/// Hashes keys; foldhash rather than SipHash, see [`Dense::hasher`].
+type Hasher = foldhash::fast::RandomState;
+
+/// Raw values by key: entries in a dense vector, found through a table of their indices.
+#[derive(Clone, Default)]
+pub(crate) struct Dense {
+    entries: Vec<(String, RawValue)>,
+    index: HashTable<u32>,
+    /// foldhash rather than SipHash: a cold load hashes every key two or three times (fill,
+    /// decode), and at 50,000 keys SipHash was a measurable part of it. Keys come from the
+    /// bucket's writers; the hasher is seeded at random, so they cannot aim at its slots offline.
+    hasher: Hasher,
+}
+
+impl std::fmt::Debug for Dense {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries.iter().map(|(k, v)| (k, v))).finish()
+    }
+}
+
+/// Where a key is, or where it would go.
+pub(crate) enum Place<'a> {
+    Occupied(&'a mut RawValue),
+    Vacant(Vacant<'a>),
+}
+
+/// A key's place in [`Dense`] that holds nothing yet.
+pub(crate) struct Vacant<'a> {
+    map: &'a mut Dense,
+    hash: u64,
+}
+
+impl Vacant<'_> {
+    /// Puts `key` (the one looked up) there.
+    pub(crate) fn insert(self, key: String, value: RawValue) {
+        self.map.push(self.hash, key, value);
+    }
+}
+
+impl Dense {
+    /// Room for `n` keys without growing.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Dense { entries: Vec::with_capacity(n), index: HashTable::with_capacity(n), hasher: Hasher::default() }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
+    fn slot(&self, key: &str) -> Option<usize> {
+        self.slot_hashed(self.hash(key), key)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
+        self.slot(key).map(|i| &self.entries[i].1)
+    }
+
+    pub(crate) fn contains_key(&self, key: &str) -> bool {
+        self.slot(key).is_some()
+    }
+
+    /// Where `key` is or would go: one look-up for a read-then-write.
+    pub(crate) fn place(&mut self, key: &str) -> Place<'_> {
+        let hash = self.hash(key);
+        match self.slot_hashed(hash, key) {
+            Some(i) => Place::Occupied(&mut self.entries[i].1),
+            None => Place::Vacant(Vacant { map: self, hash }),
+        }
+    }
+
+    fn slot_hashed(&self, hash: u64, key: &str) -> Option<usize> {
+        let entries = &self.entries;
+        self.index.find(hash, |&i| entries[i as usize].0 == key).map(|&i| i as usize)
+    }
+
+    /// Sets `key`; returns the value it replaced.
+    pub(crate) fn insert(&mut self, key: String, value: RawValue) -> Option<RawValue> {
+        match self.place(&key) {
+            Place::Occupied(slot) => Some(std::mem::replace(slot, value)),
+            Place::Vacant(v) => {
+                v.insert(key, value);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, hash: u64, key: String, value: RawValue) {
+        // Memory runs out long before: 2^32 entries take over 300 GB.
+        let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 keys");
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index.insert_unique(hash, i, |&j| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(entries[j as usize].0.as_str())
+        });
+        self.entries.push((key, value));
+    }
+
+    /// Removes `key`; returns its value. The last entry takes its place in the vector.
+    pub(crate) fn remove(&mut self, key: &str) -> Option<RawValue> {
+        let hash = self.hash(key);
+        let entries = &self.entries;
+        let found = self.index.find_entry(hash, |&i| entries[i as usize].0 == key).ok()?;
+        let (i, _) = found.remove();
+        let i = i as usize;
+        let last = self.entries.len() - 1;
+        if i != last {
+            let moved = self.hash(&self.entries[last].0);
+            let slot = self.index.find_mut(moved, |&j| j as usize == last).expect("every entry is indexed");
+            *slot = i as u32;
+        }
+        Some(self.entries.swap_remove(i).1)
+    }
+
+    /// Every key and value, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &RawValue)> + '_ {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl FromIterator<(String, RawValue)> for Dense {
+    fn from_iter<I: IntoIterator<Item = (String, RawValue)>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut map = Dense::with_capacity(iter.size_hint().0);
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(rev: u64) -> RawValue {
+        RawValue { value: rev.to_string().into(), revision: rev, created: None }
+    }
+
+    /// Random inserts, replacements and removals agree with a `HashMap` at every step, and every
+    /// key stays found after removals move entries around.
+    #[test]
+    fn agrees_with_a_hash_map() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut dense = Dense::with_capacity(4);
+        let mut plain = std::collections::HashMap::new();
+        for step in 0..20_000u64 {
+            let key = format!("k{}", rng.u32(0..300));
+            if rng.u8(0..3) == 0 {
+                assert_eq!(dense.remove(&key), plain.remove(&key), "step {step}: remove {key}");
+            } else {
+                assert_eq!(dense.insert(key.clone(), raw(step)), plain.insert(key, raw(step)), "step {step}");
+            }
+            assert_eq!(dense.len(), plain.len());
+            if step % 997 == 0 {
+                for (k, v) in &plain {
+                    assert_eq!(dense.get(k), Some(v), "step {step}: {k}");
+                }
+                assert_eq!(dense.iter().count(), plain.len());
+            }
+        }
+        let collected: Dense = plain.clone().into_iter().collect();
+        assert!(plain.iter().all(|(k, v)| collected.get(k) == Some(v)) && collected.len() == plain.len());
+        assert!(!dense.contains_key("absent") && dense.remove("absent").is_none());
+    }
+}
