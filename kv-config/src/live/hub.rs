@@ -162,10 +162,11 @@ impl Scan for Latest {
 
 /// A view of the keys under `prefix` in `map`, at bucket revision `seen`.
 fn view_of(map: &BTreeMap<String, Kept>, prefix: &str, seen: u64) -> View {
-    let mut view = View::default();
     use std::ops::Bound;
-    let range = map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded));
-    for (key, kept) in range.take_while(|(k, _)| k.starts_with(prefix)) {
+    let under = || map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix));
+    // Sized first: growing the view's map key by key rehashed it about 16 times at 50,000 keys.
+    let mut view = View::with_capacity(if prefix.is_empty() { map.len() } else { under().count() });
+    for (key, kept) in under() {
         view.apply_with_key(prefix, key.clone(), &kept.entry());
     }
     view.seen = seen;
