@@ -284,6 +284,47 @@ async fn a_frozen_server_is_reported_stale_then_recovers() {
     eprintln!("figure: frozen server reported stale after {noticed:?} (heartbeat {heartbeat:?}); converged {recovered:?} after SIGCONT + write");
 }
 
+/// A server frozen (SIGSTOP) while handles start: a first start (which opens the bucket and
+/// starts its watch in one round trip), a dedicated start and a start that joins a running shared
+/// watch each fail within their load timeout with a timeout naming the bucket, and leave nothing
+/// behind: once the server is back, the same store starts handles that read the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_against_a_frozen_server_fails_in_bounded_time_and_leaves_nothing_behind() {
+    let (mut server, store) = server().await;
+    drop(builder(&store).start().await.expect("create the bucket"));
+    raw(&server).await.put("workers", "5".into()).await.expect("put");
+    let load_timeout = Duration::from_millis(500);
+    let starts = |store: NatsStore, dedicated: bool| async move {
+        let b = builder(&store).load_timeout(load_timeout);
+        let b = if dedicated { b.dedicated_watch() } else { b };
+        let t = Instant::now();
+        (b.start().await, t.elapsed())
+    };
+    let timed_out = |what: &str, (result, took): (kv_config::Result<LiveConfig<Cfg>>, Duration)| {
+        let err = result.expect_err(what);
+        assert!(matches!(&err, Error::Store(e) if *e.kind() == StoreErrorKind::Timeout), "{what}: {err}");
+        assert!(err.to_string().contains("`cfg`"), "{what}: {err}");
+        // The load timeout, plus scheduling slack on a busy machine; never a hang.
+        assert!(took < load_timeout * 6, "{what}: took {took:?}");
+    };
+    // A store that has never opened the bucket: the first start opens it.
+    let fresh = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+    server.pause();
+    timed_out("first start", starts(fresh.clone(), false).await);
+    timed_out("dedicated start", starts(fresh.clone(), true).await);
+    server.resume();
+    let first = starts(fresh.clone(), false).await.0.expect("a start once the server is back");
+    assert_eq!(first.get().workers, 5);
+    // A start that joins the running shared watch asks the server for the bucket's last revision.
+    server.pause();
+    timed_out("join", starts(fresh.clone(), false).await);
+    server.resume();
+    raw(&server).await.put("workers", "6".into()).await.expect("put");
+    let joined = starts(fresh, false).await.0.expect("a join once the server is back");
+    assert_eq!(joined.get().workers, 6, "the join read the write made after the freeze");
+    eventually("the first handle converges", Duration::from_secs(5), || first.get().workers == 6 && first.status().is_current()).await;
+}
+
 #[tokio::test]
 async fn a_killed_and_restarted_server_is_reported_and_converges() {
     let (mut server, store) = server().await;
