@@ -335,10 +335,10 @@ async fn open_and_watch_is_open_then_watch(f: Fixture) {
     let live = opened.put("a.w", "5".into()).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("live entry").unwrap().unwrap();
     assert_eq!((next.key.as_str(), next.revision), ("a.w", live), "live entries under the pattern only");
-    let err = f.store.open_and_watch("nope", ">", WatchStart::LatestPerKey).await.err().expect("no bucket");
+    let Err(err) = f.store.open_and_watch("nope", ">", WatchStart::LatestPerKey).await else { panic!("no bucket") };
     assert_eq!(*err.kind(), StoreErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("`nope`"), "{err}");
-    let err = f.store.open_and_watch("bad name", ">", WatchStart::LatestPerKey).await.err().expect("bad name");
+    let Err(err) = f.store.open_and_watch("bad name", ">", WatchStart::LatestPerKey).await else { panic!("bad name") };
     assert_eq!(*err.kind(), StoreErrorKind::InvalidBucketName, "{err}");
 }
 

@@ -395,7 +395,7 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Opens an existing bucket and starts a [`watch`](Bucket::watch) of `pattern` on it, as
     /// [`open_bucket`](Self::open_bucket) then [`Bucket::watch`] do (the default). A store may
-    /// send both requests at once: [`NatsStore`](crate::store::NatsStore) does, so a start-up
+    /// send both requests at once: [`NatsStore`] does, so a start-up
     /// waits for one round trip to the server instead of two.
     ///
     /// ```
