@@ -199,7 +199,8 @@ impl Values {
 mod tests {
     use super::*;
 
-    fn raw(rev: u64) -> RawValue {
+    /// A value whose bytes and revision are `rev` (also for [`dense`]'s tests).
+    pub(super) fn raw(rev: u64) -> RawValue {
         RawValue { value: rev.to_string().into(), revision: rev, created: None }
     }
 

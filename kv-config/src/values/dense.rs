@@ -147,11 +147,8 @@ impl FromIterator<(String, RawValue)> for Dense {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::raw;
     use super::*;
-
-    fn raw(rev: u64) -> RawValue {
-        RawValue { value: rev.to_string().into(), revision: rev, created: None }
-    }
 
     /// Random inserts, replacements and removals agree with a `HashMap` at every step, and every
     /// key stays found after removals move entries around.
