@@ -437,3 +437,20 @@ async fn nats_denied_writes_are_permission_denied_at_once() {
     assert_eq!(bucket.get("dev.b").await.unwrap(), None, "a denied batch changes nothing");
     assert_eq!(bucket.get("prod.a").await.unwrap().unwrap(), "1");
 }
+
+/// `NatsStore::open_and_watch` uses the watch it sent with the open (one consumer on the stream,
+/// not a second one started after the open): the consumer is newer than the stream the open
+/// describes, which is how it tells a bucket deleted and created again between the two requests.
+#[tokio::test]
+async fn nats_open_and_watch_keeps_the_watch_it_sent_with_the_open() {
+    let server = NatsServer::start().await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let store = NatsStore::new(client.clone());
+    store.create_bucket(&BucketConfig::new("ow")).await.unwrap().put("a", "1".into()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let consumers = || async { js.get_stream("KV_ow").await.unwrap().info().await.unwrap().state.consumer_count };
+    assert_eq!(consumers().await, 0);
+    let (_bucket, mut watch) = store.open_and_watch("ow", ">", WatchStart::LatestPerKey).await.unwrap();
+    assert_eq!(watch.next().await.unwrap().unwrap().key, "a");
+    assert_eq!(consumers().await, 1, "the early watch was kept, no second watch was started");
+}

@@ -321,8 +321,10 @@ impl<T: KvConfig> Builder<T> {
         }
         let wait = if cached.is_ok() { self.cache_wait } else { self.options.load_timeout };
         let attempt = async {
-            let (bucket, incarnation, early) = self.open_within(wait, Some(&pattern_for(&self.prefix))).await?;
-            let (watch, view) = watch_initial(&*bucket, &self.prefix, early, self.options.load_timeout).await?;
+            // The open alone waits `cache_wait`; the watch after it has the load timeout, so a
+            // server that answers slowly is read, not replaced by the cache.
+            let (bucket, incarnation, _) = self.open_within(wait, None).await?;
+            let (watch, view) = watch_initial(&*bucket, &self.prefix, None, self.options.load_timeout).await?;
             Ok::<_, Error>(((bucket, incarnation), watch, view))
         }
         .await;
@@ -369,8 +371,9 @@ impl<T: KvConfig> Builder<T> {
         if self.seed_defaults {
             seed(&*bucket, &self.prefix, &T::schema(), |_| false).await?;
         }
-        // Which incarnation of the bucket this is, before reading it: a bucket replaced later is
-        // then told apart even if its revisions climb past ours.
+        // Which incarnation of the bucket this is, as of the open: a bucket replaced later is then
+        // told apart even if its revisions climb past ours. (A watch started with the open is of
+        // this incarnation too: `Store::open_and_watch` checks it.)
         let incarnation = match bucket.opened_incarnation() {
             Some(known) => Some(known),
             None => bucket.probe(&pattern_for(&self.prefix), u64::MAX).await.ok().map(|p| p.incarnation),

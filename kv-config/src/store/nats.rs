@@ -348,7 +348,13 @@ impl Store for NatsStore {
 
     /// Sends the open (`STREAM.INFO`) and the watch's consumer create at once. The watch assumes
     /// the usual subjects of a bucket (`$KV.<name>.`); a bucket whose open says otherwise (a
-    /// mirror, another domain) is watched again the usual way.
+    /// mirror of another domain's bucket) is watched again the usual way. So is a watch whose
+    /// consumer is older than the stream the open describes: the server may answer the two
+    /// requests in either order, and a bucket deleted and created again between them would
+    /// otherwise be read from the old incarnation under the new one's name. A consumer is created
+    /// after its stream, so this costs a second watch only in that case (or after the server's
+    /// clock stepped back). An early watch that fails on the usual subjects fails the call, with
+    /// its own error, as the watch after an open would.
     async fn open_and_watch(&self, name: &str, pattern: &str, start: WatchStart) -> StoreResult<(Arc<dyn Bucket>, Watch)> {
         let started = Instant::now();
         let result: StoreResult<(Arc<dyn Bucket>, Watch)> = async {
@@ -360,9 +366,11 @@ impl Store for NatsStore {
             let (kv, watch) = tokio::join!(self.js.get_key_value(name), ordered_watch(&self.client, &stream, name, &prefix, pattern, start));
             let kv = kv.map_err(|e| classify(&e).bucket(name))?;
             let usual = kv.prefix == prefix;
+            let incarnation = incarnation_of(kv.stream.cached_info());
             let bucket = self.wrap(kv);
             match watch {
-                Ok(watch) if usual => Ok((bucket, watch)),
+                Ok((watch, consumer_created)) if usual && consumer_created >= incarnation => Ok((bucket, watch)),
+                Err(e) if usual => Err(e),
                 // Dropped, the early watch's consumer goes with its subscription.
                 _ => {
                     let watch = bucket.watch(pattern, start).await?;
@@ -668,7 +676,7 @@ impl Bucket for NatsBucket {
     async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
         let started = Instant::now();
         let result = ordered_watch(&self.client, &self.kv.stream, &self.name, &self.kv.prefix, pattern, start).await;
-        result.map_err(|e| self.perms.refine(e, started))
+        result.map(|(watch, _)| watch).map_err(|e| self.perms.refine(e, started))
     }
 
     fn opened_incarnation(&self) -> Option<u64> {
@@ -988,7 +996,8 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
 }
 
 /// A watch of the keys matching `pattern` in bucket `name` (its subjects start with `prefix`):
-/// an ordered push consumer on `stream`, read as [`Entry`]s.
+/// an ordered push consumer on `stream`, read as [`Entry`]s. Also returns when the server created
+/// the consumer, in nanoseconds since the Unix epoch (comparable with [`incarnation_of`]).
 async fn ordered_watch<I>(
     client: &async_nats::Client,
     stream: &jetstream::stream::Stream<I>,
@@ -996,7 +1005,7 @@ async fn ordered_watch<I>(
     prefix: &str,
     pattern: &str,
     start: WatchStart,
-) -> StoreResult<Watch> {
+) -> StoreResult<(Watch, u64)> {
     use jetstream::consumer::{push::OrderedConfig, DeliverPolicy, ReplayPolicy};
     let deliver_policy = match start {
         WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
@@ -1017,6 +1026,7 @@ async fn ordered_watch<I>(
         .await
         .map_err(|e| classify(&e).bucket(name).key(pattern))?;
     let initial = consumer.cached_info().num_pending;
+    let created = consumer.cached_info().created.unix_timestamp_nanos().max(0) as u64;
     let messages = consumer.messages().await.map_err(|e| classify(&e).bucket(name).key(pattern))?;
     let bucket = name.to_string();
     let prefix = prefix.to_string();
@@ -1047,5 +1057,5 @@ async fn ordered_watch<I>(
             key,
         })
     });
-    Ok(Watch::new(initial, entries))
+    Ok((Watch::new(initial, entries), created))
 }
