@@ -2,9 +2,10 @@
 //!
 //! A `HashMap<String, RawValue>` keeps its 80-byte entries in the hash table itself, and the table
 //! is kept at most 7/8 full in a power of two: 1,000 keys took 2,048 slots, 165,900 bytes (measured
-//! by heaptrack, BENCHMARKS.md "Memory"). Here the entries sit in one vector of exactly their
-//! number, and the hash table holds 4-byte indices into it, as `indexmap` does with 8-byte ones:
-//! about 90,000 bytes for the same 1,000 keys.
+//! by heaptrack, BENCHMARKS.md "Memory"). Here the entries sit in one vector sized to the
+//! number expected (the keys a watch announced, or a shared hub's keys under a prefix, delete
+//! markers included), and the hash table holds 4-byte indices into it, as `indexmap` does with
+//! 8-byte ones: about 90,000 bytes for the same 1,000 keys.
 
 use hashbrown::HashTable;
 
