@@ -155,6 +155,83 @@ async fn a_dedicated_watch_and_other_timings_get_their_own_consumer() {
     assert_eq!(consumers(&client, "tenants").await, 3);
 }
 
+/// A lone handle's hub keeps no map of the bucket; the second handle to join builds it with a
+/// pass of its own, merged with what the shared watch delivered meanwhile, and that pass leaves
+/// no consumer behind. Later handles join the map.
+#[tokio::test]
+async fn a_second_handle_builds_the_shared_map_and_leaves_one_consumer() {
+    let (server, store, client) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("tenants")).await.unwrap();
+    bucket.put("t.1.limit", "11".into()).await.unwrap();
+    bucket.put("t.2.plan", "\"gold\"".into()).await.unwrap();
+    bucket.delete("t.2.plan").await.unwrap();
+    let first = tenant(&store, 1).start().await.unwrap();
+    assert_eq!(consumers(&client, "tenants").await, 1);
+    // Written after the hub's first pass: the second handle gets it from the shared watch or
+    // from its own pass, whichever the merge takes.
+    let writer = raw(&server, "tenants").await;
+    writer.put("t.2.limit", "22".into()).await.unwrap();
+    let second = tenant(&store, 2).start().await.unwrap();
+    assert_eq!((second.get().limit, second.get().plan.as_str()), (22, "basic"), "the write before the start, and the deleted key's default");
+    assert_eq!(consumers(&client, "tenants").await, 1, "the pass that built the map left no consumer behind");
+    writer.put("t.3.limit", "33".into()).await.unwrap();
+    let third = tenant(&store, 3).start().await.unwrap();
+    assert_eq!(third.get().limit, 33, "a later handle joins the map");
+    writer.put("t.1.limit", "12".into()).await.unwrap();
+    writer.put("t.2.limit", "23".into()).await.unwrap();
+    writer.put("t.3.limit", "34".into()).await.unwrap();
+    eventually("every handle follows the bucket", Duration::from_secs(3), || {
+        first.get().limit == 12 && second.get().limit == 23 && third.get().limit == 34
+    })
+    .await;
+    assert_eq!(consumers(&client, "tenants").await, 1);
+}
+
+/// A lone handle's hub that reloads a re-created bucket (without a map) serves a second handle
+/// the new bucket, not the old one.
+#[tokio::test]
+async fn a_second_handle_after_a_lone_handles_reload_reads_the_new_bucket() {
+    let (_server, store, client) = server().await;
+    let first = tenant(&store, 1).create_if_missing().start().await.unwrap();
+    first.update(|t| t.limit = 9).await.unwrap();
+    store.delete_bucket("tenants").await.unwrap();
+    eventually("the missing bucket is reported", Duration::from_secs(3), || stale_reason(&first) == Some(StaleReason::BucketMissing)).await;
+    let bucket = store.create_bucket(&BucketConfig::new("tenants")).await.unwrap();
+    bucket.put("t.1.limit", "3".into()).await.unwrap();
+    bucket.put("t.2.limit", "4".into()).await.unwrap();
+    eventually("the lone handle reloaded", Duration::from_secs(3), || first.get().limit == 3 && first.status().is_healthy()).await;
+    let second = tenant(&store, 2).start().await.unwrap();
+    assert_eq!(second.get().limit, 4);
+    assert_eq!(consumers(&client, "tenants").await, 1, "the second handle joined the reloaded watch");
+}
+
+/// The second handle on a bucket builds the shared map while atomic batches stream in: its first
+/// snapshot never holds half of a batch, and a handle that joins the map after a write starts with
+/// it. Each round starts from a lone handle, so every round builds a map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_built_during_atomic_batches_never_holds_half_of_one() {
+    let (server, store, _client) = server().await;
+    store.create_bucket(&BucketConfig::new("pairs").atomic_writes(true)).await.unwrap();
+    // The longer load timeout of the batch tests below: a start may read the bucket afresh.
+    fn on<T: KvConfig>(b: kv_config::Builder<T>) -> kv_config::Builder<T> {
+        b.heartbeat(HEARTBEAT).load_timeout(Duration::from_secs(5))
+    }
+    let writer = raw(&server, "pairs").await;
+    let (stop, batches) = batch_stream(writer.clone());
+    for round in 0..40u32 {
+        let first = on(LiveConfig::<Tenant>::builder(store.clone(), "pairs").prefix("t.1.")).start().await.unwrap();
+        let pair = on(LiveConfig::<Pair>::builder(store.clone(), "pairs").prefix("p.")).start().await;
+        let pair = pair.unwrap_or_else(|e| panic!("round {round}: the map's builder never sees half of a batch: {e}"));
+        assert!(same(&pair.get()).is_ok());
+        writer.put("t.2.limit", round.to_string().into()).await.unwrap();
+        let later = on(LiveConfig::<Tenant>::builder(store.clone(), "pairs").prefix("t.2.")).start().await.unwrap();
+        assert_eq!(later.get().limit, round, "round {round}: the join after a write starts with it");
+        drop((first, pair, later));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("figure: 40 map builds during {} atomic batches of {KEYS} keys", batches.await.unwrap());
+}
+
 /// Three handles on one watch: two tenants, and a second config on the first tenant's prefix.
 async fn three(store: &NatsStore) -> (LiveConfig<Tenant>, LiveConfig<Tenant>, LiveConfig<Limit>) {
     let a = tenant(store, 1).create_if_missing().start().await.unwrap();

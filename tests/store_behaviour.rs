@@ -454,3 +454,29 @@ async fn nats_open_and_watch_keeps_the_watch_it_sent_with_the_open() {
     assert_eq!(watch.next().await.unwrap().unwrap().key, "a");
     assert_eq!(consumers().await, 1, "the early watch was kept, no second watch was started");
 }
+
+/// A watch's server consumer goes with the watch: [`Watch::close`] waits for the server's answer
+/// and a dropped watch sends it in the background. The server alone would keep an ordered
+/// consumer 30 s after its subscription went, for every load and every re-created watch.
+#[tokio::test]
+async fn nats_a_closed_or_dropped_watch_leaves_no_consumer_behind() {
+    let server = NatsServer::start().await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let store = NatsStore::new(client.clone());
+    let bucket = store.create_bucket(&BucketConfig::new("gone")).await.unwrap();
+    bucket.put("a", "1".into()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let consumers = || async { js.get_stream("KV_gone").await.unwrap().info().await.unwrap().state.consumer_count };
+    let watch = bucket.watch(">", WatchStart::LatestPerKey).await.unwrap();
+    assert_eq!(consumers().await, 1);
+    watch.close().await;
+    assert_eq!(consumers().await, 0, "closed");
+    let (_opened, watch) = store.open_and_watch("gone", ">", WatchStart::LatestPerKey).await.unwrap();
+    assert_eq!(consumers().await, 1);
+    drop(watch);
+    let dropped = std::time::Instant::now();
+    while consumers().await != 0 {
+        assert!(dropped.elapsed() < std::time::Duration::from_secs(5), "the dropped watch's consumer is still there");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

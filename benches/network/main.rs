@@ -744,12 +744,17 @@ async fn memory(url: &str, report: &mut Report) {
     report.row(&["one snapshot (config + values in effect + revisions)".into(), per_snapshot.to_string()]);
     report.row(&["the decoded config struct alone".into(), config_bytes.to_string()]);
     report.row(&["raw payload for reference (1,000 × (100 B value + key))".into(), payload.to_string()]);
-    drop((copy, config_only, handle));
+    // A second handle on the same shared watch: the hub now builds and keeps its map of the bucket.
+    let before = allocated();
+    let second = LiveConfig::<Keys1000>::builder(store.clone(), "mem").start().await.expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    report.row(&["a second handle on the same shared watch (and the hub's map of the bucket, built when it joins)".into(), (allocated() - before).to_string()]);
+    drop((copy, config_only, handle, second));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut before = allocated();
     let mut handle = LiveConfig::<Keys1000>::builder(store.clone(), "mem").dedicated_watch().start().await.expect("start");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    report.row(&["the same handle with `dedicated_watch()` (no shared map of the bucket)".into(), (allocated() - before).to_string()]);
+    report.row(&["the same handle with `dedicated_watch()` (a watch of its own, over its prefix)".into(), (allocated() - before).to_string()]);
     // After changes the handle also keeps the snapshot the last change retired (its spare, see
     // `Builder::spare_copy`), unless told not to.
     for spare in [true, false] {

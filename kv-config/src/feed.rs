@@ -92,18 +92,36 @@ pub(crate) fn catch_up(entry: &Entry) -> CatchUp {
 ///
 /// [`Store::open_and_watch`]: crate::store::Store::open_and_watch
 pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, watch: Option<Watch>, timeout: Duration) -> Result<(Watch, View)> {
-    struct Fill<'a>(&'a str, View);
-    impl Scan for Fill<'_> {
-        fn expect(&mut self, n: usize) {
-            self.1 = View::with_capacity(n);
-        }
-        fn entry(&mut self, e: Entry) {
-            self.1.apply_owned(self.0, e);
+    let mut fill = Fill::new(prefix, true);
+    let watch = scan(bucket, &pattern_for(prefix), watch, timeout, &mut fill).await?;
+    Ok((watch, fill.view))
+}
+
+/// Fills a new [`View`] of the keys under a prefix from a [`scan`]; entries outside the prefix
+/// only raise the view's `seen`.
+pub(crate) struct Fill<'a> {
+    prefix: &'a str,
+    pub(crate) view: View,
+    /// The scan reads the prefix's keys only, so the server's count of them sizes the view; a
+    /// scan of more (a shared watch's first pass) sizes it only for the empty prefix.
+    exact: bool,
+}
+
+impl<'a> Fill<'a> {
+    pub(crate) fn new(prefix: &'a str, exact: bool) -> Self {
+        Fill { prefix, view: View::default(), exact: exact || prefix.is_empty() }
+    }
+}
+
+impl Scan for Fill<'_> {
+    fn expect(&mut self, n: usize) {
+        if self.exact {
+            self.view = View::with_capacity(n);
         }
     }
-    let mut fill = Fill(prefix, View::default());
-    let watch = scan(bucket, &pattern_for(prefix), watch, timeout, &mut fill).await?;
-    Ok((watch, fill.1))
+    fn entry(&mut self, e: Entry) {
+        self.view.apply_owned(self.prefix, e);
+    }
 }
 
 /// What [`scan`] fills.

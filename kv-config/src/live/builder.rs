@@ -104,8 +104,9 @@ impl<T: KvConfig> Builder<T> {
     /// with the same [`heartbeat`](Self::heartbeat) and [`load_timeout`](Self::load_timeout):
     /// one server consumer however many handles, configs and prefixes, and a handle that starts
     /// while others run reads its keys from the shared watch's memory. The shared watch covers
-    /// the whole bucket and keeps the latest entry of each key; when a handle reads a small prefix
-    /// of a large bucket shared with other services, its own watch reads and holds less.
+    /// the whole bucket, and once a second handle joins it keeps the latest entry of each key;
+    /// when a handle reads a small prefix of a large bucket shared with other services, its own
+    /// watch reads and holds less.
     ///
     /// ```
     /// use kv_config::{KvConfig, LiveConfig, store::MemoryStore};
@@ -384,13 +385,12 @@ impl<T: KvConfig> Builder<T> {
     /// A handle on a shared hub: the hub of the bucket on `watches`, or a new one that this
     /// handle opens (creating and seeding the bucket when told to).
     async fn join(self, watches: &SharedWatches) -> Result<LiveConfig<T>> {
-        let mut opened = false;
-        let hub = Hub::shared(watches, &self.bucket, self.options.heartbeat, self.options.load_timeout, async {
-            opened = true;
-            self.open_within(self.options.load_timeout, Some(&pattern_for(""))).await
-        })
-        .await?;
-        if !opened && self.seed_defaults {
+        let (heartbeat, load_timeout) = (self.options.heartbeat, self.options.load_timeout);
+        let whole = pattern_for("");
+        let open = self.open_within(load_timeout, Some(&whole));
+        let joining = Hub::shared(watches, &self.bucket, heartbeat, load_timeout, &self.prefix, open).await?;
+        let hub = joining.hub.clone();
+        if !joining.created() && self.seed_defaults {
             // The bucket exists (the hub reads it); seed what it lacks, and wait until the
             // shared watch delivered it, so the first snapshot holds it.
             let written = seed(&*hub.bucket, &self.prefix, &T::schema(), |key| hub.holds(key)).await?;
@@ -399,7 +399,7 @@ impl<T: KvConfig> Builder<T> {
         let prefix = self.prefix.clone();
         let incarnation = hub.state().incarnation;
         let bucket = hub.bucket.clone();
-        let shared = hub.join(&prefix, None, |view| self.member(bucket, incarnation, view))?;
+        let shared = joining.join(&prefix, |view| self.member(bucket, incarnation, view))?;
         let _ = shared.hub.set(hub);
         Ok(LiveConfig { shared })
     }

@@ -1,28 +1,30 @@
 //! One watch per bucket for every handle on a store. A [`Hub`] owns the watch and the watcher
 //! task ([`watcher`](super::watcher): probes, re-created watches, reloads), and hands each entry
-//! to the handles ([`Member`]s) whose prefix it falls under. A shared hub watches the whole bucket
-//! and keeps its latest entry per key, so a handle that starts while it runs reads its keys from
-//! memory, after one small request that makes sure the hub holds every write made before the
-//! start: no second consumer and no scan, whatever its config or prefix. A
-//! dedicated hub watches one handle's prefix and keeps no map: a start from the cache file, a
-//! store without [`SharedWatches`], or
+//! to the handles ([`Member`]s) whose prefix it falls under. A shared hub watches the whole bucket.
+//! Its first handle reads its keys from the hub's first pass, and the hub keeps nothing else: a
+//! lone handle (the usual service) costs what a watch of its own would. When a second handle
+//! joins, the hub builds its map of the bucket (the latest entry per key) with one more pass of
+//! its own, and keeps it: every later handle reads its keys from memory, after one small request
+//! that makes sure the hub holds every write made before the start: no second consumer and no
+//! scan, whatever its config or prefix. A dedicated hub watches one handle's prefix and keeps no
+//! map: a start from the cache file, a store without [`SharedWatches`], or
 //! [`Builder::dedicated_watch`](super::Builder::dedicated_watch).
 //!
 //! Lock order: the hub's state, then a member's. A member never calls into its hub.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedMutexGuard};
 use tokio::task::AbortHandle;
 
 use super::StaleReason;
 use crate::error::{Error, Result};
-use crate::feed::{catch_up, not_reached, pattern_for, scan, CatchUp, Scan, BATCH_SETTLE};
+use crate::feed::{catch_up, not_reached, pattern_for, scan, CatchUp, Fill, Scan, BATCH_SETTLE};
 use crate::store::{Bucket, Entry, Headers, Operation, SharedWatches, StoreError, StoreErrorKind, Watch};
 use crate::view::View;
 
@@ -65,8 +67,8 @@ struct Slot {
 pub(super) struct HubState {
     members: Vec<Slot>,
     /// The latest entry of every key (puts and markers; `key` and `bucket` left empty), for a
-    /// shared hub, as of the last complete burst: a handle that joins never starts with half of
-    /// an atomic batch.
+    /// shared hub once a second handle joined, as of the last complete burst: a handle that joins
+    /// never starts with half of an atomic batch.
     map: Option<BTreeMap<String, Kept>>,
     /// The entries of the burst in progress (`bucket` left empty), folded into `map` when it
     /// completes; a handle that joins meanwhile receives those under its prefix.
@@ -84,11 +86,24 @@ pub(super) struct HubState {
     pub(super) behind_probes: u32,
     /// Why the watch may be behind; `None` while the server answers.
     pub(super) stale: Option<StaleReason>,
+    /// How many times the bucket was read again from scratch ([`Hub::reload`]).
+    reloads: u64,
 }
 
 impl HubState {
     fn new(map: Option<BTreeMap<String, Kept>>, seen: u64, incarnation: Option<u64>) -> Self {
-        HubState { members: Vec::new(), map, pending: Vec::new(), burst_since: None, open_batch: false, seen, incarnation, behind_probes: 0, stale: None }
+        HubState {
+            members: Vec::new(),
+            map,
+            pending: Vec::new(),
+            burst_since: None,
+            open_batch: false,
+            seen,
+            incarnation,
+            behind_probes: 0,
+            stale: None,
+            reloads: 0,
+        }
     }
 }
 
@@ -98,6 +113,8 @@ pub(super) struct Hub {
     pub(super) pattern: String,
     pub(super) heartbeat: Duration,
     pub(super) load_timeout: Duration,
+    /// Shared by the handles on a store ([`Hub::shared`]), not one handle's own.
+    shared: bool,
     state: Mutex<HubState>,
     /// `seen` after each caught-up burst, for a handle waiting for its own seeded defaults.
     seen_tx: watch::Sender<u64>,
@@ -176,39 +193,72 @@ fn view_of(map: &BTreeMap<String, Kept>, prefix: &str, seen: u64) -> View {
 
 /// The registry slot of one (bucket, heartbeat, load timeout) on a store: the hub new handles
 /// join, created by the first.
-#[derive(Default)]
-struct HubSlot(tokio::sync::Mutex<Weak<Hub>>);
+type HubSlot = tokio::sync::Mutex<Weak<Hub>>;
+
+/// A handle's start on a shared hub ([`Hub::shared`]), holding the hub's registry slot until the
+/// handle joined: starts on one store and bucket run one at a time.
+pub(super) struct Joining {
+    slot: OwnedMutexGuard<Weak<Hub>>,
+    pub(super) hub: Arc<Hub>,
+    /// For a hub this start created: the handle's view, read by the hub's first pass, and the
+    /// watch to run once the handle joined.
+    first: Option<(View, Watch)>,
+}
+
+impl Joining {
+    /// Whether this start created the hub (and opened the bucket).
+    pub(super) fn created(&self) -> bool {
+        self.first.is_some()
+    }
+
+    /// Adds the member `make` builds from its view of the keys under `prefix` (see
+    /// [`Hub::join`]); a hub this start created then starts watching, and later starts join it.
+    pub(super) fn join<M, F>(mut self, prefix: &str, make: F) -> Result<Arc<M>>
+    where
+        M: Member + 'static,
+        F: FnOnce(View) -> Result<Arc<M>>,
+    {
+        let Some((view, watch)) = self.first.take() else { return self.hub.join(prefix, None, make) };
+        let member = self.hub.join(prefix, Some(view), make)?;
+        self.hub.spawn(watch);
+        *self.slot = Arc::downgrade(&self.hub);
+        Ok(member)
+    }
+}
 
 impl Hub {
-    fn new(bucket: Arc<dyn Bucket>, pattern: String, heartbeat: Duration, load_timeout: Duration, state: HubState) -> Arc<Self> {
+    fn new(bucket: Arc<dyn Bucket>, pattern: String, heartbeat: Duration, load_timeout: Duration, shared: bool, state: HubState) -> Arc<Self> {
         let seen = state.seen;
         Arc::new(Hub {
             bucket,
             pattern,
             heartbeat,
             load_timeout,
+            shared,
             state: Mutex::new(state),
             seen_tx: watch::channel(seen).0,
             task: Mutex::new(None),
         })
     }
 
-    /// The hub of `bucket` on `watches` that new handles join, or a new one: `open` opens the
-    /// bucket (and says which incarnation it is, and may start the watch of the whole bucket,
-    /// `pattern_for("")`, with it), then the whole bucket is read into the hub's map and the hub
-    /// starts watching it. A hub that is stale (its server did not answer, or its
+    /// A start of a handle on the keys under `prefix` on the hub of `bucket` on `watches` that
+    /// new handles join, or on a new one: `open` opens the bucket (and says which incarnation it
+    /// is, and may start the watch of the whole bucket, `pattern_for("")`, with it), then the
+    /// whole bucket is read, the handle's keys into its view, and the hub will watch it once the
+    /// handle joined ([`Joining::join`]). A hub that is stale (its server did not answer, or its
     /// bucket vanished) is not joined: the new handle gets a new hub, loaded afresh (the old one
     /// runs on for its handles).
-    pub(super) async fn shared<F>(watches: &SharedWatches, name: &str, heartbeat: Duration, load_timeout: Duration, open: F) -> Result<Arc<Hub>>
+    pub(super) async fn shared<F>(watches: &SharedWatches, name: &str, heartbeat: Duration, load_timeout: Duration, prefix: &str, open: F) -> Result<Joining>
     where
         F: Future<Output = Result<(Arc<dyn Bucket>, Option<u64>, Option<Watch>)>>,
     {
         let slot: Arc<HubSlot> = watches.slot(&format!("{name}\u{0}{heartbeat:?}\u{0}{load_timeout:?}"));
-        let mut current = slot.0.lock().await;
+        let current = slot.lock_owned().await;
         if let Some(hub) = current.upgrade() {
             if hub.state().stale.is_none() && hub.bucket.is_connected() {
-                match hub.sync().await {
-                    Ok(true) => return Ok(hub),
+                let ready = if hub.state().map.is_some() { hub.sync().await } else { hub.build_map().await };
+                match ready {
+                    Ok(true) => return Ok(Joining { slot: current, hub, first: None }),
                     Ok(false) => {}
                     Err(e) if matches!(&e, Error::Store(s) if *s.kind() == StoreErrorKind::NotFound) => {}
                     Err(e) => return Err(e),
@@ -217,17 +267,82 @@ impl Hub {
         }
         let (bucket, incarnation, early) = open.await?;
         let pattern = pattern_for("");
-        let mut latest = Latest::default();
-        let watch = scan(&*bucket, &pattern, early, load_timeout, &mut latest).await?;
-        let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, HubState::new(Some(latest.map), latest.seen, incarnation));
-        hub.spawn(watch);
-        *current = Arc::downgrade(&hub);
-        Ok(hub)
+        let mut fill = Fill::new(prefix, false);
+        let watch = scan(&*bucket, &pattern, early, load_timeout, &mut fill).await?;
+        let mut view = fill.view;
+        view.mark_dirty();
+        let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, true, HubState::new(None, view.seen, incarnation));
+        Ok(Joining { slot: current, hub, first: Some((view, watch)) })
     }
 
     /// A hub for one handle, watching `prefix` with `watch` (already read up to `seen`).
     pub(super) fn dedicated(bucket: Arc<dyn Bucket>, prefix: &str, heartbeat: Duration, load_timeout: Duration, seen: u64, incarnation: Option<u64>) -> Arc<Hub> {
-        Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, HubState::new(None, seen, incarnation))
+        Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, false, HubState::new(None, seen, incarnation))
+    }
+
+    /// Builds a shared hub's map of the bucket, for a second handle to join (the first one ran
+    /// without it): the bucket read by a pass of its own, merged with what the watch delivered
+    /// meanwhile, which the map takes from the start of the pass. `false` when the hub is behind
+    /// (it did not deliver what the pass read within a heartbeat) or its bucket was replaced:
+    /// the hub must not be joined, and stays without a map.
+    async fn build_map(&self) -> Result<bool> {
+        debug_assert!(self.shared);
+        let reloads = {
+            let mut st = self.state();
+            // From here on, every entry delivered is kept (`pending`, folded at each burst's end).
+            st.map = Some(BTreeMap::new());
+            st.pending.clear();
+            st.reloads
+        };
+        let built = self.fill_map(reloads).await;
+        if !matches!(built, Ok(true)) {
+            let mut st = self.state();
+            if st.reloads == reloads {
+                st.map = None;
+                st.pending.clear();
+            }
+        }
+        built
+    }
+
+    async fn fill_map(&self, reloads: u64) -> Result<bool> {
+        let mut latest = Latest::default();
+        let watch = scan(&*self.bucket, &self.pattern, None, self.load_timeout, &mut latest).await?;
+        // The pass's consumer goes now, not when the server would expire it.
+        if tokio::time::timeout(self.load_timeout, watch.close()).await.is_err() {
+            tracing::debug!(bucket = self.bucket.name(), "the server did not confirm the end of a shared map's pass");
+        }
+        let probe = match tokio::time::timeout(self.load_timeout, self.bucket.probe(&self.pattern, u64::MAX)).await {
+            Ok(probe) => probe?,
+            Err(_) => return Err(not_reached(self.bucket.name(), self.load_timeout)),
+        };
+        // The bucket the pass read may be another incarnation than the one the hub watches.
+        if self.state().incarnation.is_some_and(|i| i != probe.incarnation) {
+            return Ok(false);
+        }
+        // Every entry the pass read that is newer than the map's start is then in the map or in
+        // the burst in progress, so the newer of the two per key is the bucket as the hub has it.
+        if !self.wait_seen_for(latest.seen, self.heartbeat).await {
+            return Ok(false);
+        }
+        let mut st = self.state();
+        if st.reloads != reloads {
+            // Read again from scratch meanwhile: the map is the reload's, whole.
+            return Ok(false);
+        }
+        let map = st.map.get_or_insert_with(BTreeMap::new);
+        for (key, kept) in latest.map {
+            match map.entry(key) {
+                btree_map::Entry::Occupied(held) if held.get().revision >= kept.revision => {}
+                btree_map::Entry::Occupied(mut held) => {
+                    held.insert(kept);
+                }
+                btree_map::Entry::Vacant(slot) => {
+                    slot.insert(kept);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Runs the watcher task on `watch`; it ends when the hub is dropped.
@@ -469,6 +584,7 @@ impl Hub {
             st.incarnation = incarnation;
             st.behind_probes = 0;
             st.stale = None;
+            st.reloads += 1;
             let views = st
                 .members
                 .iter_mut()

@@ -33,6 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::Stream;
 
 pub use error::{StoreError, StoreErrorKind};
@@ -346,12 +347,51 @@ pub struct Probe {
 pub struct Watch {
     initial: u64,
     inner: Pin<Box<dyn Stream<Item = StoreResult<Entry>> + Send>>,
+    /// Lets go of what the store holds for the watch (see [`on_end`](Self::on_end)).
+    end: Option<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>,
 }
 
 impl Watch {
     /// Wraps a stream; `initial` is how many entries were pending when the watch started.
     pub fn new(initial: u64, inner: impl Stream<Item = StoreResult<Entry>> + Send + 'static) -> Self {
-        Watch { initial, inner: Box::pin(inner) }
+        Watch { initial, inner: Box::pin(inner), end: None }
+    }
+
+    /// Runs `end` once the watch is over, after its stream is dropped: awaited by
+    /// [`close`](Self::close), or spawned on the current Tokio runtime when the watch is dropped.
+    /// For a store whose watch holds something on the server: [`NatsStore`] deletes the
+    /// watch's consumer there, instead of leaving it to the server's inactivity threshold
+    /// (30 s for an ordered consumer).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use kv_config::store::Watch;
+    /// let ended = Arc::new(AtomicBool::new(false));
+    /// let flag = ended.clone();
+    /// let watch = Watch::new(0, futures_util::stream::empty()).on_end(move || async move { flag.store(true, Ordering::SeqCst) });
+    /// watch.close().await;
+    /// assert!(ended.load(Ordering::SeqCst));
+    /// # }
+    /// ```
+    pub fn on_end<F, Fut>(mut self, end: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.end = Some(Box::new(move || Box::pin(end()) as BoxFuture<'static, ()>));
+        self
+    }
+
+    /// Stops the watch and waits until the store let go of what it held for it ([`on_end`](Self::on_end);
+    /// for [`NatsStore`], until the server answered the consumer's deletion). Dropping a watch
+    /// does the same without waiting.
+    pub async fn close(mut self) {
+        self.inner = Box::pin(futures_util::stream::empty());
+        if let Some(end) = self.end.take() {
+            end().await;
+        }
     }
 
     /// How many entries were pending when the watch started: 0 means the watcher was caught up at
@@ -364,6 +404,18 @@ impl Watch {
 impl fmt::Debug for Watch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watch").field("initial_pending", &self.initial).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            // The stream goes first: a consumer deleted under a live ordered stream is re-created.
+            self.inner = Box::pin(futures_util::stream::empty());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                drop(rt.spawn(end()));
+            }
+        }
     }
 }
 

@@ -363,7 +363,7 @@ impl Store for NatsStore {
             }
             let prefix = format!("$KV.{name}.");
             let stream = self.js.get_stream_no_info(format!("KV_{name}")).await.map_err(|e| classify(&e).bucket(name))?;
-            let (kv, watch) = tokio::join!(self.js.get_key_value(name), ordered_watch(&self.client, &stream, name, &prefix, pattern, start));
+            let (kv, watch) = tokio::join!(self.js.get_key_value(name), ordered_watch(&self.client, &self.js, &stream, name, &prefix, pattern, start));
             let kv = kv.map_err(|e| classify(&e).bucket(name))?;
             let usual = kv.prefix == prefix;
             let incarnation = incarnation_of(kv.stream.cached_info());
@@ -675,7 +675,7 @@ impl Bucket for NatsBucket {
 
     async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
         let started = Instant::now();
-        let result = ordered_watch(&self.client, &self.kv.stream, &self.name, &self.kv.prefix, pattern, start).await;
+        let result = ordered_watch(&self.client, &self.js, &self.kv.stream, &self.name, &self.kv.prefix, pattern, start).await;
         result.map(|(watch, _)| watch).map_err(|e| self.perms.refine(e, started))
     }
 
@@ -997,9 +997,14 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
 
 /// A watch of the keys matching `pattern` in bucket `name` (its subjects start with `prefix`):
 /// an ordered push consumer on `stream`, read as [`Entry`]s. Also returns when the server created
-/// the consumer, in nanoseconds since the Unix epoch (comparable with [`incarnation_of`]).
+/// the consumer, in nanoseconds since the Unix epoch (comparable with [`incarnation_of`]). The
+/// consumer is deleted when the watch ends ([`Watch::on_end`]); the server would otherwise keep
+/// it 30 s (async-nats's inactivity threshold for ordered consumers) after every load, re-created
+/// watch or dropped handle. An ordered consumer re-created by async-nats itself (after a gap or
+/// missed heartbeats) has a new name, and is left to that threshold.
 async fn ordered_watch<I>(
     client: &async_nats::Client,
+    js: &jetstream::Context,
     stream: &jetstream::stream::Stream<I>,
     name: &str,
     prefix: &str,
@@ -1027,6 +1032,7 @@ async fn ordered_watch<I>(
         .map_err(|e| classify(&e).bucket(name).key(pattern))?;
     let initial = consumer.cached_info().num_pending;
     let created = consumer.cached_info().created.unix_timestamp_nanos().max(0) as u64;
+    let (js, consumer_name, stream_name) = (js.clone(), consumer.cached_info().name.clone(), consumer.cached_info().stream_name.clone());
     let messages = consumer.messages().await.map_err(|e| classify(&e).bucket(name).key(pattern))?;
     let bucket = name.to_string();
     let prefix = prefix.to_string();
@@ -1057,5 +1063,10 @@ async fn ordered_watch<I>(
             key,
         })
     });
-    Ok((Watch::new(initial, entries), created))
+    let end = move || async move {
+        if let Err(e) = js.delete_consumer_from_stream(&consumer_name, &stream_name).await {
+            tracing::debug!(consumer = %consumer_name, stream = %stream_name, error = %e, "a watch's consumer was not deleted; the server expires it");
+        }
+    };
+    Ok((Watch::new(initial, entries).on_end(end), created))
 }
