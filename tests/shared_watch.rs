@@ -187,6 +187,28 @@ async fn a_second_handle_builds_the_shared_map_and_leaves_one_consumer() {
     assert_eq!(consumers(&client, "tenants").await, 1);
 }
 
+/// A start that builds the shared map and is cancelled mid-pass (its caller's timeout) leaves no
+/// half-built map behind: the next start reads every key. 10,000 other keys make the pass last
+/// far longer than the caller's 5 ms (about 100 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cancelled_while_it_builds_the_map_leaves_no_partial_map() {
+    use futures_util::StreamExt;
+    let (_server, store, _client) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("tenants")).await.unwrap();
+    bucket.put("t.2.limit", "22".into()).await.unwrap();
+    let puts = futures_util::stream::iter(0..10_000).map(|i| {
+        let bucket = bucket.clone();
+        async move { bucket.put(&format!("bulk.k{i}"), "1".into()).await.unwrap() }
+    });
+    assert_eq!(puts.buffer_unordered(256).count().await, 10_000);
+    let first = tenant(&store, 1).start().await.unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_millis(5), tenant(&store, 2).start()).await;
+    assert!(cancelled.is_err(), "the start was still reading when its caller gave up");
+    let second = tenant(&store, 2).start().await.unwrap();
+    assert_eq!(second.get().limit, 22, "the key written before the cancelled start");
+    assert_eq!(first.get().limit, 1);
+}
+
 /// A lone handle's hub that reloads a re-created bucket (without a map) serves a second handle
 /// the new bucket, not the old one.
 #[tokio::test]

@@ -191,6 +191,26 @@ fn view_of(map: &BTreeMap<String, Kept>, prefix: &str, seen: u64) -> View {
     view
 }
 
+/// Takes a shared hub's map away again unless [`Hub::build_map`] completed it (and no reload
+/// replaced it meanwhile).
+struct Unbuilt<'a> {
+    hub: &'a Hub,
+    reloads: u64,
+    armed: bool,
+}
+
+impl Drop for Unbuilt<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut st = self.hub.state();
+            if st.reloads == self.reloads {
+                st.map = None;
+                st.pending.clear();
+            }
+        }
+    }
+}
+
 /// The registry slot of one (bucket, heartbeat, load timeout) on a store: the hub new handles
 /// join, created by the first.
 type HubSlot = tokio::sync::Mutex<Weak<Hub>>;
@@ -294,14 +314,11 @@ impl Hub {
             st.pending.clear();
             st.reloads
         };
+        // Undone unless the map is whole: on failure, and when the start is cancelled mid-pass
+        // (its caller's timeout), as a later join would read a map that lacks keys.
+        let mut undo = Unbuilt { hub: self, reloads, armed: true };
         let built = self.fill_map(reloads).await;
-        if !matches!(built, Ok(true)) {
-            let mut st = self.state();
-            if st.reloads == reloads {
-                st.map = None;
-                st.pending.clear();
-            }
-        }
+        undo.armed = !matches!(built, Ok(true));
         built
     }
 
