@@ -302,9 +302,11 @@ impl Hub {
 
     /// Builds a shared hub's map of the bucket, for a second handle to join (the first one ran
     /// without it): the bucket read by a pass of its own, merged with what the watch delivered
-    /// meanwhile, which the map takes from the start of the pass. `false` when the hub is behind
-    /// (it did not deliver what the pass read within a heartbeat) or its bucket was replaced:
-    /// the hub must not be joined, and stays without a map.
+    /// meanwhile, which the map takes from the start of the pass, all within the load timeout
+    /// and a heartbeat. `false` when the hub is behind (it did not deliver what the pass read
+    /// within a heartbeat) or its bucket was replaced: the hub must not be joined, and stays
+    /// without a map. A reload meanwhile leaves the reload's map, checked as for any join
+    /// ([`sync`](Self::sync)).
     async fn build_map(&self) -> Result<bool> {
         debug_assert!(self.shared);
         let reloads = {
@@ -323,16 +325,22 @@ impl Hub {
     }
 
     async fn fill_map(&self, reloads: u64) -> Result<bool> {
+        // One deadline for the pass and the requests after it: a start stays bounded.
+        let deadline = Instant::now() + self.load_timeout;
         let mut latest = Latest::default();
         let watch = scan(&*self.bucket, &self.pattern, None, self.load_timeout, &mut latest).await?;
-        // The pass's consumer goes now, not when the server would expire it.
-        if tokio::time::timeout(self.load_timeout, watch.close()).await.is_err() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // The pass's consumer goes now (not when the server would expire it), while the server
+        // says which incarnation of the bucket it holds.
+        let (closed, probe) = tokio::join!(
+            tokio::time::timeout(left.min(self.heartbeat), watch.close()),
+            tokio::time::timeout(left, self.bucket.probe(&self.pattern, u64::MAX)),
+        );
+        if closed.is_err() {
             tracing::debug!(bucket = self.bucket.name(), "the server did not confirm the end of a shared map's pass");
         }
-        let probe = match tokio::time::timeout(self.load_timeout, self.bucket.probe(&self.pattern, u64::MAX)).await {
-            Ok(probe) => probe?,
-            Err(_) => return Err(not_reached(self.bucket.name(), self.load_timeout)),
-        };
+        let Ok(probe) = probe else { return Err(not_reached(self.bucket.name(), self.load_timeout)) };
+        let probe = probe?;
         // The bucket the pass read may be another incarnation than the one the hub watches.
         if self.state().incarnation.is_some_and(|i| i != probe.incarnation) {
             return Ok(false);
@@ -344,8 +352,10 @@ impl Hub {
         }
         let mut st = self.state();
         if st.reloads != reloads {
-            // Read again from scratch meanwhile: the map is the reload's, whole.
-            return Ok(false);
+            // Read again from scratch meanwhile: the map is the reload's, whole; make sure it
+            // holds every write made before this start, as for any join.
+            drop(st);
+            return self.sync().await;
         }
         let map = st.map.get_or_insert_with(BTreeMap::new);
         for (key, kept) in latest.map {
