@@ -350,24 +350,29 @@ impl Hub {
         if !self.wait_seen_for(latest.seen, self.heartbeat).await {
             return Ok(false);
         }
-        let mut st = self.state();
-        if st.reloads != reloads {
-            // Read again from scratch meanwhile: the map is the reload's, whole; make sure it
-            // holds every write made before this start, as for any join.
-            drop(st);
-            return self.sync().await;
-        }
-        let map = st.map.get_or_insert_with(BTreeMap::new);
-        for (key, kept) in latest.map {
-            match map.entry(key) {
-                btree_map::Entry::Occupied(held) if held.get().revision >= kept.revision => {}
-                btree_map::Entry::Occupied(mut held) => {
-                    held.insert(kept);
-                }
-                btree_map::Entry::Vacant(slot) => {
-                    slot.insert(kept);
+        let merged = {
+            let mut st = self.state();
+            let fresh = st.reloads == reloads;
+            if fresh {
+                let map = st.map.get_or_insert_with(BTreeMap::new);
+                for (key, kept) in latest.map {
+                    match map.entry(key) {
+                        btree_map::Entry::Occupied(held) if held.get().revision >= kept.revision => {}
+                        btree_map::Entry::Occupied(mut held) => {
+                            held.insert(kept);
+                        }
+                        btree_map::Entry::Vacant(slot) => {
+                            slot.insert(kept);
+                        }
+                    }
                 }
             }
+            fresh
+        };
+        if !merged {
+            // Read again from scratch meanwhile: the map is the reload's, whole; make sure it
+            // holds every write made before this start, as for any join.
+            return self.sync().await;
         }
         Ok(true)
     }
