@@ -94,14 +94,14 @@ pub(crate) fn catch_up(entry: &Entry) -> CatchUp {
 pub(crate) async fn watch_initial(bucket: &dyn Bucket, prefix: &str, watch: Option<Watch>, timeout: Duration) -> Result<(Watch, View)> {
     let mut fill = Fill::new(prefix, true);
     let watch = scan(bucket, &pattern_for(prefix), watch, timeout, &mut fill).await?;
-    Ok((watch, fill.view))
+    Ok((watch, fill.finish()))
 }
 
 /// Fills a new [`View`] of the keys under a prefix from a [`scan`]; entries outside the prefix
 /// only raise the view's `seen`.
 pub(crate) struct Fill<'a> {
     prefix: &'a str,
-    pub(crate) view: View,
+    view: View,
     /// The scan reads the prefix's keys only, so the server's count of them sizes the view; a
     /// scan of more (a shared watch's first pass) sizes it only for the empty prefix.
     exact: bool,
@@ -110,6 +110,14 @@ pub(crate) struct Fill<'a> {
 impl<'a> Fill<'a> {
     pub(crate) fn new(prefix: &'a str, exact: bool) -> Self {
         Fill { prefix, view: View::default(), exact: exact || prefix.is_empty() }
+    }
+
+    /// The filled view; one that grew key by key gives back its spare room.
+    pub(crate) fn finish(mut self) -> View {
+        if !self.exact {
+            self.view.values.shrink_to_fit();
+        }
+        self.view
     }
 }
 

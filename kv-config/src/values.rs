@@ -177,6 +177,13 @@ impl Values {
         *self = Values::from_base(map);
     }
 
+    /// Gives back the base's room beyond its entries, while nothing shares it (a view just filled).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        if let Some(base) = Arc::get_mut(&mut self.base) {
+            base.shrink_to_fit();
+        }
+    }
+
     /// Every key and value, in no particular order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &RawValue)> + '_ {
         let base = self.base.iter().filter(|(k, _)| !self.delta.contains_key(k.as_str()));

@@ -289,7 +289,7 @@ impl Hub {
         let pattern = pattern_for("");
         let mut fill = Fill::new(prefix, false);
         let watch = scan(&*bucket, &pattern, early, load_timeout, &mut fill).await?;
-        let mut view = fill.view;
+        let mut view = fill.finish();
         view.mark_dirty();
         let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, true, HubState::new(None, view.seen, incarnation));
         Ok(Joining { slot: current, hub, first: Some((view, watch)) })

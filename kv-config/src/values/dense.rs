@@ -133,6 +133,17 @@ impl Dense {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &RawValue)> + '_ {
         self.entries.iter().map(|(k, v)| (k, v))
     }
+
+    /// Gives back the room beyond the entries held: for a map filled without knowing its size
+    /// (the keys under one prefix of a shared watch's first pass), which grew by doubling.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        self.index.shrink_to_fit(|&j| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(entries[j as usize].0.as_str())
+        });
+    }
 }
 
 impl FromIterator<(String, RawValue)> for Dense {
@@ -173,6 +184,9 @@ mod tests {
                 assert_eq!(dense.iter().count(), plain.len());
             }
         }
+        dense.shrink_to_fit();
+        assert_eq!(dense.entries.capacity(), dense.len(), "no room beyond the entries");
+        assert!(plain.iter().all(|(k, v)| dense.get(k) == Some(v)), "every key found after shrinking");
         let collected: Dense = plain.clone().into_iter().collect();
         assert!(plain.iter().all(|(k, v)| collected.get(k) == Some(v)) && collected.len() == plain.len());
         assert!(!dense.contains_key("absent") && dense.remove("absent").is_none());
