@@ -113,8 +113,6 @@ pub(super) struct Hub {
     pub(super) pattern: String,
     pub(super) heartbeat: Duration,
     pub(super) load_timeout: Duration,
-    /// Shared by the handles on a store ([`Hub::shared`]), not one handle's own.
-    shared: bool,
     state: Mutex<HubState>,
     /// `seen` after each caught-up burst, for a handle waiting for its own seeded defaults.
     seen_tx: watch::Sender<u64>,
@@ -157,6 +155,19 @@ impl Kept {
             operation: self.operation,
             headers: self.headers.clone(),
             batch_continues: false,
+        }
+    }
+}
+
+/// Records `kept` under `key` in a shared hub's map unless the map holds that revision or a later one.
+fn keep_newer(map: &mut BTreeMap<String, Kept>, key: String, kept: Kept) {
+    match map.entry(key) {
+        btree_map::Entry::Occupied(held) if held.get().revision >= kept.revision => {}
+        btree_map::Entry::Occupied(mut held) => {
+            held.insert(kept);
+        }
+        btree_map::Entry::Vacant(slot) => {
+            slot.insert(kept);
         }
     }
 }
@@ -247,14 +258,13 @@ impl Joining {
 }
 
 impl Hub {
-    fn new(bucket: Arc<dyn Bucket>, pattern: String, heartbeat: Duration, load_timeout: Duration, shared: bool, state: HubState) -> Arc<Self> {
+    fn new(bucket: Arc<dyn Bucket>, pattern: String, heartbeat: Duration, load_timeout: Duration, state: HubState) -> Arc<Self> {
         let seen = state.seen;
         Arc::new(Hub {
             bucket,
             pattern,
             heartbeat,
             load_timeout,
-            shared,
             state: Mutex::new(state),
             seen_tx: watch::channel(seen).0,
             task: Mutex::new(None),
@@ -291,13 +301,13 @@ impl Hub {
         let watch = scan(&*bucket, &pattern, early, load_timeout, &mut fill).await?;
         let mut view = fill.finish();
         view.mark_dirty();
-        let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, true, HubState::new(None, view.seen, incarnation));
+        let hub = Hub::new(bucket, pattern, heartbeat, load_timeout, HubState::new(None, view.seen, incarnation));
         Ok(Joining { slot: current, hub, first: Some((view, watch)) })
     }
 
     /// A hub for one handle, watching `prefix` with `watch` (already read up to `seen`).
     pub(super) fn dedicated(bucket: Arc<dyn Bucket>, prefix: &str, heartbeat: Duration, load_timeout: Duration, seen: u64, incarnation: Option<u64>) -> Arc<Hub> {
-        Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, false, HubState::new(None, seen, incarnation))
+        Hub::new(bucket, pattern_for(prefix), heartbeat, load_timeout, HubState::new(None, seen, incarnation))
     }
 
     /// Builds a shared hub's map of the bucket, for a second handle to join (the first one ran
@@ -308,7 +318,6 @@ impl Hub {
     /// without a map. A reload meanwhile leaves the reload's map, checked as for any join
     /// ([`sync`](Self::sync)).
     async fn build_map(&self) -> Result<bool> {
-        debug_assert!(self.shared);
         let reloads = {
             let mut st = self.state();
             // From here on, every entry delivered is kept (`pending`, folded at each burst's end).
@@ -356,15 +365,7 @@ impl Hub {
             if fresh {
                 let map = st.map.get_or_insert_with(BTreeMap::new);
                 for (key, kept) in latest.map {
-                    match map.entry(key) {
-                        btree_map::Entry::Occupied(held) if held.get().revision >= kept.revision => {}
-                        btree_map::Entry::Occupied(mut held) => {
-                            held.insert(kept);
-                        }
-                        btree_map::Entry::Vacant(slot) => {
-                            slot.insert(kept);
-                        }
-                    }
+                    keep_newer(map, key, kept);
                 }
             }
             fresh
@@ -544,13 +545,7 @@ impl Hub {
             if let Some(map) = &mut st.map {
                 for mut e in pending {
                     let key = std::mem::take(&mut e.key);
-                    match map.get_mut(key.as_str()) {
-                        Some(old) if old.revision >= e.revision => {}
-                        Some(old) => *old = Kept::of(e),
-                        None => {
-                            map.insert(key, Kept::of(e));
-                        }
-                    }
+                    keep_newer(map, key, Kept::of(e));
                 }
             }
             st.members.retain(|s| s.member.strong_count() > 0);
