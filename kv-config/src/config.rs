@@ -147,10 +147,22 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
 /// Decodes and also returns how many of `values` the schema used: when that equals
 /// `values.len()`, no key in the bucket is unknown to the schema.
 pub(crate) fn decode_counting<T: KvConfig>(values: &dyn Lookup, source: &Source) -> Result<(T, usize), DecodeError> {
+    decode_with(Decoder::new(values, source, None)).map(|(v, hits, _)| (v, hits))
+}
+
+/// [`decode_counting`], also returning the positions ([`Lookup::get_indexed`]) of the values the
+/// decoded config re-encodes byte for byte: the bytes [`Values::elide`](crate::values::Values::elide)
+/// may drop.
+pub(crate) fn decode_elidable<T: KvConfig>(values: &dyn Lookup, source: &Source) -> Result<(T, usize, Vec<u32>), DecodeError> {
     let mut d = Decoder::new(values, source, None);
+    d.elidable = Some(Vec::new());
+    decode_with(d)
+}
+
+fn decode_with<T: KvConfig>(mut d: Decoder<'_>) -> Result<(T, usize, Vec<u32>), DecodeError> {
     match T::__kv_decode("", &mut d) {
-        Some(v) if d.errors.is_empty() => Ok((v, d.hits)),
-        _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: source.bucket.clone(), errors: d.errors }),
+        Some(v) if d.errors.is_empty() => Ok((v, d.hits, d.elidable.unwrap_or_default())),
+        _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: d.source.bucket.clone(), errors: d.errors }),
     }
 }
 
@@ -391,6 +403,15 @@ pub struct Decoder<'a> {
     /// Every key, sorted: built once, on the first map field, so each map finds its entries by
     /// a binary search instead of a scan over all keys.
     sorted: Option<Vec<&'a str>>,
+    /// When asked ([`decode_elidable`]): the positions of the values whose decoded field
+    /// serializes to their very bytes.
+    elidable: Option<Vec<u32>>,
+    /// A reused buffer for those serializations.
+    buf: Vec<u8>,
+    /// The prefixes of nested maps (`tenants.`) found while collecting `elidable`: their values
+    /// keep their bytes, because a change to one field of an entry decodes the whole entry (its
+    /// other fields' bytes are read again on every such change).
+    keep_under: Vec<String>,
 }
 
 /// `true` if `name` can be one token of a NATS key: non-empty, no `.`, only `[-/_=a-zA-Z0-9]`.
@@ -468,7 +489,20 @@ pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> 
 impl<'a> Decoder<'a> {
     pub(crate) fn new(values: &'a dyn Lookup, source: &'a Source, changed: Option<&'a [String]>) -> Self {
         let used = vec![false; changed.map_or(0, <[String]>::len)];
-        Decoder { values, changed, used, source, errors: Vec::new(), key: String::new(), hits: 0, secrets: Vec::new(), sorted: None }
+        Decoder {
+            values,
+            changed,
+            used,
+            source,
+            errors: Vec::new(),
+            key: String::new(),
+            hits: 0,
+            secrets: Vec::new(),
+            sorted: None,
+            elidable: None,
+            buf: Vec::new(),
+            keep_under: Vec::new(),
+        }
     }
 
     fn changed(&self) -> impl Iterator<Item = &'a str> {
@@ -552,6 +586,9 @@ impl<'a> Decoder<'a> {
     #[doc(hidden)]
     pub fn map_entries(&mut self, prefix: &str, nested: bool) -> Vec<String> {
         let values = self.values;
+        if nested && self.elidable.is_some() {
+            self.keep_under.push(prefix.to_string());
+        }
         let sorted = self.sorted.take().unwrap_or_else(|| {
             let mut keys: Vec<&'a str> = values.keys_dyn().collect();
             keys.sort_unstable();
@@ -614,7 +651,7 @@ impl<'a> Decoder<'a> {
     }
 
     #[doc(hidden)]
-    pub fn leaf<T: DeserializeOwned>(
+    pub fn leaf<T: DeserializeOwned + Serialize>(
         &mut self,
         prefix: &str,
         name: &str,
@@ -632,7 +669,7 @@ impl<'a> Decoder<'a> {
         out
     }
 
-    fn leaf_at<T: DeserializeOwned>(
+    fn leaf_at<T: DeserializeOwned + Serialize>(
         &mut self,
         key: &str,
         secret: bool,
@@ -640,21 +677,21 @@ impl<'a> Decoder<'a> {
         validate: Option<Validator<'_, T>>,
     ) -> Option<T> {
         let values = self.values;
-        let (value, revision) = match values.get(key) {
+        let (value, revision, stored) = match values.get_indexed(key) {
             None => match default {
-                Some(d) => (d(), None),
+                Some(d) => (d(), None, None),
                 None => {
                     self.error(key, None, Problem::Missing);
                     return None;
                 }
             },
-            Some(raw) => {
+            Some((raw, position)) => {
                 self.hits += 1;
                 if secret {
                     self.note_secret(&raw.value);
                 }
                 match guarded("the Deserialize impl", || parse_value::<T>(&raw.value)) {
-                    Ok(v) => (v, Some(raw.revision)),
+                    Ok(v) => (v, Some(raw.revision), position.map(|i| (i, &raw.value[..]))),
                     Err(msg) => {
                         let msg = if secret {
                             format!("(value redacted) expected {}", std::any::type_name::<T>())
@@ -668,7 +705,27 @@ impl<'a> Decoder<'a> {
             }
         };
         self.check_leaf(key, revision, &value, validate, secret)?;
+        if let (Some((position, raw)), Some(_)) = (stored, &self.elidable) {
+            if !self.keep_under.iter().any(|p| key.starts_with(p.as_str())) {
+                self.note_elidable(position, raw, &value);
+            }
+        }
         Some(value)
+    }
+
+    /// Records `position` as elidable when `value` serializes to `raw` exactly, as
+    /// [`KvConfig::encode`] would write it (a `null` is never written: an absent `Option`).
+    fn note_elidable<T: Serialize>(&mut self, position: u32, raw: &[u8], value: &T) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        // A Serialize impl is user code: if it panics or fails, the bytes are simply kept.
+        let ok = guarded("the Serialize impl", || serde_json::to_writer(&mut buf, value).map_err(|e| e.to_string())).is_ok();
+        if ok && buf == raw && raw != b"null" {
+            if let Some(list) = &mut self.elidable {
+                list.push(position);
+            }
+        }
+        self.buf = buf;
     }
 
     /// Remembers a secret's text (raw, and unquoted when it is a JSON string) for scrubbing.

@@ -4,7 +4,7 @@ use crate::config::{KvConfig, Source};
 use crate::error::Result;
 use crate::feed::{check_prefix, watch_initial};
 use crate::store::Bucket;
-use crate::view::{decode_view, unknown_keys};
+use crate::view::{decode_view, unknown_keys, Decoding};
 
 /// How long a one-shot load may take.
 const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -47,7 +47,7 @@ pub async fn load<T: KvConfig>(bucket: &dyn Bucket, prefix: &str) -> Result<Load
     check_prefix(prefix)?;
     let (_watch, view) = watch_initial(bucket, prefix, None, LOAD_TIMEOUT).await?;
     let source = Source::new(bucket.name(), prefix);
-    let decoded = decode_view::<T>(&view, None, &source)?;
+    let decoded = decode_view::<T>(&view, None, &source, Decoding::fresh())?;
     let unknown_keys = if decoded.has_unknown {
         unknown_keys(&view.values, &crate::schema::KeySet::from_keys(T::schema().fields.into_iter().map(|f| f.key)))
     } else {

@@ -8,14 +8,17 @@
 //! insert on a shared copy). While nothing shares the base (the initial load), writes go straight
 //! into it at plain `HashMap` speed. When the delta grows past an eighth of the base it is folded
 //! into a new base, so the fold's O(n) is paid once per n/8 changes. The base is a [`dense`] map:
-//! entries in one vector, found through 4-byte indices, about half a `HashMap`'s bytes.
+//! entries in one vector, found through 4-byte indices, about half a `HashMap`'s bytes. Once a
+//! handle's config is decoded, the bytes its config re-encodes exactly are dropped ([`resolve`]).
 
 mod dense;
+mod resolve;
 
 use std::sync::Arc;
 
 use crate::config::{RawValue, RawValues};
 use dense::{Dense as Base, Place};
+pub(crate) use resolve::{is_elided, Resolved};
 
 /// The raw values in effect by relative key: a shared base plus the changes since.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +33,11 @@ pub(crate) struct Values {
 /// [`Values`].
 pub(crate) trait Lookup {
     fn get(&self, key: &str) -> Option<&RawValue>;
+    /// [`get`](Lookup::get), with the value's position in a [`Values`] base where it has one
+    /// (for [`Values::elide`]).
+    fn get_indexed(&self, key: &str) -> Option<(&RawValue, Option<u32>)> {
+        self.get(key).map(|v| (v, None))
+    }
     /// Every key, in no particular order.
     fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_>;
 }
@@ -47,6 +55,12 @@ impl Lookup for Values {
     fn get(&self, key: &str) -> Option<&RawValue> {
         Values::get(self, key)
     }
+    fn get_indexed(&self, key: &str) -> Option<(&RawValue, Option<u32>)> {
+        if let Some(change) = self.delta.get(key) {
+            return change.as_ref().map(|v| (v, None));
+        }
+        self.base.get_indexed(key).map(|(v, i)| (v, Some(i)))
+    }
     fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         Box::new(self.iter().map(|(k, _)| k.as_str()))
     }
@@ -59,9 +73,13 @@ impl From<RawValues> for Values {
 }
 
 impl PartialEq for Values {
-    /// Same keys at the same revisions with the same bytes.
+    /// Same keys at the same revisions with the same bytes (a value whose bytes were dropped
+    /// ([`Values::elide`]) equals one of the same revision and time).
     fn eq(&self, other: &Self) -> bool {
-        self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
+        let same = |a: &RawValue, b: &RawValue| {
+            a.revision == b.revision && a.created == b.created && (a.value == b.value || is_elided(a) || is_elided(b))
+        };
+        self.len == other.len && self.iter().all(|(k, v)| other.get(k).is_some_and(|o| same(v, o)))
     }
 }
 
@@ -175,6 +193,31 @@ impl Values {
             map.insert(k.clone(), v.clone());
         }
         *self = Values::from_base(map);
+    }
+
+    /// Whether nothing else holds this map's base and no change is pending on it: a fresh view
+    /// (the start, a reload), whose values [`elide`](Self::elide) can still drop.
+    pub(crate) fn is_unshared(&self) -> bool {
+        self.delta.is_empty() && Arc::strong_count(&self.base) == 1
+    }
+
+    /// Drops the bytes of the values at `positions` ([`Lookup::get_indexed`] on this map or on a
+    /// clone of it, now gone): the decoder found that the config decoded from them re-encodes
+    /// them byte for byte, so [`Resolved`] reads them back from it. Does nothing while anything
+    /// shares the base or a change is pending. Returns how many values it dropped.
+    pub(crate) fn elide(&mut self, positions: &[u32]) -> usize {
+        if !self.delta.is_empty() {
+            return 0;
+        }
+        let Some(base) = Arc::get_mut(&mut self.base) else { return 0 };
+        let mut dropped = 0;
+        for &i in positions {
+            if let Some(v) = base.value_at_mut(i).filter(|v| !is_elided(v)) {
+                v.value = resolve::marker();
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// Gives back the base's room beyond its entries, while nothing shares it (a view just filled).

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::config::{decode_counting, DecodeError, KeyError, KvConfig, Problem, RawValue, Source, APPLY_MAX_CHANGED};
+use crate::config::{decode_counting, decode_elidable, DecodeError, KeyError, KvConfig, Problem, RawValue, Source, APPLY_MAX_CHANGED};
 use crate::schema::KeySet;
 use crate::store::Entry;
-use crate::values::Values;
+use crate::values::{Resolved, Values};
 
 /// Keys under this first token belong to kv-config itself (the published schema); the derive
 /// refuses fields that would map there.
@@ -210,6 +210,29 @@ impl View {
         values
     }
 
+    /// Drops the bytes of the view's values that `config` re-encodes exactly (`elidable`, found
+    /// by the decode of `decoded`, a clone of [`effective`](Self::effective) that `config` was
+    /// decoded from). Returns the values in effect, sharing the view's map as `decoded` did. When
+    /// anything else holds the view's map, nothing is dropped.
+    pub(crate) fn elide<T: KvConfig>(&mut self, decoded: Values, elidable: &[u32], config: &T) -> Values {
+        if elidable.is_empty() {
+            return decoded;
+        }
+        drop(decoded);
+        if self.values.elide(elidable) > 0 {
+            #[cfg(debug_assertions)]
+            {
+                let resolved = Resolved::new(&self.values, Some(config));
+                for (k, v) in self.values.iter().filter(|(_, v)| crate::values::is_elided(v)) {
+                    let back = crate::values::Lookup::get(&resolved, k);
+                    debug_assert!(back.is_some_and(|b| !crate::values::is_elided(b) && b.revision == v.revision), "`{k}` re-encodes");
+                }
+            }
+        }
+        let _ = config;
+        self.effective()
+    }
+
     /// A view sized for `n` keys.
     pub(crate) fn with_capacity(n: usize) -> Self {
         View { values: Values::with_capacity(n), ..View::default() }
@@ -233,6 +256,11 @@ impl View {
     }
 }
 
+/// The key an override entry under `prefix` overrides (relative to `prefix`), if `key` is one.
+pub(crate) fn override_target<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
+    key.strip_prefix(prefix)?.strip_prefix(OVERRIDE_PREFIX)
+}
+
 /// Keys with a live value that the schema does not know (map entries count as known), sorted.
 pub(crate) fn unknown_keys(values: &Values, known: &KeySet) -> Vec<String> {
     let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(k)).cloned().collect();
@@ -247,6 +275,25 @@ pub(crate) struct Decoded<T> {
     pub(crate) rejected: Vec<KeyError>,
     /// `false` when every value in effect belongs to the schema (no unknown keys).
     pub(crate) has_unknown: bool,
+    /// When asked for and nothing was refused: the positions of the values whose bytes the
+    /// config re-encodes exactly (for [`Values::elide`] on the view's values).
+    pub(crate) elidable: Vec<u32>,
+}
+
+/// What a decode of values that may be elided ([`Values::elide`]) needs besides them.
+pub(crate) struct Decoding<'a, T> {
+    /// The config the elided values (of the latest and of the last good values) were decoded
+    /// into: the handle's config in effect. `None` where no value is elided (a fresh view).
+    pub(crate) elided_from: Option<&'a T>,
+    /// Also find the values whose bytes the new config re-encodes exactly.
+    pub(crate) find_elidable: bool,
+}
+
+impl<T> Decoding<'_, T> {
+    /// A fresh view's decode: nothing elided, nothing to find.
+    pub(crate) fn fresh() -> Self {
+        Decoding { elided_from: None, find_elidable: false }
+    }
 }
 
 /// Decodes the latest values. If some keys are invalid and there are last good values, those keys
@@ -255,10 +302,16 @@ pub(crate) fn decode_latest<T: KvConfig>(
     latest: &Values,
     good: Option<&Values>,
     source: &Source,
+    how: Decoding<'_, T>,
 ) -> Result<Decoded<T>, DecodeError> {
-    let err = match decode_counting::<T>(latest, source) {
-        Ok((config, hits)) => {
-            return Ok(Decoded { config, values: latest.clone(), rejected: Vec::new(), has_unknown: hits < latest.len() })
+    let first = if how.find_elidable {
+        decode_elidable::<T>(&Resolved::new(latest, how.elided_from), source)
+    } else {
+        decode_counting::<T>(&Resolved::new(latest, how.elided_from), source).map(|(config, hits)| (config, hits, Vec::new()))
+    };
+    let err = match first {
+        Ok((config, hits, elidable)) => {
+            return Ok(Decoded { config, values: latest.clone(), rejected: Vec::new(), has_unknown: hits < latest.len(), elidable })
         }
         Err(err) => err,
     };
@@ -285,10 +338,10 @@ pub(crate) fn decode_latest<T: KvConfig>(
             candidate.insert(k, v.clone());
         }
     }
-    match decode_counting::<T>(&candidate, source) {
+    match decode_counting::<T>(&Resolved::new(&candidate, how.elided_from), source) {
         Ok((config, hits)) => {
             let has_unknown = hits < candidate.len();
-            Ok(Decoded { config, values: candidate, rejected: err.into_iter().collect(), has_unknown })
+            Ok(Decoded { config, values: candidate, rejected: err.into_iter().collect(), has_unknown, elidable: Vec::new() })
         }
         Err(_) => Err(err),
     }
@@ -297,7 +350,7 @@ pub(crate) fn decode_latest<T: KvConfig>(
 /// [`decode_latest`] of the view's [`effective`](View::effective) values. A refused override is
 /// reported under its own key (`__kvconfig.override.<key>`), so the message says where the
 /// value came from.
-pub(crate) fn decode_view<T: KvConfig>(view: &View, good: Option<&Values>, source: &Source) -> Result<Decoded<T>, DecodeError> {
+pub(crate) fn decode_view<T: KvConfig>(view: &View, good: Option<&Values>, source: &Source, how: Decoding<'_, T>) -> Result<Decoded<T>, DecodeError> {
     let latest = view.effective();
     let from_override = |mut e: KeyError| {
         let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
@@ -308,7 +361,7 @@ pub(crate) fn decode_view<T: KvConfig>(view: &View, good: Option<&Values>, sourc
         }
         e
     };
-    match decode_latest::<T>(&latest, good, source) {
+    match decode_latest::<T>(&latest, good, source, how) {
         Ok(mut d) => {
             if !view.overrides.is_empty() {
                 d.rejected = d.rejected.into_iter().map(from_override).collect();

@@ -14,11 +14,15 @@ use super::spare::{drop_later, Spares, SPARE_MIN_KEYS};
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
 use crate::config::{apply_changes, KvConfig};
 use crate::store::Entry;
-use crate::view::{decode_view, unknown_keys, Dirty, View};
+use crate::values::{is_elided, Lookup, Resolved};
+use crate::view::{decode_view, override_target, unknown_keys, Decoding, Dirty, View};
 
 impl<T: KvConfig> Member for Shared<T> {
     fn on_entry(&self, entry: &Entry) {
         let mut st = self.state();
+        if let Some(target) = override_target(&self.source.prefix, &entry.key) {
+            self.restore_bytes(&mut st, target);
+        }
         st.view.apply(&self.source.prefix, entry);
         st.last_heard = Instant::now();
         st.status.last_heard = SystemTime::now();
@@ -126,7 +130,10 @@ impl<T: KvConfig> Shared<T> {
             return false; // not reached: a fresh copy, or a spare nobody else holds
         };
         // apply_changes never panics: validators and Deserialize impls run under catch_unwind.
-        let Some(unknown) = apply_changes::<T>(&mut snapshot.config, &values, &apply_keys, &self.source) else {
+        // A nested map entry's apply may read keys that did not change: elided ones are
+        // re-encoded from the config in effect.
+        let lookup = Resolved::new(&values, Some(&current.config));
+        let Some(unknown) = apply_changes::<T>(&mut snapshot.config, &lookup, &apply_keys, &self.source) else {
             drop_later(vec![next]);
             return false;
         };
@@ -160,6 +167,21 @@ impl<T: KvConfig> Shared<T> {
         true
     }
 
+    /// Gives `key`'s value back its bytes if they were dropped ([`View::elide`]), before an
+    /// override of it arrives: its field in the config then holds the override's value, so the
+    /// config could no longer re-encode the key's own value (which a write checks and the cache
+    /// keeps).
+    fn restore_bytes(&self, st: &mut State, key: &str) {
+        if !st.view.values.get(key).is_some_and(is_elided) {
+            return;
+        }
+        let current = self.snapshot.load();
+        let restored = Lookup::get(&Resolved::new(&st.view.values, Some(&current.config)), key).filter(|v| !is_elided(v)).cloned();
+        if let Some(v) = restored {
+            st.view.values.insert(key, v);
+        }
+    }
+
     /// Whether to keep the snapshot a change retires as the next change's spare.
     fn keeps_spare(&self, st: &State) -> bool {
         self.options.spare.unwrap_or(st.view.values.len() >= SPARE_MIN_KEYS)
@@ -176,7 +198,9 @@ impl<T: KvConfig> Shared<T> {
         let seen = st.view.seen;
         let current = self.snapshot.load_full();
         // decode_view never panics: validators and Deserialize impls run under catch_unwind.
-        match decode_view::<T>(&st.view, Some(&current.values), &self.source) {
+        // A fresh view (after a reload) also drops the bytes its new config re-encodes.
+        let how = Decoding { elided_from: Some(&current.config), find_elidable: st.view.values.is_unshared() };
+        match decode_view::<T>(&st.view, Some(&current.values), &self.source, how) {
             Ok(decoded) => {
                 for e in &decoded.rejected {
                     tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
@@ -192,7 +216,8 @@ impl<T: KvConfig> Shared<T> {
                 let changed = !any_rejected || decoded.values != current.values;
                 st.status.rejected = decoded.rejected;
                 st.status.revision = seen;
-                let snapshot = Snapshot::new(decoded.config, decoded.values, &st.view, any_rejected, st.epoch);
+                let values = if any_rejected { decoded.values } else { st.view.elide(decoded.values, &decoded.elidable, &decoded.config) };
+                let snapshot = Snapshot::new(decoded.config, values, &st.view, any_rejected, st.epoch);
                 self.snapshot.store(Arc::new(snapshot));
                 if changed {
                     st.status.swaps += 1;

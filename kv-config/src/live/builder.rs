@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::feed::{check_prefix, not_reached, pattern_for, watch_initial};
 use crate::schema::Schema;
 use crate::store::{Bucket, BucketConfig, SharedWatches, Store, StoreErrorKind, Watch, WatchStart};
-use crate::view::{decode_latest, decode_view, View};
+use crate::view::{decode_latest, decode_view, Decoding, View};
 
 /// What to do when the bucket's values do not make a valid config at start-up.
 #[derive(Debug, Clone, Default)]
@@ -428,8 +428,13 @@ impl<T: KvConfig> Builder<T> {
     /// Decodes `view` into a new handle's first snapshot (the fallback config when told to).
     fn member(self, bucket: Arc<dyn Bucket>, incarnation: Option<u64>, mut view: View) -> Result<Arc<Shared<T>>> {
         let source = Source::new(self.bucket.clone(), self.prefix.clone());
-        let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source) {
-            Ok(d) => (d.config, d.values, d.rejected, None, d.has_unknown, false),
+        let how = Decoding { elided_from: None, find_elidable: true };
+        let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source, how) {
+            Ok(d) => {
+                // The config now holds what most values' bytes say: drop those bytes.
+                let values = view.elide(d.values, &d.elidable, &d.config);
+                (d.config, values, d.rejected, None, d.has_unknown, false)
+            }
             Err(e) => match *self.on_invalid {
                 OnInvalid::Fail => return Err(e.into()),
                 OnInvalid::Fallback(config) => {
@@ -476,7 +481,7 @@ impl<T: KvConfig> Builder<T> {
             cause: Box::new(cause),
             problem,
         };
-        let decoded = match decode_latest::<T>(&cached.view.values, None, &source) {
+        let decoded = match decode_latest::<T>(&cached.view.values, None, &source, Decoding::fresh()) {
             Ok(d) => d,
             Err(e) => {
                 let missing: Vec<String> = e

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::{Shared, Snapshot};
 use crate::config::{KvConfig, RawValue, RawValues};
 use crate::schema::Schema;
+use crate::values::{Lookup, Resolved};
 use crate::view::View;
 
 /// The first word of every cache file.
@@ -178,10 +179,14 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The bytes of a cache file for `snapshot`, and how many secret keys were left out.
-pub(super) fn encode<T>(id: &Identity, snapshot: &Snapshot<T>, incarnation: Option<u64>, refused: bool, now: SystemTime) -> Vec<u8> {
+///
+/// `values` reads `snapshot.values` with their bytes: [`Resolved`] over them and the snapshot's
+/// config, for values whose bytes were dropped.
+pub(super) fn encode<T>(id: &Identity, snapshot: &Snapshot<T>, values_of: &dyn Lookup, incarnation: Option<u64>, refused: bool, now: SystemTime) -> Vec<u8> {
     let mut omitted = Vec::new();
     let mut values = BTreeMap::new();
     for (k, v) in snapshot.values.iter() {
+        let v = values_of.get(k).unwrap_or(v);
         // An expiring override is not cached: its key's own value is (it may have expired by the
         // time the cache is read, and the server is the one that expires it).
         let v = match (snapshot.overridden.contains_key(k), snapshot.underlying.get(k)) {
@@ -332,7 +337,10 @@ pub(super) async fn writer<T: KvConfig>(weak: Weak<Shared<T>>, id: Arc<Identity>
         };
         drop(shared);
         if snapshot.from_cache.is_none() {
-            let bytes = encode(&id, &snapshot, incarnation, refused, SystemTime::now());
+            let bytes = {
+                let values = Resolved::new(&snapshot.values, Some(&snapshot.config));
+                encode(&id, &snapshot, &values, incarnation, refused, SystemTime::now())
+            };
             let path = id.path.clone();
             let result = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await;
             let err = match result {
@@ -389,7 +397,7 @@ mod tests {
 
     #[test]
     fn round_trip_leaves_out_secrets_and_keeps_binary_values() {
-        let bytes = encode(&id(), &snapshot(), Some(7), false, SystemTime::now());
+        let bytes = encode(&id(), &snapshot(), &snapshot().values, Some(7), false, SystemTime::now());
         assert!(!bytes.windows(7).any(|w| w == b"hunter2"));
         let c = decode(&id(), &bytes).expect("valid");
         assert_eq!(c.view.seen, 9);
@@ -400,13 +408,13 @@ mod tests {
         assert_eq!(c.view.values.get("port").unwrap().revision, 3);
         let mut with = id();
         with.secrets = true;
-        let c = decode(&with, &encode(&with, &snapshot(), None, false, SystemTime::now())).expect("valid");
+        let c = decode(&with, &encode(&with, &snapshot(), &snapshot().values, None, false, SystemTime::now())).expect("valid");
         assert!(c.resumable && c.view.values.contains_key("token"));
     }
 
     #[test]
     fn every_flipped_byte_and_every_cut_is_refused() {
-        let bytes = encode(&id(), &snapshot(), None, false, SystemTime::now());
+        let bytes = encode(&id(), &snapshot(), &snapshot().values, None, false, SystemTime::now());
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x01;
@@ -419,7 +427,7 @@ mod tests {
 
     #[test]
     fn another_configs_file_is_foreign() {
-        let bytes = encode(&id(), &snapshot(), None, false, SystemTime::now());
+        let bytes = encode(&id(), &snapshot(), &snapshot().values, None, false, SystemTime::now());
         let mut other = id();
         other.prefix = "q.".into();
         let err = decode(&other, &bytes).unwrap_err();

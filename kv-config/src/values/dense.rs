@@ -73,6 +73,17 @@ impl Dense {
         self.slot(key).map(|i| &self.entries[i].1)
     }
 
+    /// [`get`](Self::get), with the entry's position (for [`value_at_mut`](Self::value_at_mut)).
+    pub(crate) fn get_indexed(&self, key: &str) -> Option<(&RawValue, u32)> {
+        // Positions fit in u32: see `push`.
+        self.slot(key).map(|i| (&self.entries[i].1, i as u32))
+    }
+
+    /// The value at a position [`get_indexed`](Self::get_indexed) gave (`None` past the end).
+    pub(crate) fn value_at_mut(&mut self, position: u32) -> Option<&mut RawValue> {
+        self.entries.get_mut(position as usize).map(|(_, v)| v)
+    }
+
     pub(crate) fn contains_key(&self, key: &str) -> bool {
         self.slot(key).is_some()
     }
