@@ -212,14 +212,16 @@ impl View {
 
     /// Drops the bytes of the view's values that `config` re-encodes exactly (`elidable`, found
     /// by the decode of `decoded`, a clone of [`effective`](Self::effective) that `config` was
-    /// decoded from). Returns the values in effect, sharing the view's map as `decoded` did. When
-    /// anything else holds the view's map, nothing is dropped.
-    pub(crate) fn elide<T: KvConfig>(&mut self, decoded: Values, elidable: &[u32], config: &T) -> Values {
+    /// decoded from). Returns the values in effect, sharing the view's map as `decoded` did, and
+    /// the bytes taken out (to be freed off the caller's path). When anything else holds the
+    /// view's map, nothing is dropped.
+    pub(crate) fn elide<T: KvConfig>(&mut self, decoded: Values, elidable: &[u32], config: &T) -> (Values, Vec<bytes::Bytes>) {
         if elidable.is_empty() {
-            return decoded;
+            return (decoded, Vec::new());
         }
         drop(decoded);
-        if self.values.elide(elidable) > 0 {
+        let dropped = self.values.elide(elidable);
+        if !dropped.is_empty() {
             #[cfg(debug_assertions)]
             {
                 let resolved = Resolved::new(&self.values, Some(config));
@@ -230,7 +232,7 @@ impl View {
             }
         }
         let _ = config;
-        self.effective()
+        (self.effective(), dropped)
     }
 
     /// A view sized for `n` keys.

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use super::hub::Member;
 use super::snapshot::HISTORY;
-use super::spare::{drop_later, Spares, SPARE_MIN_KEYS};
+use super::spare::{drop_later, free_bytes, Spares, SPARE_MIN_KEYS};
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
 use crate::config::{apply_changes, KvConfig};
 use crate::store::Entry;
@@ -216,7 +216,13 @@ impl<T: KvConfig> Shared<T> {
                 let changed = !any_rejected || decoded.values != current.values;
                 st.status.rejected = decoded.rejected;
                 st.status.revision = seen;
-                let values = if any_rejected { decoded.values } else { st.view.elide(decoded.values, &decoded.elidable, &decoded.config) };
+                let values = if any_rejected {
+                    decoded.values
+                } else {
+                    let (values, dropped) = st.view.elide(decoded.values, &decoded.elidable, &decoded.config);
+                    free_bytes(dropped);
+                    values
+                };
                 let snapshot = Snapshot::new(decoded.config, values, &st.view, any_rejected, st.epoch);
                 self.snapshot.store(Arc::new(snapshot));
                 if changed {

@@ -432,7 +432,8 @@ impl<T: KvConfig> Builder<T> {
         let (config, values, rejected, last_error, has_unknown, fallback) = match decode_view::<T>(&view, None, &source, how) {
             Ok(d) => {
                 // The config now holds what most values' bytes say: drop those bytes.
-                let values = view.elide(d.values, &d.elidable, &d.config);
+                let (values, dropped) = view.elide(d.values, &d.elidable, &d.config);
+                super::spare::free_bytes(dropped);
                 (d.config, values, d.rejected, None, d.has_unknown, false)
             }
             Err(e) => match *self.on_invalid {

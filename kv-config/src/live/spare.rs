@@ -100,11 +100,24 @@ impl<T: Send + Sync + 'static> Spares<T> {
 pub(super) fn drop_later<T: Send + Sync + 'static>(old: Vec<Arc<Snapshot<T>>>) {
     // Only the last reference costs anything; a reader that still holds one drops it itself.
     let last: Vec<_> = old.into_iter().filter(|s| Arc::strong_count(s) == 1).collect();
-    if last.is_empty() {
-        return;
+    if !last.is_empty() {
+        drop_off_path(last);
     }
+}
+
+/// Drops `value` on a blocking thread when a runtime runs (else here): for things whose drop
+/// costs as much as the work they were part of (a large config, thousands of value buffers).
+pub(super) fn drop_off_path<V: Send + 'static>(value: V) {
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn_blocking(move || drop(last))),
-        Err(_) => drop(last),
+        Ok(rt) => drop(rt.spawn_blocking(move || drop(value))),
+        Err(_) => drop(value),
+    }
+}
+
+/// Frees the value bytes a decode let go of ([`View::elide`](crate::view::View::elide)): off
+/// the caller's path when there are many.
+pub(super) fn free_bytes(dropped: Vec<bytes::Bytes>) {
+    if dropped.len() >= 1024 {
+        drop_off_path(dropped);
     }
 }
