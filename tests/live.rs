@@ -445,58 +445,76 @@ async fn one_shot_load_defaults_unknown_keys_and_prefixes() {
     assert!(matches!(err, Error::InvalidPrefix(_)), "{err}");
 }
 
-/// A handle keeps most values only as its decoded config: the bytes the config re-encodes
-/// exactly are dropped once decoded, and re-encoded from the config whenever something reads them
-/// again. Every such path must read what the bucket holds: a refused change (the refused key's
-/// last good value), the whole decode every change takes while a refusal stands, an update's
-/// check of what happens when an override of a dropped key expires, and the cache file a start
-/// reads while the server is down. Values another client wrote in other spellings keep their
-/// bytes and read the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_kept_only_as_the_decoded_config_read_back_the_same_on_every_path() {
-    let mut server = NatsServer::start().await;
-    let store = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+/// Bucket `cfg` with per-key TTLs (for overrides), holding values that are exactly what
+/// serde_json writes (`max`, `counter`, `a`, `b`: a handle drops their bytes once decoded and
+/// re-encodes them from its config where they are read again) and two in other spellings
+/// (`log_level` with an escape serde_json writes as UTF-8, `min` with a space: kept).
+async fn bucket_of_spellings(store: &NatsStore) -> Arc<dyn kv_config::store::Bucket> {
     let bucket = store.create_bucket(&BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1))).await.unwrap();
-    // `max`, `counter`, `a`, `b`: exactly what serde_json writes (dropped once decoded).
-    // `log_level` (an escape serde_json writes as UTF-8) and `min` (a space): kept.
     for (k, v) in [("log_level", "\"caf\\u00e9\""), ("min", " 3"), ("max", "7"), ("counter", "12"), ("a", "5"), ("b", "6")] {
         bucket.put(k, v.into()).await.unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("cfg.cache");
-    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").cache_file(&path).start().await.unwrap();
-    let fields = |c: &Cfg| (c.log_level.clone(), c.min, c.max, c.counter, c.a, c.b);
+    bucket
+}
+
+fn fields(c: &Cfg) -> (String, u32, u32, u64, u64, u64) {
+    (c.log_level.clone(), c.min, c.max, c.counter, c.a, c.b)
+}
+
+/// Every path that reads a dropped value's bytes again reads what the bucket holds: an override
+/// of it arrives (a write then checks the state the override's expiry leaves), a refused change
+/// keeps the refused key's last good value, and every change is decoded whole while the refusal
+/// stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_kept_only_as_the_decoded_config_read_back_the_same_on_every_path() {
+    let (_server, store) = server().await;
+    let bucket = bucket_of_spellings(&store).await;
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").start().await.unwrap();
     let cafe = || "café".to_string();
     assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 12, 5, 6));
 
-    // Refused: `max` keeps its last good value, which only the config holds now.
+    // An override of `counter`: its field now holds 99, and a write must still check the config
+    // the override's expiry leaves, with `counter`'s own value.
+    cfg.set_for("counter", 99, Duration::from_secs(120)).await.unwrap();
+    let snap = cfg.update(|c| c.a = 4).await.expect("the own value of `counter` is still known");
+    assert_eq!(fields(&snap), (cafe(), 3, 7, 99, 4, 6));
+
+    // Refused: `max` keeps its last good value.
     bucket.put("max", "5000".into()).await.unwrap();
     eventually("the refusal reported", || cfg.status().rejected.len() == 1).await;
-    assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 12, 5, 6));
+    assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 99, 4, 6));
     assert!(cfg.status().rejected[0].to_string().contains("5000 is above 1000"), "{:?}", cfg.status().rejected);
     // While the refusal stands, every change is a whole decode of every key.
-    bucket.put("a", "8".into()).await.unwrap();
-    eventually("a change beside the refusal applied", || cfg.get().a == 8).await;
-    assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 12, 8, 6));
-    assert_eq!(cfg.status().rejected.len(), 1, "{:?}", cfg.status().rejected);
+    for a in [8, 9] {
+        bucket.put("a", a.to_string().into()).await.unwrap();
+        eventually("a change beside the refusal applied", || cfg.get().a == a).await;
+        assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 99, a, 6));
+        assert_eq!(cfg.status().rejected.len(), 1, "{:?}", cfg.status().rejected);
+    }
     bucket.put("max", "9".into()).await.unwrap();
     eventually("the refusal repaired", || cfg.get().max == 9 && cfg.status().rejected.is_empty()).await;
-    assert_eq!(fields(&cfg.get()), (cafe(), 3, 9, 12, 8, 6));
+    assert_eq!(fields(&cfg.get()), (cafe(), 3, 9, 99, 9, 6));
+    let snap = cfg.update(|c| c.b = 11).await.unwrap();
+    assert_eq!(fields(&snap), (cafe(), 3, 9, 99, 9, 11));
+}
 
-    // An override of `counter`, whose own value only the config held: a write must still check
-    // the config it leaves for when the override expires, and the cache keeps the own value.
+/// The cache file holds a dropped value's bytes, re-encoded, and the own value of an overridden
+/// one: a start from it with the server down reads what the bucket held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_file_holds_the_values_a_handle_kept_only_as_its_config() {
+    let (mut server, store) = server().await;
+    bucket_of_spellings(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cfg.cache");
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").cache_file(&path).start().await.unwrap();
     cfg.set_for("counter", 99, Duration::from_secs(120)).await.unwrap();
-    let snap = cfg.update(|c| c.a = 11).await.expect("the own value of `counter` is still known");
-    assert_eq!(fields(&snap), (cafe(), 3, 9, 99, 11, 6));
-    let revision = cfg.get().revision();
+    let revision = cfg.update(|c| c.b = 11).await.unwrap().revision();
     eventually("the cache holds the latest snapshot", || cfg.status().cache_revision == Some(revision)).await;
     drop(cfg);
-
-    // A start from the cache while the server is down reads every value back.
     server.stop();
     let options = async_nats::ConnectOptions::new().retry_on_initial_connect();
     let offline = NatsStore::connect(server.url(), options).await.unwrap();
     let cached = LiveConfig::<Cfg>::builder(offline, "cfg").cache_file(&path).cache_wait(Duration::from_millis(300)).start().await.unwrap();
     assert!(cached.status().from_cache.is_some());
-    assert_eq!(fields(&cached.get()), (cafe(), 3, 9, 12, 11, 6), "the cache holds `counter`'s own value");
+    assert_eq!(fields(&cached.get()), ("café".to_string(), 3, 7, 12, 5, 11), "the cache holds `counter`'s own value");
 }

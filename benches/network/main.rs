@@ -364,6 +364,12 @@ async fn raw_receiver(url: &str, bucket: &str, tx: mpsc::UnboundedSender<(u64, I
 /// One change at a time to `counter` of a config with `keys` other keys (filled with 100-byte
 /// values), seen by a LiveConfig and by a raw watcher of `counter`, in alternating blocks.
 async fn propagation_for<T: Counted>(url: &str, keys: usize, total: u64, block: u64) -> (Stats, Stats) {
+    propagation_with::<T>(url, keys, total, block, false).await
+}
+
+/// [`propagation_for`]; with `refused`, another client first writes bytes no field accepts to one
+/// key, so every change after it is decoded whole (the last good value of the refused key kept).
+async fn propagation_with<T: Counted>(url: &str, keys: usize, total: u64, block: u64, refused: bool) -> (Stats, Stats) {
     let js = jetstream::new(connect(url).await);
     let bucket = format!("prop{keys}");
     let kv = js.create_key_value(kv::Config { bucket: bucket.clone(), history: 1, ..Default::default() }).await.expect("bucket");
@@ -381,6 +387,14 @@ async fn propagation_for<T: Counted>(url: &str, keys: usize, total: u64, block: 
     let warm = u64::MAX / 2;
     put_and_wait(&kv, warm, &mut lrx, 1).await;
     while rrx.recv().await.is_some_and(|(v, _)| v != warm) {}
+    if refused {
+        kv.put(&filled[0], Bytes::from_static(b"\xff")).await.expect("put");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while live.status().rejected.is_empty() {
+            assert!(Instant::now() < deadline, "the refusal was not reported");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let (mut ours, mut theirs) = (vec![], vec![]);
     let mut i = 0;
     while i < total {
@@ -428,6 +442,7 @@ async fn propagation(url: &str, quick: bool, report: &mut Report) {
     row("5 keys", 2000, propagation_for::<Small>(url, 0, 2000, 100).await);
     row("5,001 keys, sections behind `Arc`", 1000, propagation_for::<Prop5000A>(url, 5000, 1000, 100).await);
     row("5,001 keys, plain nested structs", 1000, propagation_for::<Prop5000>(url, 5000, 1000, 100).await);
+    row("the same while a refused value stands (every change decoded whole)", 400, propagation_with::<Prop5000>(url, 5000, 400, 100, true).await);
     row("50,001 keys, sections behind `Arc`", 1000, propagation_for::<Prop50000A>(url, 50000, 1000, 100).await);
     row("50,001 keys, plain nested structs", 1000, propagation_for::<Prop50000>(url, 50000, 1000, 100).await);
     report.note("Targets: p50 ≤ raw p50 + 50 µs, p99 ≤ 1.5x raw p99. The LiveConfig time is until a `subscribe()`r wakes, after the swap.");

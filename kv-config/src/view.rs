@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::{decode_counting, decode_elidable, DecodeError, KeyError, KvConfig, Problem, RawValue, Source, APPLY_MAX_CHANGED};
 use crate::schema::KeySet;
 use crate::store::Entry;
-use crate::values::{Resolved, Values};
+use crate::values::{is_elided, Lookup, Resolved, Values};
 
 /// Keys under this first token belong to kv-config itself (the published schema); the derive
 /// refuses fields that would map there.
@@ -74,6 +74,9 @@ pub(crate) struct View {
     pub(crate) override_revisions: HashMap<String, u64>,
     /// What changed since the last [`take_dirty`](View::take_dirty).
     dirty: Dirty,
+    /// Whether [`elide`](View::elide) dropped any value's bytes since the view was filled or its
+    /// bytes were last restored (`false` for a fresh view).
+    pub(crate) holds_elided: bool,
 }
 
 impl View {
@@ -222,6 +225,7 @@ impl View {
         drop(decoded);
         let dropped = self.values.elide(elidable);
         if !dropped.is_empty() {
+            self.holds_elided = true;
             #[cfg(debug_assertions)]
             {
                 let resolved = Resolved::new(&self.values, Some(config));
@@ -322,6 +326,7 @@ pub(crate) fn decode_latest<T: KvConfig>(
         return Err(err);
     }
     let mut candidate = latest.clone();
+    let good_bytes = Resolved::new(good, how.elided_from);
     let mut schema = None;
     for e in err.errors() {
         let rel = e.key.strip_prefix(source.prefix.as_str()).unwrap_or(&e.key);
@@ -337,6 +342,8 @@ pub(crate) fn decode_latest<T: KvConfig>(
             candidate.remove(&k);
         }
         for (k, v) in good.iter().filter(|(k, _)| *k == rel || k.starts_with(&nested)) {
+            // With its bytes: the next decode falls back to it again while the refusal stands.
+            let v = if is_elided(v) { good_bytes.get(k).unwrap_or(v) } else { v };
             candidate.insert(k, v.clone());
         }
     }

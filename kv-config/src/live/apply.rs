@@ -191,6 +191,25 @@ impl<T: KvConfig> Shared<T> {
         self.spares.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Gives every value of the view whose bytes were dropped ([`View::elide`]) its bytes back,
+    /// re-encoded from `config` (the config in effect). While a refusal stands every change is
+    /// decoded whole, and each such decode would re-encode the whole config to read them.
+    fn restore_all_bytes(&self, st: &mut State, config: &T) {
+        let restored: Vec<(String, crate::config::RawValue)> = {
+            let resolved = Resolved::new(&st.view.values, Some(config));
+            st.view
+                .values
+                .iter()
+                .filter(|(_, v)| is_elided(v))
+                .filter_map(|(k, _)| Lookup::get(&resolved, k).filter(|v| !is_elided(v)).map(|v| (k.clone(), v.clone())))
+                .collect()
+        };
+        for (k, v) in restored {
+            st.view.values.insert(&k, v);
+        }
+        st.view.holds_elided = false;
+    }
+
     /// Decodes the whole config, keeping the last good value of every refused key.
     fn decode_whole(&self, st: &mut State) {
         // A whole decode starts a new chain: the spares would never be used.
@@ -202,6 +221,9 @@ impl<T: KvConfig> Shared<T> {
         let how = Decoding { elided_from: Some(&current.config), find_elidable: st.view.values.is_unshared() };
         match decode_view::<T>(&st.view, Some(&current.values), &self.source, how) {
             Ok(decoded) => {
+                if !decoded.rejected.is_empty() && st.view.holds_elided {
+                    self.restore_all_bytes(st, &current.config);
+                }
                 for e in &decoded.rejected {
                     tracing::warn!(bucket = %e.bucket, key = %e.key, revision = ?e.revision, problem = %e.problem, "value refused; keeping the last good value");
                 }
@@ -231,6 +253,9 @@ impl<T: KvConfig> Shared<T> {
                 }
             }
             Err(e) => {
+                if st.view.holds_elided {
+                    self.restore_all_bytes(st, &current.config);
+                }
                 tracing::warn!(bucket = %self.source.bucket, revision = seen, error = %e, "change refused; keeping the last good snapshot");
                 st.status.rejected = e.errors().to_vec();
                 st.status.last_error = Some(e.to_string());
