@@ -518,3 +518,36 @@ async fn a_cache_file_holds_the_values_a_handle_kept_only_as_its_config() {
     assert!(cached.status().from_cache.is_some());
     assert_eq!(fields(&cached.get()), ("café".to_string(), 3, 7, 12, 5, 11), "the cache holds `counter`'s own value");
 }
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Section {
+    v: serde_json::Value,
+}
+
+/// Two fields of one key: a nested struct's `s.v` and a field renamed to `s.v`.
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct TwoOfOneKey {
+    #[kv(nested)]
+    s: Section,
+    #[kv(rename = "s.v")]
+    b: String,
+    #[kv(default)]
+    n: u32,
+}
+
+/// A key two fields read keeps its bytes: the config cannot give them back (it encodes one of
+/// the two fields), so after a whole decode (forced by a refused value) both fields still read
+/// what the bucket holds.
+#[tokio::test]
+async fn a_key_two_fields_read_keeps_its_value_through_a_whole_decode() {
+    let (_server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    bucket.put("s.v", "5".into()).await.unwrap();
+    let cfg = LiveConfig::<TwoOfOneKey>::builder(store.clone(), "cfg").start().await.unwrap();
+    assert_eq!((cfg.get().s.v.clone(), cfg.get().b.clone()), (serde_json::json!(5), "5".to_string()));
+    bucket.put("n", "\"not a number\"".into()).await.unwrap();
+    eventually("the refusal reported", || cfg.status().rejected.len() == 1).await;
+    bucket.put("n", "3".into()).await.unwrap();
+    eventually("repaired", || cfg.get().n == 3 && cfg.status().rejected.is_empty()).await;
+    assert_eq!((cfg.get().s.v.clone(), cfg.get().b.clone()), (serde_json::json!(5), "5".to_string()));
+}

@@ -268,3 +268,41 @@ async fn a_cache_holds_own_values_and_the_override_returns_with_the_server() {
     assert_eq!(offline.status().overrides.len(), 1);
     assert_eq!(offline.status().resumed_from, None, "a cache taken under an override is loaded in full");
 }
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Limits {
+    limits: std::collections::BTreeMap<String, u32>,
+}
+
+/// A handle that starts while more than 64 keys are overridden (the values in effect are then
+/// folded into a map of their own during its decode) drops only bytes its config re-encodes: its
+/// writes still check the state the overrides' expiry leaves, and once they end every key reads
+/// its own value, not the override's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_started_under_many_overrides_keeps_every_keys_own_value() {
+    let (server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1))).await.unwrap();
+    for i in 0..100u32 {
+        bucket.put(&format!("limits.k{i}"), i.to_string().into()).await.unwrap();
+    }
+    let a = LiveConfig::<Limits>::builder(store.clone(), "cfg").start().await.unwrap();
+    for i in 0..65u32 {
+        a.set_for(&format!("limits.k{i}"), 1000 + i, Duration::from_secs(120)).await.unwrap();
+    }
+    // Another process's handle starts with the 65 overrides in effect.
+    let other = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let b = LiveConfig::<Limits>::builder(other, "cfg").start().await.unwrap();
+    assert_eq!((b.get().limits["k0"], b.get().limits["k64"], b.get().limits["k65"]), (1000, 1064, 65));
+    b.update(|c| {
+        c.limits.insert("k99".into(), 199);
+    })
+    .await
+    .expect("the overridden keys' own values are known");
+    for i in 0..65u32 {
+        a.clear_override(&format!("limits.k{i}")).await.unwrap();
+    }
+    eventually("every override ended", Duration::from_secs(10), || b.get().overrides().is_empty()).await;
+    let snap = b.get();
+    let wrong: Vec<String> = (0..100u32).filter(|i| snap.limits[&format!("k{i}")] != if *i == 99 { 199 } else { *i }).map(|i| format!("k{i}")).collect();
+    assert!(wrong.is_empty(), "keys reading another value than their own: {wrong:?}");
+}

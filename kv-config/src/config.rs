@@ -161,7 +161,13 @@ pub(crate) fn decode_elidable<T: KvConfig>(values: &dyn Lookup, source: &Source)
 
 fn decode_with<T: KvConfig>(mut d: Decoder<'_>) -> Result<(T, usize, Vec<u32>), DecodeError> {
     match T::__kv_decode("", &mut d) {
-        Some(v) if d.errors.is_empty() => Ok((v, d.hits, d.elidable.unwrap_or_default())),
+        Some(v) if d.errors.is_empty() => {
+            let mut elidable = d.elidable.unwrap_or_default();
+            if !d.twice.is_empty() {
+                elidable.retain(|p| !d.twice.contains(p));
+            }
+            Ok((v, d.hits, elidable))
+        }
         _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: d.source.bucket.clone(), errors: d.errors }),
     }
 }
@@ -412,6 +418,11 @@ pub struct Decoder<'a> {
     /// keep their bytes, because a change to one field of an entry decodes the whole entry (its
     /// other fields' bytes are read again on every such change).
     keep_under: Vec<String>,
+    /// While collecting `elidable`: a bit per position read, and the positions read twice (two
+    /// fields of one key, e.g. a renamed field beside a nested struct's): those keep their bytes,
+    /// since [`KvConfig::encode`] writes only one of the fields' encodings.
+    read: Vec<u64>,
+    twice: Vec<u32>,
 }
 
 /// `true` if `name` can be one token of a NATS key: non-empty, no `.`, only `[-/_=a-zA-Z0-9]`.
@@ -502,6 +513,8 @@ impl<'a> Decoder<'a> {
             elidable: None,
             buf: Vec::new(),
             keep_under: Vec::new(),
+            read: Vec::new(),
+            twice: Vec::new(),
         }
     }
 
@@ -690,6 +703,9 @@ impl<'a> Decoder<'a> {
                 if secret {
                     self.note_secret(&raw.value);
                 }
+                if let (Some(i), Some(_)) = (position, &self.elidable) {
+                    self.note_read(i);
+                }
                 match guarded("the Deserialize impl", || parse_value::<T>(&raw.value)) {
                     Ok(v) => (v, Some(raw.revision), position.map(|i| (i, &raw.value[..]))),
                     Err(msg) => {
@@ -711,6 +727,18 @@ impl<'a> Decoder<'a> {
             }
         }
         Some(value)
+    }
+
+    /// Marks `position` read, remembering it if it was read before.
+    fn note_read(&mut self, position: u32) {
+        let (word, bit) = (position as usize / 64, 1u64 << (position % 64));
+        if word >= self.read.len() {
+            self.read.resize(word + 1, 0);
+        }
+        if self.read[word] & bit != 0 {
+            self.twice.push(position);
+        }
+        self.read[word] |= bit;
     }
 
     /// Records `position` as elidable when `value` serializes to `raw` exactly, as

@@ -195,6 +195,12 @@ impl Values {
         *self = Values::from_base(map);
     }
 
+    /// Whether `other` is a clone of this map on the same base (positions from one are
+    /// positions in the other): not so once either folded its changes into a new base.
+    pub(crate) fn shares_base_with(&self, other: &Values) -> bool {
+        Arc::ptr_eq(&self.base, &other.base)
+    }
+
     /// Whether nothing else holds this map's base and no change is pending on it: a fresh view
     /// (the start, a reload), whose values [`elide`](Self::elide) can still drop.
     pub(crate) fn is_unshared(&self) -> bool {

@@ -219,7 +219,9 @@ impl View {
     /// the bytes taken out (to be freed off the caller's path). When anything else holds the
     /// view's map, nothing is dropped.
     pub(crate) fn elide<T: KvConfig>(&mut self, decoded: Values, elidable: &[u32], config: &T) -> (Values, Vec<bytes::Bytes>) {
-        if elidable.is_empty() {
+        // Positions are in `decoded`'s base: if it folded (more than 64 overrides put in by
+        // `effective`), they are not the view's.
+        if elidable.is_empty() || !decoded.shares_base_with(&self.values) {
             return (decoded, Vec::new());
         }
         drop(decoded);
