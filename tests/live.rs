@@ -461,10 +461,9 @@ fn fields(c: &Cfg) -> (String, u32, u32, u64, u64, u64) {
     (c.log_level.clone(), c.min, c.max, c.counter, c.a, c.b)
 }
 
-/// Every path that reads a dropped value's bytes again reads what the bucket holds: an override
-/// of it arrives (a write then checks the state the override's expiry leaves), a refused change
-/// keeps the refused key's last good value, and every change is decoded whole while the refusal
-/// stands.
+/// Every path that reads a dropped value's bytes again reads what the bucket holds: a refused
+/// change keeps the refused key's last good value, and every change is decoded whole while the
+/// refusal stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_kept_only_as_the_decoded_config_read_back_the_same_on_every_path() {
     let (_server, store) = server().await;
@@ -473,29 +472,44 @@ async fn values_kept_only_as_the_decoded_config_read_back_the_same_on_every_path
     let cafe = || "café".to_string();
     assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 12, 5, 6));
 
-    // An override of `counter`: its field now holds 99, and a write must still check the config
-    // the override's expiry leaves, with `counter`'s own value.
-    cfg.set_for("counter", 99, Duration::from_secs(120)).await.unwrap();
-    let snap = cfg.update(|c| c.a = 4).await.expect("the own value of `counter` is still known");
-    assert_eq!(fields(&snap), (cafe(), 3, 7, 99, 4, 6));
-
     // Refused: `max` keeps its last good value.
     bucket.put("max", "5000".into()).await.unwrap();
     eventually("the refusal reported", || cfg.status().rejected.len() == 1).await;
-    assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 99, 4, 6));
+    assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 12, 5, 6));
     assert!(cfg.status().rejected[0].to_string().contains("5000 is above 1000"), "{:?}", cfg.status().rejected);
     // While the refusal stands, every change is a whole decode of every key.
     for a in [8, 9] {
         bucket.put("a", a.to_string().into()).await.unwrap();
         eventually("a change beside the refusal applied", || cfg.get().a == a).await;
-        assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 99, a, 6));
+        assert_eq!(fields(&cfg.get()), (cafe(), 3, 7, 12, a, 6));
         assert_eq!(cfg.status().rejected.len(), 1, "{:?}", cfg.status().rejected);
     }
     bucket.put("max", "9".into()).await.unwrap();
     eventually("the refusal repaired", || cfg.get().max == 9 && cfg.status().rejected.is_empty()).await;
-    assert_eq!(fields(&cfg.get()), (cafe(), 3, 9, 99, 9, 6));
+    assert_eq!(fields(&cfg.get()), (cafe(), 3, 9, 12, 9, 6));
     let snap = cfg.update(|c| c.b = 11).await.unwrap();
-    assert_eq!(fields(&snap), (cafe(), 3, 9, 99, 9, 11));
+    assert_eq!(fields(&snap), (cafe(), 3, 9, 12, 9, 11));
+}
+
+/// An override of a key whose bytes were dropped: its field then holds the override, and a
+/// write must still check the config the override's expiry leaves, with the key's own value;
+/// when the override ends, the key reads its own value again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_of_a_value_kept_only_as_the_config_keeps_its_own_value() {
+    let (_server, store) = server().await;
+    bucket_of_spellings(&store).await;
+    let cfg = LiveConfig::<Cfg>::builder(store.clone(), "cfg").start().await.unwrap();
+    cfg.set_for("counter", 99, Duration::from_secs(120)).await.unwrap();
+    cfg.set_for("max", 900, Duration::from_secs(120)).await.unwrap();
+    let snap = cfg.update(|c| c.a = 4).await.expect("the own values of `counter` and `max` are still known");
+    assert_eq!(fields(&snap), ("café".to_string(), 3, 900, 99, 4, 6));
+    // The state the overrides' expiry leaves is checked with the own values: min 8 > max 7.
+    let err = cfg.update(|c| c.min = 8).await.expect_err("invalid once `max` is 7 again");
+    assert!(matches!(err, Error::InvalidAfterExpiry { .. }), "{err}");
+    cfg.clear_override("counter").await.unwrap();
+    cfg.clear_override("max").await.unwrap();
+    eventually("the overrides ended", || cfg.get().overrides().is_empty()).await;
+    assert_eq!(fields(&cfg.get()), ("café".to_string(), 3, 7, 12, 4, 6));
 }
 
 /// The cache file holds a dropped value's bytes, re-encoded, and the own value of an overridden

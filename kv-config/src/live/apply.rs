@@ -167,18 +167,15 @@ impl<T: KvConfig> Shared<T> {
         true
     }
 
-    /// Gives `key`'s value back its bytes if they were dropped ([`View::elide`]), before an
-    /// override of it arrives: its field in the config then holds the override's value, so the
+    /// Gives the view's values back their bytes if `key`'s were dropped ([`View::elide`]), before
+    /// an override of it arrives: its field in the config then holds the override's value, so the
     /// config could no longer re-encode the key's own value (which a write checks and the cache
-    /// keeps).
+    /// keeps). All of them at once: re-encoding one costs encoding the whole config, and overrides
+    /// tend to come in groups.
     fn restore_bytes(&self, st: &mut State, key: &str) {
-        if !st.view.values.get(key).is_some_and(is_elided) {
-            return;
-        }
-        let current = self.snapshot.load();
-        let restored = Lookup::get(&Resolved::new(&st.view.values, Some(&current.config)), key).filter(|v| !is_elided(v)).cloned();
-        if let Some(v) = restored {
-            st.view.values.insert(key, v);
+        if st.view.values.get(key).is_some_and(is_elided) {
+            let current = self.snapshot.load_full();
+            self.restore_all_bytes(st, &current.config);
         }
     }
 
