@@ -1036,6 +1036,56 @@ async fn scan_with(stream: &jetstream::stream::Stream, client: &async_nats::Clie
     t.elapsed()
 }
 
+/// A push consumer read through a core subscription (what a custom ordered consumer would do):
+/// no jetstream `Message` wrapper per message, the reply subject parsed once.
+async fn scan_core(stream: &jetstream::stream::Stream, client: &async_nats::Client, bucket: &str) -> Duration {
+    use jetstream::consumer::{self, AckPolicy, DeliverPolicy};
+    let t = Instant::now();
+    let deliver_subject = client.new_inbox();
+    let mut sub = client.subscribe(deliver_subject.clone()).await.expect("subscribe");
+    let config = consumer::push::Config {
+        deliver_subject,
+        ack_policy: AckPolicy::None,
+        deliver_policy: DeliverPolicy::LastPerSubject,
+        filter_subject: format!("$KV.{bucket}.>"),
+        memory_storage: true,
+        flow_control: true,
+        idle_heartbeat: Duration::from_secs(5),
+        max_deliver: 1,
+        inactive_threshold: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let c = stream.create_consumer(config).await.expect("push consumer");
+    let pending = c.cached_info().num_pending;
+    let prefix = format!("$KV.{bucket}.");
+    let mut read = 0;
+    let mut expect = 1u64;
+    while read < pending {
+        let msg = sub.next().await.expect("a pending message");
+        if msg.status.is_some() {
+            if let Some(reply) = msg.reply {
+                let client = client.clone();
+                tokio::spawn(async move { client.publish(reply, bytes::Bytes::new()).await.ok() });
+            }
+            continue;
+        }
+        let reply = msg.reply.as_deref().expect("reply");
+        let mut it = reply.rsplit('.');
+        let delta: u64 = it.next().and_then(|x| x.parse().ok()).expect("pending");
+        let ts: u64 = it.next().and_then(|x| x.parse().ok()).expect("ts");
+        let cseq: u64 = it.next().and_then(|x| x.parse().ok()).expect("cseq");
+        let sseq: u64 = it.next().and_then(|x| x.parse().ok()).expect("sseq");
+        assert_eq!(cseq, expect);
+        expect += 1;
+        let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
+        let value = bytes::Bytes::copy_from_slice(&msg.payload);
+        std::hint::black_box((key, value, sseq, delta, std::time::UNIX_EPOCH + Duration::from_nanos(ts)));
+        read += 1;
+    }
+    drop(sub);
+    t.elapsed()
+}
+
 /// Until the first entry with nothing more pending.
 async fn drain<E>(mut s: impl futures_util::Stream<Item = Result<E, impl std::fmt::Debug>> + Unpin, delta: impl Fn(&E) -> u64) {
     while let Some(e) = s.next().await {
@@ -1048,7 +1098,7 @@ async fn drain<E>(mut s: impl futures_util::Stream<Item = Result<E, impl std::fm
 async fn scan_experiment(url: &str, quick: bool, report: &mut Report) {
     use jetstream::consumer::DeliverPolicy::{All, LastPerSubject};
     println!("scan");
-    report.section("Scan: read the latest entry of every key", &["keys", "watch_with_history", "push, no flow control", "pull, one batch", "our NatsStore watch", "push vs watch", "pull vs watch", "ours vs watch", "push all vs watch", "pull all vs watch"]);
+    report.section("Scan: read the latest entry of every key", &["keys", "watch_with_history", "push, no flow control", "pull, one batch", "our NatsStore watch", "push vs watch", "pull vs watch", "ours vs watch", "push all vs watch", "pull all vs watch", "core sub", "core vs watch"]);
     let sizes: &[usize] = if quick { &[100] } else { &[1000, 5000, 50000] };
     let client = connect(url).await;
     let js = jetstream::new(client.clone());
@@ -1060,7 +1110,7 @@ async fn scan_experiment(url: &str, quick: bool, report: &mut Report) {
         fill(&kv, &keys_for(n)).await;
         let stream = js.get_stream(format!("KV_{bucket}")).await.expect("stream");
         let b = store.open_bucket(&bucket).await.expect("open");
-        let (mut w, mut p, mut q, mut o, mut pa, mut qa) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut w, mut p, mut q, mut o, mut pa, mut qa, mut cs) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..runs {
             let t = Instant::now();
             drain(kv.watch_with_history(">").await.expect("watch"), |e: &kv::Entry| e.delta).await;
@@ -1069,12 +1119,13 @@ async fn scan_experiment(url: &str, quick: bool, report: &mut Report) {
             q.push(scan_with(&stream, &client, &bucket, true, LastPerSubject).await);
             pa.push(scan_with(&stream, &client, &bucket, false, All).await);
             qa.push(scan_with(&stream, &client, &bucket, true, All).await);
+            cs.push(scan_core(&stream, &client, &bucket).await);
             let t = Instant::now();
             drain(b.watch(">", kv_config::store::WatchStart::LatestPerKey).await.expect("ours"), |e: &kv_config::store::Entry| e.delta).await;
             o.push(t.elapsed());
         }
-        let (w, p, q, o, pa, qa) = (median(w), median(p), median(q), median(o), median(pa), median(qa));
-        report.row(&[n.to_string(), ms(w), ms(p), ms(q), ms(o), ratio(p, w), ratio(q, w), ratio(o, w), ratio(pa, w), ratio(qa, w)]);
+        let (w, p, q, o, pa, qa, cs) = (median(w), median(p), median(q), median(o), median(pa), median(qa), median(cs));
+        report.row(&[n.to_string(), ms(w), ms(p), ms(q), ms(o), ratio(p, w), ratio(q, w), ratio(o, w), ratio(pa, w), ratio(qa, w), ms(cs), ratio(cs, w)]);
         kv_drop(&js, &bucket).await;
     }
 }

@@ -64,6 +64,9 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
     }
 }
 
+/// How many times an initial pass starts a new watch after one ended, before it gives up.
+const MAX_SCAN_RESTARTS: u32 = 5;
+
 /// Where a watcher stands after an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CatchUp {
@@ -179,6 +182,7 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, watch: Option<Watch
     let mut settle_until: Option<Instant> = None;
     let mut read = 0u64;
     let mut last = 0u64;
+    let mut restarts = 0;
     loop {
         // An entry already buffered needs no timer: a 50,000-key load would otherwise arm and
         // cancel 50,000 timers (and read the clock three times per entry).
@@ -242,6 +246,22 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, watch: Option<Watch
                 return Err(e.into())
             }
             Some(Err(e)) => tracing::warn!(bucket = bucket.name(), error = %e, "watch error during the initial load"),
+            None if restarts < MAX_SCAN_RESTARTS => {
+                // The watch ended before it caught up (NatsStore's ends on a gap or a reconnect):
+                // a new one from the entry after the last read carries the pass on. The latest
+                // entries are delivered in revision order, so every key not read yet has its
+                // latest entry after `last`.
+                restarts += 1;
+                let start = if read == 0 { WatchStart::LatestPerKey } else { WatchStart::FromRevision(last + 1) };
+                let what = format!("read {read} of {pending} entries (the watch ended and was started again)");
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(too_slow(what));
+                }
+                tracing::debug!(bucket = bucket.name(), read, pending, "the watch ended during the initial load; a new one reads on");
+                watch = tokio::time::timeout(left, bucket.watch(pattern, start)).await.map_err(|_| too_slow(what))??;
+                settle_until = None;
+            }
             None => return Err(Error::Closed(bucket.name().to_string())),
         }
     }

@@ -16,6 +16,8 @@ use super::{
     WatchStart, WriteKind, WriteOp,
 };
 
+mod ordered;
+
 const KV_OPERATION: &str = "KV-Operation";
 const KV_ROLLUP: &str = "Nats-Rollup";
 
@@ -996,12 +998,12 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
 }
 
 /// A watch of the keys matching `pattern` in bucket `name` (its subjects start with `prefix`):
-/// an ordered push consumer on `stream`, read as [`Entry`]s. Also returns when the server created
-/// the consumer, in nanoseconds since the Unix epoch (comparable with [`incarnation_of`]). The
-/// consumer is deleted when the watch ends ([`Watch::on_end`]); the server would otherwise keep
-/// it 30 s (async-nats's inactivity threshold for ordered consumers) after every load, re-created
-/// watch or dropped handle. An ordered consumer re-created by async-nats itself (after a gap or
-/// missed heartbeats) has a new name, and is left to that threshold.
+/// an ordered push consumer on `stream`, read as [`Entry`]s through a plain subscription
+/// ([`ordered`]: it ends on a gap or a reconnect, and the caller starts a new watch where it
+/// stopped). Also returns when the server created the consumer, in nanoseconds since the Unix
+/// epoch (comparable with [`incarnation_of`]). The consumer is deleted when the watch ends
+/// ([`Watch::on_end`]); the server would otherwise keep it 30 s after every load, re-created watch
+/// or dropped handle.
 async fn ordered_watch<I>(
     client: &async_nats::Client,
     js: &jetstream::Context,
@@ -1011,21 +1013,33 @@ async fn ordered_watch<I>(
     pattern: &str,
     start: WatchStart,
 ) -> StoreResult<(Watch, u64)> {
-    use jetstream::consumer::{push::OrderedConfig, DeliverPolicy, ReplayPolicy};
+    use jetstream::consumer::{push, AckPolicy, DeliverPolicy, ReplayPolicy};
     let deliver_policy = match start {
         WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
         WatchStart::New => DeliverPolicy::New,
         WatchStart::FromRevision(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
     };
-    // Our own ordered consumer rather than kv::Store::watch*: its cached info tells how many
-    // entries are pending at the start, which is the only "loaded" signal for an empty match.
+    // Subscribed before the consumer exists, so its first deliveries find the subscription. Our
+    // own consumer rather than kv::Store::watch*: its info tells how many entries are pending at
+    // the start, which is the only "loaded" signal for an empty match.
+    let deliver_subject = client.new_inbox();
+    let subscriber = client.subscribe(deliver_subject.clone()).await.map_err(|e| classify(&e).bucket(name).key(pattern))?;
+    // What async-nats's ordered consumer asks for: no acks, flow control, idle heartbeats, and
+    // one replica in memory.
     let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_subject: client.new_inbox(),
+        .create_consumer(push::Config {
+            deliver_subject,
             description: Some("kv-config watch".to_string()),
             filter_subject: format!("{prefix}{pattern}"),
             replay_policy: ReplayPolicy::Instant,
             deliver_policy,
+            ack_policy: AckPolicy::None,
+            max_deliver: 1,
+            flow_control: true,
+            idle_heartbeat: ordered::IDLE_HEARTBEAT,
+            inactive_threshold: Duration::from_secs(30),
+            num_replicas: 1,
+            memory_storage: true,
             ..Default::default()
         })
         .await
@@ -1033,14 +1047,10 @@ async fn ordered_watch<I>(
     let initial = consumer.cached_info().num_pending;
     let created = consumer.cached_info().created.unix_timestamp_nanos().max(0) as u64;
     let (js, consumer_name, stream_name) = (js.clone(), consumer.cached_info().name.clone(), consumer.cached_info().stream_name.clone());
-    let messages = consumer.messages().await.map_err(|e| classify(&e).bucket(name).key(pattern))?;
     let bucket = name.to_string();
     let prefix = prefix.to_string();
-    let entries = messages.map(move |msg| {
-        let msg = msg.map_err(|e| classify(&e).bucket(bucket.clone()))?;
-        let info = msg.info().map_err(|e| {
-            StoreError::new(StoreErrorKind::Other).bucket(bucket.clone()).detail(format!("bad message metadata: {e}"))
-        })?;
+    let entries = ordered::Ordered::new(client.clone(), subscriber).map(move |d| {
+        let msg = d.message;
         let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
         // The server's pending count can read 0 between the messages of an atomic batch; the
         // batch headers cannot: only the commit message ends a batch.
@@ -1057,9 +1067,9 @@ async fn ordered_watch<I>(
             // kept it would keep the whole buffer (measured: a 1,000-key handle held about
             // one payload's worth of read buffers beside the values).
             value: Bytes::copy_from_slice(&msg.payload),
-            revision: info.stream_sequence,
-            delta: info.pending,
-            created: SystemTime::from(info.published),
+            revision: d.stream_sequence,
+            delta: d.pending,
+            created: SystemTime::UNIX_EPOCH + Duration::from_nanos(d.published),
             key,
         })
     });
