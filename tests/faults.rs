@@ -1,6 +1,7 @@
 //! Faults and bad input against real nats-server processes: every test names the defect or fault
 //! it guards against (issue 8) and waits on conditions with deadlines derived from the fault.
 
+use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -706,4 +707,164 @@ async fn d8_a_batch_partly_stored_for_over_a_heartbeat_is_reported_and_held_back
     assert_eq!((t.a, t.b, t.c), (1, 1, 1));
     eventually("healthy again", Duration::from_secs(3), || handle.status().is_healthy()).await;
     eprintln!("figure: a batch partly stored reported after {noticed:?} (heartbeat {heartbeat:?})");
+}
+
+/// Deletes every consumer on the bucket's stream (what an operator cleaning up, or a tool that
+/// deletes "stray" consumers, does to a running service); returns how many it deleted.
+async fn delete_consumers(server: &NatsServer, bucket: &str) -> usize {
+    use futures_util::TryStreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    let stream = js.get_stream(format!("KV_{bucket}")).await.expect("stream");
+    let names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
+    for name in &names {
+        stream.delete_consumer(name).await.expect("delete consumer");
+    }
+    names.len()
+}
+
+/// The watch's consumer deleted on the server by another client. The server tells a push
+/// consumer's subscriber nothing; the watch hears no heartbeat for three of them (3 s), ends, and
+/// a new one starts where it stopped, long before the handle's quiet-time probe (a heartbeat of
+/// 30 s here) would ask. No change is lost: the one written while no consumer existed arrives.
+#[tokio::test]
+async fn a_watch_consumer_deleted_by_another_client_is_replaced_at_once() {
+    let (server, store) = server().await;
+    let cfg = builder(&store).heartbeat(Duration::from_secs(30)).start().await.unwrap();
+    let writer = raw(&server).await;
+    writer.put("workers", "7".into()).await.unwrap();
+    eventually("the first change", Duration::from_secs(2), || cfg.get().workers == 7).await;
+    assert_eq!(delete_consumers(&server, "cfg").await, 1, "one consumer: the handle's watch");
+    let deleted = Instant::now();
+    writer.put("workers", "8".into()).await.unwrap();
+    let took = eventually("a change after the deletion", Duration::from_secs(6), || cfg.get().workers == 8).await;
+    writer.put("workers", "9".into()).await.unwrap();
+    eventually("the next change", Duration::from_secs(2), || cfg.get().workers == 9 && cfg.status().is_current()).await;
+    eprintln!("figure: a change written right after the watch's consumer was deleted arrived {took:?} later ({:?} since the deletion)", deleted.elapsed());
+}
+
+/// A server restarted with its store kept: ephemeral consumers do not survive it, so a watch
+/// must notice the reconnect itself rather than wait for its quiet-time probe (30 s here).
+#[tokio::test]
+async fn a_watch_notices_a_reconnect_without_waiting_for_its_probe() {
+    let (mut server, store) = server().await;
+    let cfg = builder(&store).heartbeat(Duration::from_secs(30)).start().await.unwrap();
+    cfg.update(|c| c.workers = 9).await.unwrap();
+    server.kill();
+    server.restart().await;
+    let writer = raw(&server).await;
+    let restarted = Instant::now();
+    writer.put("workers", "12".into()).await.unwrap();
+    // async-nats reconnects with a backoff of up to 4 s between attempts.
+    eventually("converged", Duration::from_secs(6), || cfg.get().workers == 12).await;
+    eprintln!("figure: converged {:?} after the restart", restarted.elapsed());
+}
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Many {
+    /// One key `n.<i>` per entry.
+    n: std::collections::HashMap<String, u64>,
+}
+
+/// The consumer of an initial load deleted by another client while the server still had entries
+/// to deliver: the load's watch falls silent, ends, and a new one reads on from the entry after
+/// the last one read. The load returns every key with its latest value (keys written twice
+/// included), never a short map and never an older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_consumer_is_deleted_midway_reads_on_and_misses_nothing() {
+    use futures_util::TryStreamExt;
+    const KEYS: u64 = 20_000;
+    let (server, store) = server().await;
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_key_value(async_nats::jetstream::kv::Config { bucket: "many".into(), ..Default::default() }).await.expect("bucket");
+    // Keys below 500 are written twice: the second value is the one a load must read.
+    let writes = (0..KEYS).map(|i| (i, i)).chain((0..500).map(|i| (i, i + 1_000_000)));
+    // Acks awaited a thousand at a time: async-nats holds back publishes past its in-flight limit.
+    let mut acks = Vec::new();
+    for (i, v) in writes {
+        acks.push(js.publish(format!("$KV.many.n.{i}"), v.to_string().into()).await.expect("publish"));
+        if acks.len() == 1000 {
+            for ack in acks.drain(..) {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+    let bucket = store.open_bucket("many").await.expect("open");
+    let stream = js.get_stream("KV_many").await.expect("stream");
+    for attempt in 1..=5 {
+        // Deletes the load's consumer once the server reports it has delivered some entries and
+        // still holds some back; `false` if the load got past that point first.
+        let deleter = {
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                loop {
+                    let names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
+                    let Some(name) = names.first() else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    let Ok(info) = stream.consumer_info(name).await else { continue };
+                    if info.delivered.stream_sequence == 0 {
+                        continue;
+                    }
+                    if info.num_pending == 0 {
+                        return false;
+                    }
+                    stream.delete_consumer(name).await.expect("delete");
+                    return true;
+                }
+            })
+        };
+        let t = Instant::now();
+        let loaded = kv_config::load::<Many>(&*bucket, "").await.expect("the load reads on after its consumer is deleted");
+        let took = t.elapsed();
+        let midway = deleter.await.expect("deleter");
+        assert_eq!(loaded.config.n.len() as u64, KEYS, "attempt {attempt}: every key");
+        for i in 0..KEYS {
+            let want = if i < 500 { i + 1_000_000 } else { i };
+            assert_eq!(loaded.config.n.get(&i.to_string()), Some(&want), "attempt {attempt}: key n.{i}");
+        }
+        if midway {
+            eprintln!("figure: a load of {KEYS} keys whose consumer was deleted midway took {took:?} (attempt {attempt})");
+            return;
+        }
+        // Drop the consumer the load left behind before the next attempt.
+        for name in stream.consumer_names().try_collect::<Vec<String>>().await.expect("names") {
+            let _ = stream.delete_consumer(&name).await;
+        }
+    }
+    panic!("in 5 loads the server never had entries left to deliver when the consumer was deleted");
+}
+
+/// The next entry of `watch` within `within`: not an end, not an error.
+async fn next(watch: &mut Watch, within: Duration) -> Entry {
+    tokio::time::timeout(within, watch.next()).await.expect("an entry within the time").expect("the watch goes on").expect("an entry, not an error")
+}
+
+/// A store's watch on NATS outlives its consumer: deleted by another client, then lost with a
+/// restarted server. Each time the watch makes a new one from the last delivered revision + 1,
+/// so what it delivers next is the next write, exactly once, never a replay.
+#[tokio::test]
+async fn a_store_watch_outlives_its_consumer_and_a_server_restart() {
+    let (mut server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("w")).await.expect("bucket");
+    let mut watch = bucket.watch(">", WatchStart::New).await.expect("watch");
+    bucket.put("a", "1".into()).await.expect("put");
+    let e = next(&mut watch, Duration::from_secs(2)).await;
+    assert_eq!((e.key.as_str(), e.revision, &e.value[..]), ("a", 1, &b"1"[..]));
+    assert_eq!(delete_consumers(&server, "w").await, 1);
+    bucket.put("a", "2".into()).await.expect("put");
+    // Three silent heartbeats (3 s) end the deleted consumer's stream.
+    let e = next(&mut watch, Duration::from_secs(6)).await;
+    assert_eq!((e.revision, &e.value[..]), (2, &b"2"[..]));
+    server.kill();
+    server.restart().await;
+    let writer = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+    writer.open_bucket("w").await.expect("open").put("a", "3".into()).await.expect("put after the restart");
+    // async-nats reconnects with a backoff of up to 4 s between attempts.
+    let e = next(&mut watch, Duration::from_secs(8)).await;
+    assert_eq!((e.revision, &e.value[..]), (3, &b"3"[..]), "the next write, not a replay");
 }

@@ -247,8 +247,9 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, watch: Option<Watch
             }
             Some(Err(e)) => tracing::warn!(bucket = bucket.name(), error = %e, "watch error during the initial load"),
             None if restarts < MAX_SCAN_RESTARTS => {
-                // The watch ended before it caught up (NatsStore's ends on a gap or a reconnect):
-                // a new one from the entry after the last read carries the pass on. The latest
+                // The watch ended before it caught up (a store's watch should not; NatsStore's
+                // makes a new consumer itself): a new one from the entry after the last read
+                // carries the pass on. The latest
                 // entries are delivered in revision order, so every key not read yet has its
                 // latest entry after `last`.
                 restarts += 1;
@@ -259,6 +260,7 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, watch: Option<Watch
                     return Err(too_slow(what));
                 }
                 tracing::debug!(bucket = bucket.name(), read, pending, "the watch ended during the initial load; a new one reads on");
+                drop(watch);
                 watch = tokio::time::timeout(left, bucket.watch(pattern, start)).await.map_err(|_| too_slow(what))??;
                 settle_until = None;
             }

@@ -343,7 +343,8 @@ pub struct Probe {
 
 /// A live stream of entries from [`Bucket::watch`].
 ///
-/// Errors (a missed heartbeat, a reconnect) are items, not the end: keep polling.
+/// Errors (e.g. a new consumer the server could not make yet after a reconnect) are items, not
+/// the end: keep polling.
 pub struct Watch {
     initial: u64,
     inner: Pin<Box<dyn Stream<Item = StoreResult<Entry>> + Send>>,

@@ -364,7 +364,7 @@ impl Store for NatsStore {
                 return Err(invalid_bucket_name(name));
             }
             let prefix = format!("$KV.{name}.");
-            let stream = self.js.get_stream_no_info(format!("KV_{name}")).await.map_err(|e| classify(&e).bucket(name))?;
+            let stream = format!("KV_{name}");
             let (kv, watch) = tokio::join!(self.js.get_key_value(name), ordered_watch(&self.client, &self.js, &stream, name, &prefix, pattern, start));
             let kv = kv.map_err(|e| classify(&e).bucket(name))?;
             let usual = kv.prefix == prefix;
@@ -677,7 +677,7 @@ impl Bucket for NatsBucket {
 
     async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
         let started = Instant::now();
-        let result = ordered_watch(&self.client, &self.js, &self.kv.stream, &self.name, &self.kv.prefix, pattern, start).await;
+        let result = ordered_watch(&self.client, &self.js, &self.kv.stream_name, &self.name, &self.kv.prefix, pattern, start).await;
         result.map(|(watch, _)| watch).map_err(|e| self.perms.refine(e, started))
     }
 
@@ -998,58 +998,45 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
 }
 
 /// A watch of the keys matching `pattern` in bucket `name` (its subjects start with `prefix`):
-/// an ordered push consumer on `stream`, read as [`Entry`]s through a plain subscription
-/// ([`ordered`]: it ends on a gap or a reconnect, and the caller starts a new watch where it
-/// stopped). Also returns when the server created the consumer, in nanoseconds since the Unix
-/// epoch (comparable with [`incarnation_of`]). The consumer is deleted when the watch ends
-/// ([`Watch::on_end`]); the server would otherwise keep it 30 s after every load, re-created watch
-/// or dropped handle.
-async fn ordered_watch<I>(
+/// an ordered push consumer on the stream named `stream`, read as [`Entry`]s through a plain subscription, and a
+/// new one from the last delivery + 1 whenever one ends ([`ordered`]). Also returns when the
+/// server created the first consumer, in nanoseconds since the Unix epoch (comparable with
+/// [`incarnation_of`]). The consumer is deleted when the watch ends ([`Watch::on_end`]); the
+/// server would otherwise keep it 30 s after every load, re-created watch or dropped handle.
+async fn ordered_watch(
     client: &async_nats::Client,
     js: &jetstream::Context,
-    stream: &jetstream::stream::Stream<I>,
+    stream: &str,
     name: &str,
     prefix: &str,
     pattern: &str,
     start: WatchStart,
 ) -> StoreResult<(Watch, u64)> {
-    use jetstream::consumer::{push, AckPolicy, DeliverPolicy, ReplayPolicy};
+    use jetstream::consumer::DeliverPolicy;
     let deliver_policy = match start {
         WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
         WatchStart::New => DeliverPolicy::New,
         WatchStart::FromRevision(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
     };
-    // Subscribed before the consumer exists, so its first deliveries find the subscription. Our
-    // own consumer rather than kv::Store::watch*: its info tells how many entries are pending at
-    // the start, which is the only "loaded" signal for an empty match.
-    let deliver_subject = client.new_inbox();
-    let subscriber = client.subscribe(deliver_subject.clone()).await.map_err(|e| classify(&e).bucket(name).key(pattern))?;
-    // What async-nats's ordered consumer asks for: no acks, flow control, idle heartbeats, and
-    // one replica in memory.
-    let consumer = stream
-        .create_consumer(push::Config {
-            deliver_subject,
-            description: Some("kv-config watch".to_string()),
-            filter_subject: format!("{prefix}{pattern}"),
-            replay_policy: ReplayPolicy::Instant,
-            deliver_policy,
-            ack_policy: AckPolicy::None,
-            max_deliver: 1,
-            flow_control: true,
-            idle_heartbeat: ordered::IDLE_HEARTBEAT,
-            inactive_threshold: Duration::from_secs(30),
-            num_replicas: 1,
-            memory_storage: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| classify(&e).bucket(name).key(pattern))?;
-    let initial = consumer.cached_info().num_pending;
-    let created = consumer.cached_info().created.unix_timestamp_nanos().max(0) as u64;
-    let (js, consumer_name, stream_name) = (js.clone(), consumer.cached_info().name.clone(), consumer.cached_info().stream_name.clone());
+    // Our own consumer rather than kv::Store::watch*: its info tells how many entries are pending
+    // at the start, which is the only "loaded" signal for an empty match.
+    let source = Arc::new(ordered::Source {
+        client: client.clone(),
+        js: js.clone(),
+        stream: stream.to_string(),
+        filter_subject: format!("{prefix}{pattern}"),
+        bucket: name.to_string(),
+        pattern: pattern.to_string(),
+    });
+    let (first, info) = source.open(deliver_policy).await?;
+    let initial = info.num_pending;
+    let created = info.created.unix_timestamp_nanos().max(0) as u64;
+    let consumer_name = Arc::new(Mutex::new(info.name));
     let bucket = name.to_string();
     let prefix = prefix.to_string();
-    let entries = ordered::Ordered::new(client.clone(), subscriber).map(move |d| {
+    let deliveries = ordered::Resuming::new(source.clone(), deliver_policy, first, consumer_name.clone());
+    let entries = deliveries.map(move |d| {
+        let d = d?;
         let msg = d.message;
         let key = msg.subject.strip_prefix(prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
         // The server's pending count can read 0 between the messages of an atomic batch; the
@@ -1074,9 +1061,8 @@ async fn ordered_watch<I>(
         })
     });
     let end = move || async move {
-        if let Err(e) = js.delete_consumer_from_stream(&consumer_name, &stream_name).await {
-            tracing::debug!(consumer = %consumer_name, stream = %stream_name, error = %e, "a watch's consumer was not deleted; the server expires it");
-        }
+        let name = consumer_name.lock().map(|n| n.clone()).unwrap_or_default();
+        source.delete(&name).await;
     };
     Ok((Watch::new(initial, entries).on_end(end), created))
 }

@@ -2,35 +2,52 @@
 //! [`NatsStore`](super::NatsStore) load, start and live handle.
 //!
 //! async-nats's own ordered consumer wraps every delivery in a JetStream message (a clone of the
-//! client's context, dropped again), parses the reply subject once for its own sequence check and
-//! again for the caller, and re-creates the consumer by itself after a gap, a missed heartbeat or
-//! a reconnect. At 50,000 keys those per-message costs were about a third of kv-config's client
-//! CPU during a load (BENCHMARKS.md, "The stretch").
+//! client's context, dropped again) and parses the reply subject once for its own sequence check
+//! and again for the caller. At 50,000 keys those per-message costs were about a third of
+//! kv-config's client CPU during a load (BENCHMARKS.md, "The stretch").
 //!
-//! This stream does the protocol part of an ordered consumer (answering flow control, checking
-//! every delivery and heartbeat against the consumer sequence) and leaves recovery to the
-//! caller, which already owns it: on a gap, a heartbeat that reports messages this stream never
-//! saw, a status other than a heartbeat, or a reconnect of the client, the stream **ends**. The
-//! live watcher then starts a new watch from its last applied revision + 1 (and its quiet-time
-//! probes catch a consumer that went silent, as they did for async-nats's); the initial scan does
-//! the same from its last read revision. That is how nats.go and nats.py recover an ordered
-//! consumer too: a new consumer from the last stream sequence + 1, never a rewind.
+//! Two layers, as in nats.go's ordered consumer:
+//!
+//! - [`Ordered`] reads one consumer: it answers flow control (the request's reply subject, and
+//!   the `Nats-Consumer-Stalled` subject of a stalled consumer's heartbeat), checks every
+//!   delivery and heartbeat against the consumer sequence, and **ends** on anything that breaks
+//!   the order or the consumer: a gap, a heartbeat reporting deliveries it never received, a
+//!   status other than a heartbeat, a reconnect of the client (a restarted server keeps no
+//!   ephemeral consumer), or three heartbeats of silence (a push consumer deleted on the server
+//!   tells its subscriber nothing).
+//! - [`Resuming`] makes a new consumer from the last delivered stream sequence + 1 whenever one
+//!   ends (never a rewind), retrying with a growing pause while the server cannot make one, so a
+//!   watch ends only when its client is closed. Callers keep their own checks on top (the live
+//!   watcher's quiet-time probes).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_nats::jetstream::{self, consumer};
 use async_nats::{Client, HeaderMap, Message, Statistics, StatusCode, Subscriber};
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, Stream};
 
-/// The idle heartbeat the server sends on a quiet consumer (as async-nats's ordered consumer).
-pub(super) const IDLE_HEARTBEAT: Duration = Duration::from_secs(5);
+use super::classify;
+use crate::store::StoreResult;
 
-/// How often a stream with nothing to read looks whether its client reconnected meanwhile.
-const RECONNECT_CHECK: Duration = Duration::from_millis(250);
+/// The idle heartbeat the server sends on a quiet consumer. async-nats's ordered consumer asks
+/// for 5 s and gives up after 10 s of silence; a push consumer deleted on the server says nothing
+/// to its subscriber, so that silence is the only sign, and an initial load would wait it out.
+pub(super) const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How often a stream with nothing to read looks whether its client reconnected meanwhile, and
+/// counts the silence.
+const CHECK: Duration = Duration::from_millis(250);
+
+/// Checks in a row with nothing heard (not even a heartbeat) after which the consumer counts as
+/// gone: three heartbeats.
+const SILENT_CHECKS: u32 = 12;
 
 /// Sent by the server on a heartbeat when the consumer is stalled by flow control: the subject
 /// to answer, as a flow-control request's reply subject is (nats.go does the same).
@@ -47,7 +64,8 @@ pub(super) struct Delivery {
     pub(super) published: u64,
 }
 
-/// Why an ordered stream ended (logged; the caller starts a new watch either way).
+/// Why an [`Ordered`] stream ended (logged; [`Resuming`] goes on with a new consumer unless the
+/// client was closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
     /// A delivery skipped consumer sequences: messages were lost (e.g. a slow client).
@@ -59,13 +77,16 @@ pub(super) enum End {
     /// The client reconnected: the consumer may be gone (a restarted server keeps no ephemeral
     /// consumer) or have delivered into the gap.
     Reconnected,
+    /// Nothing, not even a heartbeat, for three heartbeats: the consumer is gone (deleted by
+    /// another client, or lost with its server) or the connection is dead.
+    Silent,
     /// A delivery whose reply subject is not a JetStream ack subject.
     BadMetadata,
     /// The subscription was closed (the client was closed).
     Closed,
 }
 
-/// The stream of an ordered push consumer's deliveries; see the module documentation.
+/// The deliveries of one ordered push consumer; see the module documentation.
 pub(super) struct Ordered {
     subscriber: Subscriber,
     client: Client,
@@ -74,18 +95,20 @@ pub(super) struct Ordered {
     /// The consumer sequence of the last delivery.
     received: u64,
     check: tokio::time::Interval,
+    /// Checks since anything arrived.
+    silent: u32,
     ended: Option<End>,
 }
 
 impl Ordered {
     /// Reads `subscriber`, which must be subscribed to the consumer's deliver subject before the
-    /// consumer is created (so nothing is delivered to no one).
-    pub(super) fn new(client: Client, subscriber: Subscriber) -> Self {
+    /// consumer is created (so nothing is delivered to no one); `connects` is the client's count
+    /// of connections read before both (a reconnect in between then ends the stream at once).
+    fn new(client: Client, subscriber: Subscriber, connects: u64) -> Self {
         let stats = client.statistics();
-        let connects = stats.connects.load(Ordering::Relaxed);
-        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + RECONNECT_CHECK, RECONNECT_CHECK);
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + CHECK, CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ordered { subscriber, client, stats, connects, received: 0, check, ended: None }
+        Ordered { subscriber, client, stats, connects, received: 0, check, silent: 0, ended: None }
     }
 
     fn answer(&self, subject: async_nats::Subject) {
@@ -125,6 +148,147 @@ impl Ordered {
     }
 }
 
+/// What a new consumer of a watch is made of.
+pub(super) struct Source {
+    pub(super) client: Client,
+    pub(super) js: jetstream::Context,
+    /// The stream's name (`KV_<bucket>`).
+    pub(super) stream: String,
+    pub(super) filter_subject: String,
+    /// For errors: the bucket and the watched pattern.
+    pub(super) bucket: String,
+    pub(super) pattern: String,
+}
+
+impl Source {
+    /// Subscribes to a new deliver subject, then makes the consumer: no acks, flow control, idle
+    /// heartbeats, one replica in memory (what async-nats's ordered consumer asks for).
+    pub(super) async fn open(&self, deliver_policy: consumer::DeliverPolicy) -> StoreResult<(Ordered, consumer::Info)> {
+        let connects = self.client.statistics().connects.load(Ordering::Relaxed);
+        let deliver_subject = self.client.new_inbox();
+        let err = |e: &(dyn std::error::Error + 'static)| classify(e).bucket(self.bucket.clone()).key(self.pattern.clone());
+        let subscriber = self.client.subscribe(deliver_subject.clone()).await.map_err(|e| err(&e))?;
+        let config = consumer::push::Config {
+            deliver_subject,
+            description: Some("kv-config watch".to_string()),
+            filter_subject: self.filter_subject.clone(),
+            replay_policy: consumer::ReplayPolicy::Instant,
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::None,
+            max_deliver: 1,
+            flow_control: true,
+            idle_heartbeat: IDLE_HEARTBEAT,
+            inactive_threshold: Duration::from_secs(30),
+            num_replicas: 1,
+            memory_storage: true,
+            ..Default::default()
+        };
+        let consumer = self.js.create_consumer_on_stream(config, &self.stream).await.map_err(|e| err(&e))?;
+        Ok((Ordered::new(self.client.clone(), subscriber, connects), consumer.cached_info().clone()))
+    }
+
+    /// Deletes a consumer; one already gone is fine.
+    pub(super) async fn delete(&self, name: &str) {
+        if let Err(e) = self.js.delete_consumer_from_stream(name, &self.stream).await {
+            tracing::debug!(consumer = %name, stream = %self.stream, error = %e, "a watch's consumer was not deleted; the server expires it");
+        }
+    }
+}
+
+/// The pause before the `n`th attempt in a row to make a new consumer: 100 ms doubling to 5 s.
+fn pause_before(n: u32) -> Duration {
+    Duration::from_millis(100).saturating_mul(1 << n.saturating_sub(1).min(6)).min(Duration::from_secs(5))
+}
+
+/// A watch's deliveries across consumers: see the module documentation.
+pub(super) struct Resuming {
+    source: Arc<Source>,
+    /// Where the first consumer started; a new one starts after the last delivery, or here if
+    /// nothing was delivered yet.
+    start: consumer::DeliverPolicy,
+    current: Option<Ordered>,
+    opening: Option<BoxFuture<'static, StoreResult<(Ordered, consumer::Info)>>>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    failures: u32,
+    /// The stream sequence of the last delivery (0: none yet).
+    last: u64,
+    /// The current consumer's name, shared with whoever deletes it when the watch ends.
+    name: Arc<std::sync::Mutex<String>>,
+}
+
+impl Resuming {
+    /// Goes on from `first`, the consumer [`Source::open`] made with `start`, named `name`.
+    pub(super) fn new(source: Arc<Source>, start: consumer::DeliverPolicy, first: Ordered, name: Arc<std::sync::Mutex<String>>) -> Self {
+        Resuming { source, start, current: Some(first), opening: None, pause: None, failures: 0, last: 0, name }
+    }
+
+    fn next_start(&self) -> consumer::DeliverPolicy {
+        if self.last == 0 {
+            self.start
+        } else {
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: self.last + 1 }
+        }
+    }
+}
+
+impl Stream for Resuming {
+    type Item = StoreResult<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(current) = this.current.as_mut() {
+                match Pin::new(&mut *current).poll_next(cx) {
+                    Poll::Ready(Some(d)) => {
+                        this.last = d.stream_sequence;
+                        return Poll::Ready(Some(Ok(d)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        let why = current.ended;
+                        this.current = None;
+                        if why == Some(End::Closed) {
+                            return Poll::Ready(None);
+                        }
+                        // The old consumer may still exist (a gap, a heartbeat ahead of us).
+                        let (source, old) = (this.source.clone(), this.name.lock().map(|n| n.clone()).unwrap_or_default());
+                        tokio::spawn(async move { source.delete(&old).await });
+                    }
+                }
+            }
+            if let Some(pause) = this.pause.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.pause = None;
+            }
+            if this.opening.is_none() {
+                let (source, start) = (this.source.clone(), this.next_start());
+                tracing::debug!(stream = %source.stream, filter = %source.filter_subject, ?start, "a watch's consumer ended; making a new one");
+                this.opening = Some(async move { source.open(start).await }.boxed());
+            }
+            let Some(opening) = this.opening.as_mut() else { continue };
+            match opening.poll_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((ordered, info))) => {
+                    this.opening = None;
+                    this.failures = 0;
+                    if let Ok(mut name) = this.name.lock() {
+                        *name = info.name;
+                    }
+                    this.current = Some(ordered);
+                }
+                Poll::Ready(Err(e)) => {
+                    this.opening = None;
+                    this.failures += 1;
+                    this.pause = Some(Box::pin(tokio::time::sleep(pause_before(this.failures))));
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
 fn last_consumer(headers: Option<&HeaderMap>) -> Option<u64> {
     headers?.get(LAST_CONSUMER)?.as_str().parse().ok()
 }
@@ -141,6 +305,7 @@ impl Stream for Ordered {
             match Pin::new(&mut this.subscriber).poll_next(cx) {
                 Poll::Ready(None) => return this.end(End::Closed),
                 Poll::Ready(Some(mut message)) => {
+                    this.silent = 0;
                     if let Some(status) = message.status.take() {
                         match this.on_status(status, message) {
                             Some(why) => return this.end(why),
@@ -162,11 +327,18 @@ impl Stream for Ordered {
                     }));
                 }
                 Poll::Pending => {
-                    // Nothing buffered: look at the connection now and then. Deliveries keep
-                    // their own check (the consumer sequence), so a busy stream never ticks.
+                    // Nothing buffered: look at the connection now and then, and count the
+                    // silence. Deliveries keep their own check (the consumer sequence), so a
+                    // busy stream never ticks. A stall of this process (a pause, a busy runtime)
+                    // counts as one check, not as the time it lasted: ticks that were missed are
+                    // not made up.
                     while this.check.poll_tick(cx).is_ready() {
                         if this.stats.connects.load(Ordering::Relaxed) != this.connects {
                             return this.end(End::Reconnected);
+                        }
+                        this.silent += 1;
+                        if this.silent >= SILENT_CHECKS {
+                            return this.end(End::Silent);
                         }
                     }
                     return Poll::Pending;
@@ -211,6 +383,12 @@ pub(super) fn parse_ack(reply: &str) -> Option<Ack> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_consumer_is_tried_again_after_a_growing_pause() {
+        let pauses: Vec<u64> = (1..=8).map(|n| pause_before(n).as_millis() as u64).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
 
     #[test]
     fn both_forms_of_the_ack_subject_parse() {
