@@ -56,8 +56,11 @@ impl Lookup for Values {
         Values::get(self, key)
     }
     fn get_indexed(&self, key: &str) -> Option<(&RawValue, Option<u32>)> {
-        if let Some(change) = self.delta.get(key) {
-            return change.as_ref().map(|v| (v, None));
+        // An empty delta (every start's decode) is not asked: its lookup would hash the key.
+        if !self.delta.is_empty() {
+            if let Some(change) = self.delta.get(key) {
+                return change.as_ref().map(|v| (v, None));
+            }
         }
         self.base.get_indexed(key).map(|(v, i)| (v, Some(i)))
     }
