@@ -4,8 +4,11 @@
 //! whether anything newer exists: no answer marks the handles stale, a newer entry left
 //! undelivered re-creates the watch from the last delivered revision + 1, and a replaced bucket
 //! (deleted and created again, or a wiped store) is reloaded from scratch. NATS's own clients
-//! re-create ordered consumers the same way; async-nats's can go silent for good after a cluster
-//! failover, with no error and no end of stream.
+//! re-create ordered consumers the same way. A `NatsStore` watch already makes a new consumer on
+//! a gap, a reconnect or three silent heartbeats (`store/nats/ordered.rs`); these checks are the
+//! second line, for what a consumer cannot see (an entry stored but never delivered, a replaced
+//! bucket) and for other stores. async-nats's own ordered consumer, used before, could go silent
+//! for good after a cluster failover, with no error and no end of stream.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
