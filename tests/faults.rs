@@ -743,20 +743,24 @@ async fn a_watch_consumer_deleted_by_another_client_is_replaced_at_once() {
 }
 
 /// A server restarted with its store kept: ephemeral consumers do not survive it, so a watch
-/// must notice the reconnect itself rather than wait for its quiet-time probe (30 s here).
+/// must notice the reconnect itself rather than wait for its quiet-time probe (30 s here) or for
+/// three silent heartbeats (about 3 s after the last entry, written right before the kill).
 #[tokio::test]
 async fn a_watch_notices_a_reconnect_without_waiting_for_its_probe() {
+    use async_nats::connection::State;
     let (mut server, store) = server().await;
     let cfg = builder(&store).heartbeat(Duration::from_secs(30)).start().await.unwrap();
     cfg.update(|c| c.workers = 9).await.unwrap();
     server.kill();
+    eventually("the client sees the kill", Duration::from_secs(2), || store.client().connection_state() != State::Connected).await;
     server.restart().await;
-    let writer = raw(&server).await;
-    let restarted = Instant::now();
-    writer.put("workers", "12".into()).await.unwrap();
-    // async-nats reconnects with a backoff of up to 4 s between attempts.
-    eventually("converged", Duration::from_secs(6), || cfg.get().workers == 12).await;
-    eprintln!("figure: converged {:?} after the restart", restarted.elapsed());
+    eventually("the client reconnects", Duration::from_secs(8), || store.client().connection_state() == State::Connected).await;
+    let reconnected = Instant::now();
+    raw(&server).await.put("workers", "12".into()).await.unwrap();
+    // A check every 250 ms while idle, a new consumer, the write: well under a second even on a
+    // loaded machine; three silent heartbeats would end the old consumer only about 2.5 s later.
+    let took = eventually("converged", Duration::from_millis(1500), || cfg.get().workers == 12).await;
+    eprintln!("figure: converged {took:?} after the write, {:?} after the client reconnected", reconnected.elapsed());
 }
 
 #[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
@@ -765,20 +769,37 @@ struct Many {
     n: std::collections::HashMap<String, u64>,
 }
 
-/// The consumer of an initial load deleted by another client while the server still had entries
-/// to deliver: the load's watch falls silent, ends, and a new one reads on from the entry after
-/// the last one read. The load returns every key with its latest value (keys written twice
-/// included), never a short map and never an older value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_whose_consumer_is_deleted_midway_reads_on_and_misses_nothing() {
+/// Deletes the first consumer on `stream` once the server reports it has delivered some entries
+/// and still holds some back; `false` if it got past that point first, or once `over` is set.
+async fn delete_midway(stream: async_nats::jetstream::stream::Stream, over: Arc<std::sync::atomic::AtomicBool>) -> bool {
     use futures_util::TryStreamExt;
-    const KEYS: u64 = 20_000;
-    let (server, store) = server().await;
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = async_nats::jetstream::new(client.clone());
-    js.create_key_value(async_nats::jetstream::kv::Config { bucket: "many".into(), ..Default::default() }).await.expect("bucket");
-    // Keys below 500 are written twice: the second value is the one a load must read.
-    let writes = (0..KEYS).map(|i| (i, i)).chain((0..500).map(|i| (i, i + 1_000_000)));
+    loop {
+        if over.load(Ordering::SeqCst) {
+            return false;
+        }
+        let names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
+        let Some(name) = names.first() else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let Ok(info) = stream.consumer_info(name).await else { continue };
+        if info.delivered.stream_sequence == 0 {
+            continue;
+        }
+        if info.num_pending == 0 {
+            return false;
+        }
+        stream.delete_consumer(name).await.expect("delete");
+        return true;
+    }
+}
+
+/// 20,000 keys `n.<i>` = i, in a bucket of history 5; keys 19,000 to 19,499 written again
+/// (i + 1,000,000) after all of them, so their old revisions lie between the others' latest.
+async fn many_keys(server: &NatsServer) -> async_nats::jetstream::stream::Stream {
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    js.create_key_value(async_nats::jetstream::kv::Config { bucket: "many".into(), history: 5, ..Default::default() }).await.expect("bucket");
+    let writes = (0..MANY).map(|i| (i, i)).chain(REWRITTEN.map(|i| (i, i + 1_000_000)));
     // Acks awaited a thousand at a time: async-nats holds back publishes past its in-flight limit.
     let mut acks = Vec::new();
     for (i, v) in writes {
@@ -792,51 +813,95 @@ async fn a_load_whose_consumer_is_deleted_midway_reads_on_and_misses_nothing() {
     for ack in acks {
         ack.await.expect("ack");
     }
-    let bucket = store.open_bucket("many").await.expect("open");
-    let stream = js.get_stream("KV_many").await.expect("stream");
+    js.get_stream("KV_many").await.expect("stream")
+}
+
+const MANY: u64 = 20_000;
+const REWRITTEN: std::ops::Range<u64> = 19_000..19_500;
+
+fn latest(i: u64) -> u64 {
+    if REWRITTEN.contains(&i) {
+        i + 1_000_000
+    } else {
+        i
+    }
+}
+
+/// Runs `read` (which starts a read of the whole bucket) up to 5 times, with another client
+/// deleting its consumer midway, until one deletion lands while the server still held entries
+/// back; `check` gets each read's result.
+async fn with_consumer_deleted_midway<R, F: std::future::Future<Output = R>>(stream: &async_nats::jetstream::stream::Stream, what: &str, read: impl Fn() -> F, check: impl Fn(R, u32)) {
+    use futures_util::TryStreamExt;
     for attempt in 1..=5 {
-        // Deletes the load's consumer once the server reports it has delivered some entries and
-        // still holds some back; `false` if the load got past that point first.
-        let deleter = {
-            let stream = stream.clone();
-            tokio::spawn(async move {
-                loop {
-                    let names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
-                    let Some(name) = names.first() else {
-                        tokio::task::yield_now().await;
-                        continue;
-                    };
-                    let Ok(info) = stream.consumer_info(name).await else { continue };
-                    if info.delivered.stream_sequence == 0 {
-                        continue;
-                    }
-                    if info.num_pending == 0 {
-                        return false;
-                    }
-                    stream.delete_consumer(name).await.expect("delete");
-                    return true;
-                }
-            })
-        };
+        let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deleter = tokio::spawn(delete_midway(stream.clone(), over.clone()));
         let t = Instant::now();
-        let loaded = kv_config::load::<Many>(&*bucket, "").await.expect("the load reads on after its consumer is deleted");
+        let result = read().await;
         let took = t.elapsed();
-        let midway = deleter.await.expect("deleter");
-        assert_eq!(loaded.config.n.len() as u64, KEYS, "attempt {attempt}: every key");
-        for i in 0..KEYS {
-            let want = if i < 500 { i + 1_000_000 } else { i };
-            assert_eq!(loaded.config.n.get(&i.to_string()), Some(&want), "attempt {attempt}: key n.{i}");
-        }
+        over.store(true, Ordering::SeqCst);
+        let midway = tokio::time::timeout(Duration::from_secs(10), deleter).await.expect("the deleter stops").expect("deleter");
+        check(result, attempt);
         if midway {
-            eprintln!("figure: a load of {KEYS} keys whose consumer was deleted midway took {took:?} (attempt {attempt})");
+            eprintln!("figure: {what} of {MANY} keys whose consumer was deleted midway took {took:?} (attempt {attempt})");
             return;
         }
-        // Drop the consumer the load left behind before the next attempt.
         for name in stream.consumer_names().try_collect::<Vec<String>>().await.expect("names") {
             let _ = stream.delete_consumer(&name).await;
         }
     }
-    panic!("in 5 loads the server never had entries left to deliver when the consumer was deleted");
+    panic!("{what}: in 5 reads the server never had entries left to deliver when the consumer was deleted");
+}
+
+/// The consumer of an initial load deleted by another client while the server still had entries
+/// to deliver: the load's watch falls silent and makes the pass again with a new consumer,
+/// skipping what it delivered. The load returns every key with its latest value (keys written
+/// twice included), never a short map and never an older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_whose_consumer_is_deleted_midway_reads_on_and_misses_nothing() {
+    let (server, store) = server().await;
+    let stream = many_keys(&server).await;
+    let bucket = store.open_bucket("many").await.expect("open");
+    let read = || async { kv_config::load::<Many>(&*bucket, "").await.expect("the load reads on after its consumer is deleted") };
+    with_consumer_deleted_midway(&stream, "a load", read, |loaded, attempt| {
+        assert_eq!(loaded.config.n.len() as u64, MANY, "attempt {attempt}: every key");
+        for i in 0..MANY {
+            assert_eq!(loaded.config.n.get(&i.to_string()), Some(&latest(i)), "attempt {attempt}: key n.{i}");
+        }
+    })
+    .await;
+}
+
+/// The same for a store's watch of every key's latest entry (what `kvc watch` and the live
+/// handles read): after the deletion it never delivers a key's older revision (a new consumer
+/// from the last delivered revision + 1 would replay the rewritten keys' first values), and it
+/// still says when it has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_per_key_watch_whose_consumer_is_deleted_midway_never_replays_old_revisions() {
+    let (server, store) = server().await;
+    let stream = many_keys(&server).await;
+    let bucket = store.open_bucket("many").await.expect("open");
+    let read = || async {
+        let mut watch = bucket.watch(">", WatchStart::LatestPerKey).await.expect("watch");
+        let mut got = Vec::new();
+        loop {
+            let e = next(&mut watch, Duration::from_secs(15)).await;
+            let caught_up = e.delta == 0;
+            got.push(e);
+            if caught_up {
+                return got;
+            }
+        }
+    };
+    with_consumer_deleted_midway(&stream, "a watch", read, |got, attempt| {
+        let mut keys = std::collections::HashSet::new();
+        for e in &got {
+            let i: u64 = e.key.strip_prefix("n.").and_then(|i| i.parse().ok()).expect("a key n.<i>");
+            assert_eq!(&e.value[..], latest(i).to_string().as_bytes(), "attempt {attempt}: key {} at revision {}", e.key, e.revision);
+            keys.insert(i);
+        }
+        assert_eq!(keys.len() as u64, MANY, "attempt {attempt}: every key");
+    })
+    .await;
 }
 
 /// The next entry of `watch` within `within`: not an end, not an error.
@@ -844,27 +909,31 @@ async fn next(watch: &mut Watch, within: Duration) -> Entry {
     tokio::time::timeout(within, watch.next()).await.expect("an entry within the time").expect("the watch goes on").expect("an entry, not an error")
 }
 
-/// A store's watch on NATS outlives its consumer: deleted by another client, then lost with a
-/// restarted server. Each time the watch makes a new one from the last delivered revision + 1,
-/// so what it delivers next is the next write, exactly once, never a replay.
+/// A store's watch on NATS outlives its consumer: deleted by another client before it delivered
+/// anything, deleted again later, then lost with a restarted server. Each time the watch makes a
+/// new one that goes on after the last delivered revision (or, before any, after the stream's
+/// last entry when it started), so what it delivers next is the next write, exactly once: never
+/// a replay, and never a write lost because it was made while no consumer existed.
 #[tokio::test]
 async fn a_store_watch_outlives_its_consumer_and_a_server_restart() {
     let (mut server, store) = server().await;
     let bucket = store.create_bucket(&BucketConfig::new("w")).await.expect("bucket");
+    bucket.put("old", "0".into()).await.expect("put");
     let mut watch = bucket.watch(">", WatchStart::New).await.expect("watch");
-    bucket.put("a", "1".into()).await.expect("put");
-    let e = next(&mut watch, Duration::from_secs(2)).await;
-    assert_eq!((e.key.as_str(), e.revision, &e.value[..]), ("a", 1, &b"1"[..]));
     assert_eq!(delete_consumers(&server, "w").await, 1);
-    bucket.put("a", "2".into()).await.expect("put");
+    bucket.put("a", "1".into()).await.expect("put");
     // Three silent heartbeats (3 s) end the deleted consumer's stream.
     let e = next(&mut watch, Duration::from_secs(6)).await;
-    assert_eq!((e.revision, &e.value[..]), (2, &b"2"[..]));
+    assert_eq!((e.key.as_str(), e.revision, &e.value[..]), ("a", 2, &b"1"[..]), "the write made while no consumer existed");
+    assert_eq!(delete_consumers(&server, "w").await, 1);
+    bucket.put("a", "2".into()).await.expect("put");
+    let e = next(&mut watch, Duration::from_secs(6)).await;
+    assert_eq!((e.revision, &e.value[..]), (3, &b"2"[..]));
     server.kill();
     server.restart().await;
     let writer = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
     writer.open_bucket("w").await.expect("open").put("a", "3".into()).await.expect("put after the restart");
     // async-nats reconnects with a backoff of up to 4 s between attempts.
     let e = next(&mut watch, Duration::from_secs(8)).await;
-    assert_eq!((e.revision, &e.value[..]), (3, &b"3"[..]), "the next write, not a replay");
+    assert_eq!((e.revision, &e.value[..]), (4, &b"3"[..]), "the next write, not a replay");
 }

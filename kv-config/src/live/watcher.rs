@@ -85,6 +85,14 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
             Ok(Ok(Some(Err(e)))) => {
                 tracing::debug!(bucket = bucket.name(), error = %e, "watch error; still watching");
                 hub.note_error(e.to_string());
+                // Errors keep coming while the store cannot make a new consumer (a frozen server,
+                // a deleted bucket); each restarts the wait above, so they must not postpone the
+                // quiet-time check past a heartbeat.
+                if last_check.elapsed() >= heartbeat && !matches!(waiting, Waiting::Batch { .. }) {
+                    drop(hub);
+                    last_check = Instant::now();
+                    (watch, waiting) = checked(&weak, &bucket, &pattern, heartbeat, waiting, watch).await;
+                }
             }
             Ok(Ok(None)) | Ok(Err(_)) => {
                 // The watch ended (it should not) or its stream panicked: start a new one where

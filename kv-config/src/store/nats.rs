@@ -1031,10 +1031,10 @@ async fn ordered_watch(
     let (first, info) = source.open(deliver_policy).await?;
     let initial = info.num_pending;
     let created = info.created.unix_timestamp_nanos().max(0) as u64;
-    let consumer_name = Arc::new(Mutex::new(info.name));
+    let consumer_name = Arc::new(Mutex::new(info.name.clone()));
     let bucket = name.to_string();
     let prefix = prefix.to_string();
-    let deliveries = ordered::Resuming::new(source.clone(), deliver_policy, first, consumer_name.clone());
+    let deliveries = ordered::Resuming::new(source.clone(), deliver_policy, first, &info, consumer_name.clone());
     let entries = deliveries.map(move |d| {
         let d = d?;
         let msg = d.message;

@@ -17,7 +17,10 @@
 //!   tells its subscriber nothing).
 //! - [`Resuming`] makes a new consumer from the last delivered stream sequence + 1 whenever one
 //!   ends (never a rewind), retrying with a growing pause while the server cannot make one, so a
-//!   watch ends only when its client is closed. Callers keep their own checks on top (the live
+//!   watch ends only when its client is closed or its bucket is gone. An unfinished initial pass
+//!   (the latest entry of every key) is made again instead, skipping what was delivered, so a
+//!   caller never sees a key's older revisions; a watch of new entries goes on after the
+//!   stream's last entry when it started, not when the new consumer is made. Callers keep their own checks on top (the live
 //!   watcher's quiet-time probes).
 
 use std::future::Future;
@@ -212,18 +215,39 @@ pub(super) struct Resuming {
     failures: u32,
     /// The stream sequence of the last delivery (0: none yet).
     last: u64,
+    /// An initial pass (the latest entry of every key) is unfinished: a new consumer makes the
+    /// pass again rather than replay every revision after `last`.
+    in_pass: bool,
+    /// The current consumer makes such a pass again: what it delivers up to `last` was delivered.
+    again: bool,
+    /// The bucket is gone: no new consumer, the watch ends.
+    done: bool,
     /// The current consumer's name, shared with whoever deletes it when the watch ends.
     name: Arc<std::sync::Mutex<String>>,
 }
 
 impl Resuming {
-    /// Goes on from `first`, the consumer [`Source::open`] made with `start`, named `name`.
-    pub(super) fn new(source: Arc<Source>, start: consumer::DeliverPolicy, first: Ordered, name: Arc<std::sync::Mutex<String>>) -> Self {
-        Resuming { source, start, current: Some(first), opening: None, pause: None, failures: 0, last: 0, name }
+    /// Goes on from `first`, the consumer [`Source::open`] made with `start`, whose info is
+    /// `info`; the current consumer's name is kept in `name`.
+    pub(super) fn new(source: Arc<Source>, start: consumer::DeliverPolicy, first: Ordered, info: &consumer::Info, name: Arc<std::sync::Mutex<String>>) -> Self {
+        use consumer::DeliverPolicy;
+        // "New" means after the stream's last entry when the first consumer was made (the server
+        // reports it as delivered): a new consumer goes on from there, not from whenever it is
+        // made, so nothing written in between is lost.
+        let start = match start {
+            DeliverPolicy::New => DeliverPolicy::ByStartSequence { start_sequence: info.delivered.stream_sequence + 1 },
+            other => other,
+        };
+        let in_pass = matches!(start, DeliverPolicy::LastPerSubject) && info.num_pending > 0;
+        Resuming { source, start, current: Some(first), opening: None, pause: None, failures: 0, last: 0, in_pass, again: false, done: false, name }
     }
 
     fn next_start(&self) -> consumer::DeliverPolicy {
-        if self.last == 0 {
+        if self.in_pass {
+            // The latest entries arrive in revision order, so every key not delivered yet has
+            // its latest entry after `last`; the ones up to `last` are skipped.
+            consumer::DeliverPolicy::LastPerSubject
+        } else if self.last == 0 {
             self.start
         } else {
             consumer::DeliverPolicy::ByStartSequence { start_sequence: self.last + 1 }
@@ -236,11 +260,25 @@ impl Stream for Resuming {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
         loop {
             if let Some(current) = this.current.as_mut() {
                 match Pin::new(&mut *current).poll_next(cx) {
                     Poll::Ready(Some(d)) => {
-                        this.last = d.stream_sequence;
+                        if d.pending == 0 {
+                            this.in_pass = false;
+                        }
+                        if this.again {
+                            if d.stream_sequence <= this.last && d.pending > 0 {
+                                continue;
+                            }
+                            // The pass's last entry comes through even when delivered before
+                            // (the same revision again): it tells the caller the pass is over.
+                            this.again = this.in_pass;
+                        }
+                        this.last = this.last.max(d.stream_sequence);
                         return Poll::Ready(Some(Ok(d)));
                     }
                     Poll::Pending => return Poll::Pending,
@@ -273,6 +311,7 @@ impl Stream for Resuming {
                 Poll::Ready(Ok((ordered, info))) => {
                     this.opening = None;
                     this.failures = 0;
+                    this.again = this.in_pass && this.last > 0;
                     if let Ok(mut name) = this.name.lock() {
                         *name = info.name;
                     }
@@ -281,6 +320,9 @@ impl Stream for Resuming {
                 Poll::Ready(Err(e)) => {
                     this.opening = None;
                     this.failures += 1;
+                    // A bucket that is gone ends the watch: one created again under its name
+                    // starts its revisions again at 1, and going on after `last` would skip them.
+                    this.done = *e.kind() == crate::store::StoreErrorKind::NotFound;
                     this.pause = Some(Box::pin(tokio::time::sleep(pause_before(this.failures))));
                     return Poll::Ready(Some(Err(e)));
                 }
