@@ -40,8 +40,8 @@ use super::classify;
 use crate::store::StoreResult;
 
 /// The idle heartbeat the server sends on a quiet consumer. async-nats's ordered consumer asks
-/// for 5 s and gives up after 10 s of silence; a push consumer deleted on the server says nothing
-/// to its subscriber, so that silence is the only sign, and an initial load would wait it out.
+/// for 5 s and gives up after 10 s of silence. A push consumer deleted on the server tells its
+/// subscriber nothing, so silence is the only sign of it; an initial load waits that out.
 pub(super) const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How often a stream with nothing to read looks whether its client reconnected meanwhile, and
@@ -68,14 +68,15 @@ pub(super) struct Delivery {
 }
 
 /// Why an [`Ordered`] stream ended (logged; [`Resuming`] goes on with a new consumer unless the
-/// client was closed).
+/// subscription was closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
     /// A delivery skipped consumer sequences: messages were lost (e.g. a slow client).
     Gap { expected: u64, got: u64 },
     /// A heartbeat says the consumer delivered messages this stream never received.
     Behind { delivered: u64, received: u64 },
-    /// The server sent a status other than a heartbeat (e.g. 409, the consumer was deleted).
+    /// The server sent a status other than a heartbeat (a push consumer is sent none other, so
+    /// this is taken as a broken consumer).
     Status(u16),
     /// The client reconnected: the consumer may be gone (a restarted server keeps no ephemeral
     /// consumer) or have delivered into the gap.
