@@ -249,9 +249,9 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, watch: Option<Watch
             None if restarts < MAX_SCAN_RESTARTS => {
                 // The watch ended before it caught up (a store's watch should not; NatsStore's
                 // makes a new consumer itself): a new one from the entry after the last read
-                // carries the pass on. The latest
-                // entries are delivered in revision order, so every key not read yet has its
-                // latest entry after `last`.
+                // carries the pass on. The latest entries are delivered in revision order, so
+                // every key not read yet has its latest entry after `last` (older revisions after
+                // it come too, and the latest is applied last).
                 restarts += 1;
                 let start = if read == 0 { WatchStart::LatestPerKey } else { WatchStart::FromRevision(last + 1) };
                 let what = format!("read {read} of {pending} entries (the watch ended and was started again)");

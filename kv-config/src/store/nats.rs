@@ -998,9 +998,9 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
 }
 
 /// A watch of the keys matching `pattern` in bucket `name` (its subjects start with `prefix`):
-/// an ordered push consumer on the stream named `stream`, read as [`Entry`]s through a plain subscription, and a
-/// new one from the last delivery + 1 whenever one ends ([`ordered`]). Also returns when the
-/// server created the first consumer, in nanoseconds since the Unix epoch (comparable with
+/// an ordered push consumer on the stream named `stream`, read as [`Entry`]s through a plain
+/// subscription, and a new one from the last delivery + 1 whenever one ends ([`ordered`]). Also
+/// returns when the server created the first consumer, in nanoseconds since the Unix epoch (comparable with
 /// [`incarnation_of`]). The consumer is deleted when the watch ends ([`Watch::on_end`]); the
 /// server would otherwise keep it 30 s after every load, re-created watch or dropped handle.
 async fn ordered_watch(
