@@ -696,8 +696,22 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     for _ in 0..4 {
         kvs.push(jetstream::new(connect(url).await).get_key_value("contendraw").await.expect("bucket"));
     }
+    // The same raw writers with four raw watchers of their bucket open, each on its own
+    // connection (the observation the four handles do), to show the server's share.
+    let watched = js.create_key_value(kv::Config { bucket: "contendwatched".into(), ..Default::default() }).await.expect("bucket");
+    watched.put("counter", "0".into()).await.expect("put");
+    let mut wkvs = Vec::new();
+    let mut watchers = Vec::new();
+    for _ in 0..4 {
+        let client = connect(url).await;
+        let kv = jetstream::new(client.clone()).get_key_value("contendwatched").await.expect("bucket");
+        let mut w = kv.watch("counter").await.expect("watch");
+        watchers.push(tokio::spawn(async move { while let Some(Ok(_)) = w.next().await {} }));
+        wkvs.push(jetstream::new(connect(url).await).get_key_value("contendwatched").await.expect("bucket"));
+    }
     let total = 4 * per_writer;
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut watched_rates, mut watched_ratios) = (Vec::new(), Vec::new());
     let (mut our_conflicts, mut our_errors, mut raw_conflicts) = (0, 0, 0);
     for _ in 0..rounds {
         let (d, c, e) = contend_live(&handles, per_writer).await;
@@ -705,6 +719,9 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
         our_errors += e;
         let (r, rc) = contend_raw(&kvs, per_writer).await;
         raw_conflicts += rc;
+        let (w, _) = contend_raw(&wkvs, per_writer).await;
+        watched_rates.push(total as f64 / w.as_secs_f64());
+        watched_ratios.push(r.as_secs_f64() / w.as_secs_f64());
         ours.push(total as f64 / d.as_secs_f64());
         theirs.push(total as f64 / r.as_secs_f64());
         ratios.push(r.as_secs_f64() / d.as_secs_f64());
@@ -722,6 +739,13 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     let (q, qmin, qmax) = med(&mut ratios);
     report.row(&["4 × LiveConfig::update (default max_attempts)".into(), format!("{o:.0}"), format!("{omin:.0}..{omax:.0}"), our_conflicts.to_string(), rate(our_conflicts), our_errors.to_string(), String::from_utf8_lossy(&live_value).into_owned()]);
     report.row(&["4 × raw entry + update".into(), format!("{r:.0}"), format!("{rmin:.0}..{rmax:.0}"), raw_conflicts.to_string(), rate(raw_conflicts), "0".into(), String::from_utf8_lossy(&raw_value).into_owned()]);
+    let (wr, wmin, wmax) = med(&mut watched_rates);
+    let (wq, _, _) = med(&mut watched_ratios);
+    report.row(&["4 × raw entry + update, 4 raw watchers open".into(), format!("{wr:.0}"), format!("{wmin:.0}..{wmax:.0}"), "".into(), "".into(), "0".into(), "".into()]);
+    report.note(&format!("Raw with four watchers / raw: median {wq:.2}x."));
+    for w in watchers {
+        w.abort();
+    }
     report.note(&format!(
         "Throughput ratio kv-config / raw, per round: median {q:.2}x, spread {qmin:.2}x..{qmax:.2}x (target ≥ 0.95x with 0 errors)."
     ));

@@ -86,6 +86,13 @@ impl View {
         self.apply_entry(prefix, &e.key, e)
     }
 
+    /// A handle's own write, committed at `e.revision`, recorded before its watch delivers it: as
+    /// [`apply`](Self::apply), but a put holds no server timestamp (`created: None`; the entry's
+    /// `created` is not read) until the watch's delivery of the same revision fills it in.
+    pub(crate) fn apply_own(&mut self, prefix: &str, e: &Entry) -> bool {
+        self.apply_stamped(prefix, &e.key, e, None)
+    }
+
     /// [`apply`](Self::apply) while filling a new view (the initial load of a bucket): the entry's
     /// key and value are moved into the view rather than copied, and the whole view counts as
     /// changed.
@@ -138,6 +145,11 @@ impl View {
 
     /// Records `e` under the full key `key` (the entry's own, or one the caller holds).
     fn apply_entry(&mut self, prefix: &str, key: &str, e: &Entry) -> bool {
+        self.apply_stamped(prefix, key, e, Some(e.created))
+    }
+
+    /// [`apply_entry`](Self::apply_entry) with the time the value was stored, if known.
+    fn apply_stamped(&mut self, prefix: &str, key: &str, e: &Entry, created: Option<SystemTime>) -> bool {
         self.seen = self.seen.max(e.revision);
         let Some(rel) = key.strip_prefix(prefix) else { return false };
         if rel.starts_with(RESERVED_PREFIX) {
@@ -148,14 +160,25 @@ impl View {
             }
             return false;
         }
-        if self.revision_of(rel) >= e.revision {
+        let held = self.revision_of(rel);
+        if held > e.revision {
             return false;
+        }
+        if held == e.revision {
+            // The watch's delivery of a write recorded by [`apply_own`](Self::apply_own): only its
+            // timestamp is new.
+            let unstamped = created.is_some() && e.is_put() && self.values.get(rel).is_some_and(|v| v.created.is_none() && v.revision == held);
+            if unstamped {
+                self.values.insert(rel, RawValue { value: e.value.clone(), revision: e.revision, created });
+                self.touch(rel);
+            }
+            return unstamped;
         }
         if e.is_put() {
             if !self.markers.is_empty() {
                 self.markers.remove(rel);
             }
-            let value = RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
+            let value = RawValue { value: e.value.clone(), revision: e.revision, created };
             self.values.insert(rel, value);
         } else {
             self.values.remove(rel);
@@ -402,6 +425,21 @@ mod tests {
             headers: Vec::new(),
             batch_continues: false,
         }
+    }
+
+    #[test]
+    fn an_own_write_is_recorded_unstamped_and_its_delivery_only_stamps_it() {
+        let mut v = View::default();
+        let mut delivered = entry("p.a", "1", 5, Operation::Put);
+        delivered.created = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(9);
+        assert!(v.apply_own("p.", &entry("p.a", "1", 5, Operation::Put)));
+        assert_eq!(v.values.get("a").map(|r| (r.revision, r.created)), Some((5, None)));
+        v.take_dirty();
+        assert!(v.apply("p.", &delivered), "the delivery stamps the own write");
+        assert_eq!(v.values.get("a").map(|r| r.created), Some(Some(delivered.created)));
+        assert!(matches!(v.take_dirty(), Dirty::Keys(k) if k == ["a"]));
+        assert!(!v.apply("p.", &delivered), "a second delivery changes nothing");
+        assert!(!v.apply_own("p.", &entry("p.a", "1", 5, Operation::Put)), "nor does the own write again");
     }
 
     #[test]

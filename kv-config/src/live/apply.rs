@@ -2,7 +2,9 @@
 //! swaps a snapshot once per caught-up burst. A burst of a few keys is decoded field by field
 //! into the config the last change retired (a spare, once no reader holds it) or else into a copy
 //! of the config in effect: its cost is the change's, not the config's. A large burst, a refused
-//! value or a reloaded bucket takes the whole decode with per-key fallback.
+//! value or a reloaded bucket takes the whole decode with per-key fallback. A handle's own lone
+//! write is applied here too, on its commit, when nothing else can lie before it
+//! ([`Shared::apply_own`]); the watch's delivery of it then only stamps the server's time.
 
 use std::borrow::Cow;
 use std::sync::{Arc, MutexGuard, PoisonError};
@@ -96,6 +98,23 @@ impl<T: KvConfig> Member for Shared<T> {
 }
 
 impl<T: KvConfig> Shared<T> {
+    /// This handle's own single write, committed at `entry.revision` in `epoch`, applied at once
+    /// instead of when the watch brings it back, if the snapshot holds every revision before it
+    /// (the last burst applied ended at `revision - 1`, and nothing was delivered since): then no
+    /// other write can lie between, and the bucket's state at `revision` is the snapshot's plus
+    /// this entry. The watch's delivery of it later only fills in the server's timestamp.
+    /// `false` (nothing done) otherwise: the caller waits for the watch.
+    pub(super) fn apply_own(&self, epoch: u64, entry: &Entry) -> bool {
+        let mut st = self.state();
+        let next = st.view.seen.checked_add(1) == Some(entry.revision);
+        if st.epoch != epoch || st.status.seen_revision != st.view.seen || !next {
+            return false;
+        }
+        st.view.apply_own(&self.source.prefix, entry);
+        self.apply_burst(st);
+        true
+    }
+
     /// Caught up: swap once for the whole burst, so a multi-key write is never seen half-done.
     fn apply_burst(&self, mut st: std::sync::MutexGuard<'_, State>) {
         let seen = st.view.seen;

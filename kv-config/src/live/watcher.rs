@@ -9,6 +9,10 @@
 //! second line, for what a consumer cannot see (an entry stored but never delivered, a replaced
 //! bucket) and for other stores. async-nats's own ordered consumer, used before, could go silent
 //! for good after a cluster failover, with no error and no end of stream.
+//!
+//! Nor does it trust the server's count of entries still to come: when an entry it announces
+//! does not arrive within [`PENDING_SETTLE`], the server is asked whether one exists
+//! (nats-server 2.15 can announce one too many on a history-1 bucket).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -17,7 +21,7 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::hub::Hub;
 use super::StaleReason;
-use crate::feed::{batch_rest, BatchRest, CatchUp, BATCH_SETTLE};
+use crate::feed::{batch_rest, BatchRest, CatchUp, BATCH_SETTLE, PENDING_SETTLE};
 use crate::store::{Bucket, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
 
 /// What the loop waits for next.
@@ -31,6 +35,9 @@ enum Waiting {
     /// that would swap in, and let new handles start from, half of it. `look` is what the last
     /// question found, if nothing was delivered since.
     Batch { until: Instant, look: Option<Look> },
+    /// The next entry, which the last one's pending count announced; ask the server after
+    /// [`PENDING_SETTLE`] (the count can announce one that never comes).
+    Pending,
     /// A probe saw this revision undelivered: look again soon, re-create the watch if still missing.
     Suspect(u64),
 }
@@ -57,6 +64,7 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
     loop {
         let wait = match waiting {
             Waiting::Quiet => heartbeat,
+            Waiting::Pending => PENDING_SETTLE,
             Waiting::Batch { until, .. } => until.saturating_duration_since(Instant::now()),
             Waiting::Suspect(_) => (heartbeat / 4).max(BATCH_SETTLE),
         };
@@ -74,12 +82,15 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
                     (CatchUp::Settle, Waiting::Batch { until, look }) => Waiting::Batch { until, look },
                     (CatchUp::Settle, _) => Waiting::Batch { until: Instant::now() + BATCH_SETTLE, look: None },
                     (_, Waiting::Suspect(rev)) if entry.revision < rev => Waiting::Suspect(rev),
+                    (CatchUp::No, _) => Waiting::Pending,
                     _ => Waiting::Quiet,
                 };
-                if waiting == Waiting::Quiet && last_check.elapsed() >= heartbeat * BUSY_CHECK_EVERY {
+                if matches!(waiting, Waiting::Quiet | Waiting::Pending) && last_check.elapsed() >= heartbeat * BUSY_CHECK_EVERY {
                     drop(hub);
                     last_check = Instant::now();
-                    (watch, waiting) = checked(&weak, &bucket, &pattern, heartbeat, waiting, watch).await;
+                    // As a quiet check (no search for the next entry): nothing newer in the
+                    // bucket also completes a burst whose announced entry never comes.
+                    (watch, waiting) = checked(&weak, &bucket, &pattern, heartbeat, Waiting::Quiet, watch).await;
                 }
             }
             Ok(Ok(Some(Err(e)))) => {
@@ -168,9 +179,15 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
     }
     // Looking for the next matching entry is a wildcard search on the server (milliseconds on a
     // bucket of 50,000 keys, while this loop delivers nothing): only on the second look, when a
-    // newer revision seen by the first is still not delivered, and inside an atomic batch.
+    // newer revision seen by the first is still not delivered, when an entry the pending count
+    // announced did not come, and inside an atomic batch.
     let batch = open_batch || matches!(waiting, Waiting::Batch { .. });
-    let after = if batch || matches!(waiting, Waiting::Suspect(rev) if seen < rev) { seen } else { u64::MAX };
+    let look_next = match waiting {
+        Waiting::Pending => true,
+        Waiting::Suspect(rev) => seen < rev,
+        _ => false,
+    };
+    let after = if batch || look_next { seen } else { u64::MAX };
     let probe = tokio::time::timeout(heartbeat, bucket.probe(pattern, after)).await;
     let Some(hub) = weak.upgrade() else { return Check::Fine };
     match probe {

@@ -1,6 +1,8 @@
 //! The write path: validate, diff against the bucket (not only against the config in effect),
 //! compare-and-swap every written key in one atomic batch, retry conflicts with jittered backoff,
-//! and return `Ok` only once this handle's snapshot holds the write.
+//! and return `Ok` only once this handle's snapshot holds the write: at once for a lone write
+//! when the snapshot held every revision before it ([`Shared::apply_own`]), else when the watch
+//! brings it back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +12,37 @@ use bytes::Bytes;
 use super::{Applied, LiveConfig, Shared, Snapshot};
 use crate::config::{KvConfig, RawValue, RawValues};
 use crate::error::{Error, Result};
-use crate::store::{StoreErrorKind, WriteKind, WriteOp, AUTHOR_HEADER};
+use crate::store::{Entry, Operation, StoreErrorKind, WriteKind, WriteOp, AUTHOR_HEADER};
 use crate::json_schema::JSON_SCHEMA_KEY;
 use crate::view::{GUARD_KEY, SCHEMA_KEY};
 
 /// An encoded config as raw values (revision 0: not from the bucket), for validation by decoding.
 pub(super) fn to_raw(encoded: &crate::Encoded) -> RawValues {
     encoded.iter().map(|(k, v)| (k.clone(), RawValue { value: v.clone(), revision: 0, created: None })).collect()
+}
+
+/// The entry a lone put or delete will be once committed (its revision still 0), for
+/// [`Shared::apply_own`]; `None` for a batch (its entries' revisions are not all known on commit).
+fn own_entry(ops: &[WriteOp]) -> Option<Entry> {
+    let [op] = ops else { return None };
+    let (value, operation) = match &op.kind {
+        WriteKind::Put(value) => (value.clone(), Operation::Put),
+        WriteKind::Delete => (Bytes::new(), Operation::Delete),
+        WriteKind::Purge => return None,
+    };
+    let mut headers = op.headers.clone();
+    headers.sort();
+    Some(Entry {
+        bucket: String::new(),
+        key: op.key.clone(),
+        value,
+        revision: 0,
+        delta: 0,
+        created: std::time::UNIX_EPOCH,
+        operation,
+        headers,
+        batch_continues: false,
+    })
 }
 
 /// Pauses between conflicting attempts (cut short by the next write to the bucket, see
@@ -267,13 +293,20 @@ impl<T: KvConfig> LiveConfig<T> {
             }
             let written: Vec<(String, bool)> =
                 ops.iter().map(|op| (op.key.clone(), matches!(op.kind, WriteKind::Put(_)))).collect();
+            let own = own_entry(&ops);
             let result = if ops.len() == 1 {
                 shared.bucket.write(ops.remove(0)).await
             } else {
                 shared.bucket.write_atomic(ops).await
             };
             match result {
-                Ok(revision) => return self.confirm(base.epoch, revision, &written).await,
+                Ok(revision) => {
+                    if let Some(mut entry) = own {
+                        entry.revision = revision;
+                        shared.apply_own(base.epoch, &entry);
+                    }
+                    return self.confirm(base.epoch, revision, &written).await;
+                }
                 Err(e) if e.is_wrong_revision() => {
                     shared.state().status.conflicts += 1;
                     let key = e.key_name().map_or_else(|| written[0].0.clone(), str::to_string);
