@@ -280,3 +280,73 @@ async fn secrets_are_cached_only_on_request() {
     let err = builder::<Secretive>(&store, &dir3.file()).start().await.expect_err("required secret not cached");
     assert!(err.to_string().contains("leaves out the secret `password`"), "{err}");
 }
+
+/// A handle started from a cache that left the secret out reaches the server again: an update
+/// that commits while the bucket is loaded in full (30,000 other keys make that take a while)
+/// must not apply itself to the cache's view, which lacks the secret: it never returns a state
+/// the bucket did not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_as_a_cache_started_handle_reaches_the_server_never_returns_the_caches_state() {
+    let mut server = NatsServer::start().await;
+    let dir = Dir::new();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    NatsStore::new(async_nats::connect(server.url()).await.expect("connect")).create_bucket(&BucketConfig::new("cfg")).await.expect("bucket");
+    for chunk in 0..30 {
+        let mut acks = Vec::new();
+        for i in 0..1000 {
+            acks.push(js.publish(format!("$KV.cfg.other.k{chunk}_{i}"), "1".into()).await.expect("publish"));
+        }
+        for ack in acks {
+            ack.await.expect("stored");
+        }
+    }
+    run_and_save::<App>(&server, &dir.file(), false, |c| c.token = "s3cr3t-value".into()).await;
+    server.stop();
+    let store = store(&server).await;
+    let b = builder::<App>(&store, &dir.file()).start().await.expect("start from the cache");
+    assert_eq!(b.get().token, "tok-default");
+    server.restart().await;
+    let started = std::time::Instant::now();
+    for n in 1.. {
+        match b.update(|c| c.port = 2000 + n).await {
+            Ok(s) => {
+                assert_eq!(s.token, "s3cr3t-value", "update {n} returned the cache's view as the bucket's state");
+                break;
+            }
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(30), "no update went through: {e}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+    assert_eq!(b.get().token, "s3cr3t-value");
+}
+
+/// A handle's own write is in effect before its watch delivers it, without the server's
+/// timestamp; the delivery stamps it, and the cache file is saved again with the stamp, so a
+/// handle that later resumes from the file still says when the server stored the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_keeps_the_servers_timestamp_of_an_own_write() {
+    let mut server = NatsServer::start().await;
+    let dir = Dir::new();
+    let store_a = store(&server).await;
+    let a = builder::<App>(&store_a, &dir.file()).create_if_missing().start().await.expect("start A");
+    // The cache writer idle first: it then saves the snapshot of the write as soon as it is in
+    // effect, and must save again once the stamp arrives.
+    let start = a.get().revision();
+    eventually("the start saved", Duration::from_secs(5), || a.status().cache_revision == Some(start)).await;
+    let revision = a.update(|c| c.port = 9000).await.expect("update").key_revision("port").expect("written");
+    let stored = raw(&server).await.entry("port").await.expect("entry").expect("port");
+    assert_eq!(stored.revision, revision);
+    let stamped = kv_config::Provenance::Bucket { revision, created: Some(stored.created) };
+    eventually("the handle has the server's time", Duration::from_secs(5), || a.get().source("port") == Some(stamped)).await;
+    let in_file = format!("\"port\":{{\"revision\":{revision},\"created_unix_ns\":");
+    eventually("the cache file has it", Duration::from_secs(5), || std::fs::read_to_string(dir.file()).is_ok_and(|f| f.contains(&in_file))).await;
+    drop(a);
+    server.stop();
+    let store_b = store(&server).await;
+    let b = builder::<App>(&store_b, &dir.file()).start().await.expect("start from the cache");
+    server.restart().await;
+    eventually("resumed from the cache", Duration::from_secs(15), || b.status().resumed_from.is_some() && b.status().from_cache.is_none()).await;
+    assert_eq!(b.get().source("port"), Some(stamped));
+}

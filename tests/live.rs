@@ -666,3 +666,123 @@ async fn a_burst_of_overwrites_is_in_effect_at_once_though_the_server_announces_
         }
     }
 }
+
+/// A store whose watches pause `gap` before each live entry that follows one announcing more
+/// (a slow link, a busy server): the real server underneath, only the delivery delayed.
+#[derive(Clone, Debug)]
+struct SlowLink {
+    inner: NatsStore,
+    gap: Duration,
+    /// How many deliveries paused.
+    paused: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[derive(Debug)]
+struct SlowBucket {
+    inner: Arc<dyn kv_config::store::Bucket>,
+    gap: Duration,
+    paused: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowLink {
+    async fn create_bucket(&self, config: &BucketConfig) -> kv_config::store::StoreResult<Arc<dyn kv_config::store::Bucket>> {
+        Ok(Arc::new(SlowBucket { inner: self.inner.create_bucket(config).await?, gap: self.gap, paused: self.paused.clone() }))
+    }
+    async fn open_bucket(&self, name: &str) -> kv_config::store::StoreResult<Arc<dyn kv_config::store::Bucket>> {
+        Ok(Arc::new(SlowBucket { inner: self.inner.open_bucket(name).await?, gap: self.gap, paused: self.paused.clone() }))
+    }
+    async fn bucket_names(&self) -> kv_config::store::StoreResult<Vec<String>> {
+        self.inner.bucket_names().await
+    }
+    async fn delete_bucket(&self, name: &str) -> kv_config::store::StoreResult<()> {
+        self.inner.delete_bucket(name).await
+    }
+    async fn enable_atomic_writes(&self, name: &str) -> kv_config::store::StoreResult<()> {
+        self.inner.enable_atomic_writes(name).await
+    }
+}
+
+#[async_trait::async_trait]
+impl kv_config::store::Bucket for SlowBucket {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected()
+    }
+    async fn info(&self) -> kv_config::store::StoreResult<kv_config::store::BucketInfo> {
+        self.inner.info().await
+    }
+    async fn entry(&self, key: &str) -> kv_config::store::StoreResult<Option<kv_config::store::Entry>> {
+        self.inner.entry(key).await
+    }
+    async fn entry_at(&self, key: &str, revision: u64) -> kv_config::store::StoreResult<Option<kv_config::store::Entry>> {
+        self.inner.entry_at(key, revision).await
+    }
+    async fn history(&self, key: &str) -> kv_config::store::StoreResult<Vec<kv_config::store::Entry>> {
+        self.inner.history(key).await
+    }
+    async fn keys(&self) -> kv_config::store::StoreResult<Vec<String>> {
+        self.inner.keys().await
+    }
+    async fn watch(&self, pattern: &str, start: kv_config::store::WatchStart) -> kv_config::store::StoreResult<kv_config::store::Watch> {
+        use futures_util::StreamExt;
+        let inner = self.inner.watch(pattern, start).await?;
+        let (initial, gap, paused) = (inner.initial_pending(), self.gap, self.paused.clone());
+        let (mut delivered, mut announced) = (0u64, false);
+        let slowed = inner.then(move |item| {
+            delivered += 1;
+            let live = delivered > initial;
+            let pause = std::mem::replace(&mut announced, matches!(&item, Ok(e) if e.delta > 0)) && live;
+            if pause {
+                paused.fetch_add(1, Ordering::Relaxed);
+            }
+            async move {
+                if pause {
+                    tokio::time::sleep(gap).await;
+                }
+                item
+            }
+        });
+        Ok(kv_config::store::Watch::new(initial, slowed))
+    }
+    fn opened_incarnation(&self) -> Option<u64> {
+        self.inner.opened_incarnation()
+    }
+    async fn probe(&self, pattern: &str, after: u64) -> kv_config::store::StoreResult<kv_config::store::Probe> {
+        self.inner.probe(pattern, after).await
+    }
+    async fn write(&self, op: WriteOp) -> kv_config::store::StoreResult<u64> {
+        self.inner.write(op).await
+    }
+    async fn write_atomic(&self, ops: Vec<WriteOp>) -> kv_config::store::StoreResult<u64> {
+        self.inner.write_atomic(ops).await
+    }
+}
+
+/// A delivery that pauses 400 ms inside a burst (default 1 s heartbeat) is waited for, not taken
+/// for a stalled watch: the watcher asks the server once, hears the entry is stored, and waits
+/// for it as for any entry (before, a pause of a quarter heartbeat re-created the watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_inside_a_burst_is_waited_for_not_taken_for_a_stalled_watch() {
+    let (server, store) = server().await;
+    let slow = SlowLink { inner: store, gap: Duration::from_millis(400), paused: Arc::default() };
+    slow.create_bucket(&BucketConfig::new("gap")).await.unwrap();
+    let cfg = LiveConfig::<Pair>::builder(slow.clone(), "gap").start().await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    for round in 0..5u64 {
+        // Three writes stored before the first is delivered: it announces two more.
+        let mut acks = Vec::new();
+        for key in ["a", "b", "a"] {
+            acks.push(js.publish(format!("$KV.gap.{key}"), (round * 10).to_string().into()).await.unwrap());
+        }
+        let mut last = 0;
+        for ack in acks {
+            last = ack.await.unwrap().sequence;
+        }
+        kv_config_testing::eventually("the burst in effect", Duration::from_secs(10), || cfg.get().revision() >= last).await;
+    }
+    assert!(slow.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
+    assert_eq!(cfg.status().watch_restarts, 0, "a pause inside a burst re-created the watch: {:?}", cfg.status());
+}

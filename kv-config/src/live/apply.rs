@@ -103,11 +103,13 @@ impl<T: KvConfig> Shared<T> {
     /// (the last burst applied ended at `revision - 1`, and nothing was delivered since): then no
     /// other write can lie between, and the bucket's state at `revision` is the snapshot's plus
     /// this entry. The watch's delivery of it later only fills in the server's timestamp.
-    /// `false` (nothing done) otherwise: the caller waits for the watch.
+    /// `false` (nothing done) otherwise: the caller waits for the watch. Never on a snapshot from
+    /// the cache file: the cache leaves secrets and overrides out, and may be of another
+    /// incarnation of the bucket, so its revision says nothing about the bucket's state.
     pub(super) fn apply_own(&self, epoch: u64, entry: &Entry) -> bool {
         let mut st = self.state();
         let next = st.view.seen.checked_add(1) == Some(entry.revision);
-        if st.epoch != epoch || st.status.seen_revision != st.view.seen || !next {
+        if st.epoch != epoch || st.status.seen_revision != st.view.seen || !next || self.snapshot.load().from_cache.is_some() {
             return false;
         }
         st.view.apply_own(&self.source.prefix, entry);
@@ -181,8 +183,10 @@ impl<T: KvConfig> Shared<T> {
         }
         if changed {
             st.status.swaps += 1;
-            self.swaps.send_modify(|n| *n += 1);
         }
+        // Also without a change in effect (a timestamp the watch brought for an own write, a
+        // value under an override): the cache writer saves the new snapshot; subscribers skip it.
+        self.swaps.send_modify(|n| *n += 1);
         true
     }
 

@@ -38,6 +38,9 @@ enum Waiting {
     /// The next entry, which the last one's pending count announced; ask the server after
     /// [`PENDING_SETTLE`] (the count can announce one that never comes).
     Pending,
+    /// As `Quiet`, inside a burst whose announced entry the server said is stored: asked once per
+    /// burst (a slow link pauses inside every large burst), until an entry completes it.
+    Announced,
     /// A probe saw this revision undelivered: look again soon, re-create the watch if still missing.
     Suspect(u64),
 }
@@ -63,7 +66,7 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
     let mut last_check = Instant::now();
     loop {
         let wait = match waiting {
-            Waiting::Quiet => heartbeat,
+            Waiting::Quiet | Waiting::Announced => heartbeat,
             Waiting::Pending => PENDING_SETTLE,
             Waiting::Batch { until, .. } => until.saturating_duration_since(Instant::now()),
             Waiting::Suspect(_) => (heartbeat / 4).max(BATCH_SETTLE),
@@ -82,10 +85,11 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
                     (CatchUp::Settle, Waiting::Batch { until, look }) => Waiting::Batch { until, look },
                     (CatchUp::Settle, _) => Waiting::Batch { until: Instant::now() + BATCH_SETTLE, look: None },
                     (_, Waiting::Suspect(rev)) if entry.revision < rev => Waiting::Suspect(rev),
+                    (CatchUp::No, Waiting::Announced) => Waiting::Announced,
                     (CatchUp::No, _) => Waiting::Pending,
                     _ => Waiting::Quiet,
                 };
-                if matches!(waiting, Waiting::Quiet | Waiting::Pending) && last_check.elapsed() >= heartbeat * BUSY_CHECK_EVERY {
+                if matches!(waiting, Waiting::Quiet | Waiting::Pending | Waiting::Announced) && last_check.elapsed() >= heartbeat * BUSY_CHECK_EVERY {
                     drop(hub);
                     last_check = Instant::now();
                     // As a quiet check (no search for the next entry): nothing newer in the
@@ -116,6 +120,7 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
             Err(()) => {
                 if !hub.has_members() && !matches!(waiting, Waiting::Batch { .. }) {
                     // Nobody reads this hub any more (its last handle is being dropped).
+                    waiting = Waiting::Quiet;
                     continue;
                 }
                 drop(hub);
@@ -138,6 +143,7 @@ async fn checked(
 ) -> (Watch, Waiting) {
     match check(weak, &**bucket, pattern, heartbeat, waiting).await {
         Check::Fine => (watch, Waiting::Quiet),
+        Check::Announced => (watch, Waiting::Announced),
         Check::Batch { wait, look } => (watch, Waiting::Batch { until: Instant::now() + wait, look: Some(look) }),
         Check::Suspect(rev) => (watch, Waiting::Suspect(rev)),
         Check::Stalled => (restart(weak, &**bucket, pattern, watch).await, Waiting::Quiet),
@@ -159,6 +165,8 @@ enum Check {
     /// `wait`.
     Batch { wait: Duration, look: Look },
     Suspect(u64),
+    /// The entry the pending count announced is stored: wait for it (see [`Waiting::Announced`]).
+    Announced,
     Stalled,
     Replaced,
 }
@@ -269,6 +277,9 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                     hub.heard();
                     Check::Fine
                 }
+                // The entry the pending count announced is stored: wait for it as for any entry
+                // (a heartbeat, then the usual checks), not as for one already found missing.
+                Some(_) if waiting == Waiting::Pending => Check::Announced,
                 Some(rev) if matches!(waiting, Waiting::Suspect(s) if s <= rev) => {
                     tracing::warn!(bucket = bucket.name(), after = seen, undelivered = rev, "the watch left a newer entry undelivered; re-creating it");
                     hub.mark_stale(StaleReason::WatchStalled, None);
