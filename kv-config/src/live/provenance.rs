@@ -15,7 +15,9 @@ pub enum Provenance {
     Bucket {
         /// The key's revision.
         revision: u64,
-        /// When the server stored it.
+        /// When the server stored it. `None` for a handle's own write until its watch delivers
+        /// it (an update is in effect on its commit, when nothing else can lie before it; the
+        /// watch follows within about a millisecond on a local server).
         created: Option<SystemTime>,
     },
     /// An expiring override (see [`LiveConfig::set_for`](crate::LiveConfig::set_for)).
