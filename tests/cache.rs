@@ -321,32 +321,3 @@ async fn an_update_as_a_cache_started_handle_reaches_the_server_never_returns_th
     }
     assert_eq!(b.get().token, "s3cr3t-value");
 }
-
-/// A handle's own write is in effect before its watch delivers it, without the server's
-/// timestamp; the delivery stamps it, and the cache file is saved again with the stamp, so a
-/// handle that later resumes from the file still says when the server stored the value.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cache_keeps_the_servers_timestamp_of_an_own_write() {
-    let mut server = NatsServer::start().await;
-    let dir = Dir::new();
-    let store_a = store(&server).await;
-    let a = builder::<App>(&store_a, &dir.file()).create_if_missing().start().await.expect("start A");
-    // The cache writer idle first: it then saves the snapshot of the write as soon as it is in
-    // effect, and must save again once the stamp arrives.
-    let start = a.get().revision();
-    eventually("the start saved", Duration::from_secs(5), || a.status().cache_revision == Some(start)).await;
-    let revision = a.update(|c| c.port = 9000).await.expect("update").key_revision("port").expect("written");
-    let stored = raw(&server).await.entry("port").await.expect("entry").expect("port");
-    assert_eq!(stored.revision, revision);
-    let stamped = kv_config::Provenance::Bucket { revision, created: Some(stored.created) };
-    eventually("the handle has the server's time", Duration::from_secs(5), || a.get().source("port") == Some(stamped)).await;
-    let in_file = format!("\"port\":{{\"revision\":{revision},\"created_unix_ns\":");
-    eventually("the cache file has it", Duration::from_secs(5), || std::fs::read_to_string(dir.file()).is_ok_and(|f| f.contains(&in_file))).await;
-    drop(a);
-    server.stop();
-    let store_b = store(&server).await;
-    let b = builder::<App>(&store_b, &dir.file()).start().await.expect("start from the cache");
-    server.restart().await;
-    eventually("resumed from the cache", Duration::from_secs(15), || b.status().resumed_from.is_some() && b.status().from_cache.is_none()).await;
-    assert_eq!(b.get().source("port"), Some(stamped));
-}

@@ -673,6 +673,10 @@ async fn a_burst_of_overwrites_is_in_effect_at_once_though_the_server_announces_
 struct SlowLink {
     inner: NatsStore,
     gap: Duration,
+    /// Every live entry announces one more (as nats-server 2.15 does after an overwrite).
+    overcount: bool,
+    /// Pause before every live entry, not only after one that announced more.
+    every: bool,
     /// How many deliveries paused.
     paused: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -680,17 +684,16 @@ struct SlowLink {
 #[derive(Debug)]
 struct SlowBucket {
     inner: Arc<dyn kv_config::store::Bucket>,
-    gap: Duration,
-    paused: Arc<std::sync::atomic::AtomicU32>,
+    link: SlowLink,
 }
 
 #[async_trait::async_trait]
 impl Store for SlowLink {
     async fn create_bucket(&self, config: &BucketConfig) -> kv_config::store::StoreResult<Arc<dyn kv_config::store::Bucket>> {
-        Ok(Arc::new(SlowBucket { inner: self.inner.create_bucket(config).await?, gap: self.gap, paused: self.paused.clone() }))
+        Ok(Arc::new(SlowBucket { inner: self.inner.create_bucket(config).await?, link: self.clone() }))
     }
     async fn open_bucket(&self, name: &str) -> kv_config::store::StoreResult<Arc<dyn kv_config::store::Bucket>> {
-        Ok(Arc::new(SlowBucket { inner: self.inner.open_bucket(name).await?, gap: self.gap, paused: self.paused.clone() }))
+        Ok(Arc::new(SlowBucket { inner: self.inner.open_bucket(name).await?, link: self.clone() }))
     }
     async fn bucket_names(&self) -> kv_config::store::StoreResult<Vec<String>> {
         self.inner.bucket_names().await
@@ -729,12 +732,16 @@ impl kv_config::store::Bucket for SlowBucket {
     async fn watch(&self, pattern: &str, start: kv_config::store::WatchStart) -> kv_config::store::StoreResult<kv_config::store::Watch> {
         use futures_util::StreamExt;
         let inner = self.inner.watch(pattern, start).await?;
-        let (initial, gap, paused) = (inner.initial_pending(), self.gap, self.paused.clone());
+        let (initial, gap, overcount, every, paused) =
+            (inner.initial_pending(), self.link.gap, self.link.overcount, self.link.every, self.link.paused.clone());
         let (mut delivered, mut announced) = (0u64, false);
-        let slowed = inner.then(move |item| {
+        let slowed = inner.then(move |mut item| {
             delivered += 1;
             let live = delivered > initial;
-            let pause = std::mem::replace(&mut announced, matches!(&item, Ok(e) if e.delta > 0)) && live;
+            if let (Ok(e), true, true) = (&mut item, live, overcount) {
+                e.delta = e.delta.max(1);
+            }
+            let pause = (std::mem::replace(&mut announced, matches!(&item, Ok(e) if e.delta > 0)) || every) && live;
             if pause {
                 paused.fetch_add(1, Ordering::Relaxed);
             }
@@ -767,7 +774,7 @@ impl kv_config::store::Bucket for SlowBucket {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_inside_a_burst_is_waited_for_not_taken_for_a_stalled_watch() {
     let (server, store) = server().await;
-    let slow = SlowLink { inner: store, gap: Duration::from_millis(400), paused: Arc::default() };
+    let slow = SlowLink { inner: store, gap: Duration::from_millis(400), overcount: false, every: false, paused: Arc::default() };
     slow.create_bucket(&BucketConfig::new("gap")).await.unwrap();
     let cfg = LiveConfig::<Pair>::builder(slow.clone(), "gap").start().await.unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
@@ -785,4 +792,71 @@ async fn a_pause_inside_a_burst_is_waited_for_not_taken_for_a_stalled_watch() {
     }
     assert!(slow.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
     assert_eq!(cfg.status().watch_restarts, 0, "a pause inside a burst re-created the watch: {:?}", cfg.status());
+}
+
+/// A burst that pauses (20 ms before each entry) and whose every entry announces one more, the
+/// last one falsely: once the server said an announced entry is stored, the watcher still asks
+/// about the next one, so the burst is in effect within milliseconds, not a heartbeat (5 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_that_pauses_and_then_announces_too_many_is_in_effect_at_once() {
+    let (server, store) = server().await;
+    let slow = SlowLink { inner: store, gap: Duration::from_millis(20), overcount: true, every: false, paused: Arc::default() };
+    slow.create_bucket(&BucketConfig::new("gap")).await.unwrap();
+    let cfg = LiveConfig::<Pair>::builder(slow.clone(), "gap").heartbeat(Duration::from_secs(5)).start().await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    for round in 0..3u64 {
+        let mut acks = Vec::new();
+        for key in ["a", "b", "a"] {
+            acks.push(js.publish(format!("$KV.gap.{key}"), (round * 10).to_string().into()).await.unwrap());
+        }
+        let mut last = 0;
+        for ack in acks {
+            last = ack.await.unwrap().sequence;
+        }
+        let t = Instant::now();
+        while cfg.get().revision() < last {
+            assert!(t.elapsed() < Duration::from_secs(1), "round {round}: revision {last} not in effect after 1 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(slow.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
+}
+
+/// A handle's own write is in effect before its watch delivers it (50 ms late here), without the
+/// server's timestamp; the delivery stamps it, and the cache file is saved again with the stamp,
+/// so a handle that later resumes from the file still says when the server stored the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_file_gets_the_servers_timestamp_of_an_own_write() {
+    let (mut server, store) = server().await;
+    let dir = tempfile::Builder::new().prefix("kvc-stamp-test-").tempdir().unwrap();
+    let path = dir.path().join("pair.cache");
+    let slow = SlowLink { inner: store.clone(), gap: Duration::from_millis(50), overcount: false, every: true, paused: Arc::default() };
+    slow.create_bucket(&BucketConfig::new("stamp")).await.unwrap();
+    let a = LiveConfig::<Pair>::builder(slow, "stamp").cache_file(&path).start().await.unwrap();
+    let start = a.get().revision();
+    kv_config_testing::eventually("the start saved", Duration::from_secs(5), || a.status().cache_revision == Some(start)).await;
+    let s = a.update(|c| c.a = 7).await.unwrap();
+    let revision = s.key_revision("a").unwrap();
+    assert!(
+        matches!(s.source("a"), Some(kv_config::Provenance::Bucket { created: None, .. })),
+        "in effect before its delivery (50 ms late), so not stamped yet: {:?}",
+        s.source("a")
+    );
+    let stored = store.open_bucket("stamp").await.unwrap().entry("a").await.unwrap().unwrap();
+    let stamped = kv_config::Provenance::Bucket { revision, created: Some(stored.created) };
+    eventually("the handle has the server's time", || a.get().source("a") == Some(stamped)).await;
+    let in_file = format!("\"a\":{{\"revision\":{revision},\"created_unix_ns\":");
+    eventually("the cache file has it", || std::fs::read_to_string(&path).is_ok_and(|f| f.contains(&in_file))).await;
+    drop(a);
+    server.stop();
+    let options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+    let later = NatsStore::connect(server.url(), options).await.unwrap();
+    let b = LiveConfig::<Pair>::builder(later, "stamp").cache_file(&path).cache_wait(Duration::from_millis(500)).start().await.unwrap();
+    server.restart().await;
+    kv_config_testing::eventually("resumed from the cache", Duration::from_secs(15), || {
+        let status = b.status();
+        status.resumed_from.is_some() && status.from_cache.is_none()
+    })
+    .await;
+    assert_eq!(b.get().source("a"), Some(stamped));
 }

@@ -21,9 +21,10 @@ pub(crate) const BATCH_SETTLE: Duration = Duration::from_millis(50);
 /// bucket of history 1, a key overwritten before its entry was delivered can leave the count of
 /// the last delivered entry at 1 with nothing to come (a raw async-nats watch showed it after 7
 /// of 200 bursts of 5 concurrent writes to one key). Waiting for that entry would hold the burst
-/// back until the quiet-time check, a heartbeat later. Asked once per burst: when the server
-/// says the entry is stored, the watcher waits for it as for any entry (a slow link pauses inside
-/// every large burst, and a pause is not a stalled watch). An initial load waits [`BATCH_SETTLE`]
+/// back until the quiet-time check, a heartbeat later. When the server says the entry is stored,
+/// the watcher waits for it as for any entry (a pause is not a stalled watch), and asks about the
+/// burst's next announced entry after twice the wait, up to a quarter heartbeat (a slow link
+/// pauses inside every large burst). An initial load waits [`BATCH_SETTLE`]
 /// instead (a start is not hurried by a few milliseconds, and a scan of 50,000 keys should not
 /// ask the server each time it pauses).
 pub(crate) const PENDING_SETTLE: Duration = Duration::from_millis(5);

@@ -108,6 +108,10 @@ impl<T: KvConfig> Shared<T> {
     /// incarnation of the bucket, so its revision says nothing about the bucket's state.
     pub(super) fn apply_own(&self, epoch: u64, entry: &Entry) -> bool {
         let mut st = self.state();
+        // `seen_revision == view.seen` (no entry delivered since the last burst applied) is
+        // defensive: a view that holds every revision up to `revision - 1` is a state the bucket
+        // had even mid-burst, as an atomic batch cannot end after `revision - 1` with this write
+        // at `revision`.
         let next = st.view.seen.checked_add(1) == Some(entry.revision);
         if st.epoch != epoch || st.status.seen_revision != st.view.seen || !next || self.snapshot.load().from_cache.is_some() {
             return false;
@@ -254,7 +258,8 @@ impl<T: KvConfig> Shared<T> {
                     self.note_unknown(st);
                 }
                 let any_rejected = !decoded.rejected.is_empty();
-                // A dirty view with nothing refused always changes the values in effect.
+                // A dirty view with nothing refused always changes the values in effect (a
+                // timestamp the watch brought for an own write counts as a change here).
                 let changed = !any_rejected || decoded.values != current.values;
                 st.status.rejected = decoded.rejected;
                 st.status.revision = seen;

@@ -35,12 +35,15 @@ enum Waiting {
     /// that would swap in, and let new handles start from, half of it. `look` is what the last
     /// question found, if nothing was delivered since.
     Batch { until: Instant, look: Option<Look> },
-    /// The next entry, which the last one's pending count announced; ask the server after
-    /// [`PENDING_SETTLE`] (the count can announce one that never comes).
-    Pending,
-    /// As `Quiet`, inside a burst whose announced entry the server said is stored: asked once per
-    /// burst (a slow link pauses inside every large burst), until an entry completes it.
-    Announced,
+    /// The next entry, which the last one's pending count announced; ask the server after this
+    /// long (the count can announce one that never comes): [`PENDING_SETTLE`] at first in a
+    /// burst, twice as long after each answer that it is stored (up to a quarter heartbeat), so
+    /// a slow link that pauses inside a large burst costs a few questions, not one per pause.
+    Pending(Duration),
+    /// As `Quiet`, after the server said an announced entry is stored at revision `rev`: wait for
+    /// it as for any entry; once it (or a later one) arrives, announced entries are `Pending`
+    /// again, with `settle`.
+    Announced { rev: u64, settle: Duration },
     /// A probe saw this revision undelivered: look again soon, re-create the watch if still missing.
     Suspect(u64),
 }
@@ -66,8 +69,8 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
     let mut last_check = Instant::now();
     loop {
         let wait = match waiting {
-            Waiting::Quiet | Waiting::Announced => heartbeat,
-            Waiting::Pending => PENDING_SETTLE,
+            Waiting::Quiet | Waiting::Announced { .. } => heartbeat,
+            Waiting::Pending(settle) => settle,
             Waiting::Batch { until, .. } => until.saturating_duration_since(Instant::now()),
             Waiting::Suspect(_) => (heartbeat / 4).max(BATCH_SETTLE),
         };
@@ -85,11 +88,12 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
                     (CatchUp::Settle, Waiting::Batch { until, look }) => Waiting::Batch { until, look },
                     (CatchUp::Settle, _) => Waiting::Batch { until: Instant::now() + BATCH_SETTLE, look: None },
                     (_, Waiting::Suspect(rev)) if entry.revision < rev => Waiting::Suspect(rev),
-                    (CatchUp::No, Waiting::Announced) => Waiting::Announced,
-                    (CatchUp::No, _) => Waiting::Pending,
+                    (CatchUp::No, Waiting::Announced { rev, settle }) if entry.revision < rev => Waiting::Announced { rev, settle },
+                    (CatchUp::No, Waiting::Announced { settle, .. } | Waiting::Pending(settle)) => Waiting::Pending(settle),
+                    (CatchUp::No, _) => Waiting::Pending(PENDING_SETTLE),
                     _ => Waiting::Quiet,
                 };
-                if matches!(waiting, Waiting::Quiet | Waiting::Pending | Waiting::Announced) && last_check.elapsed() >= heartbeat * BUSY_CHECK_EVERY {
+                if matches!(waiting, Waiting::Quiet | Waiting::Pending(_) | Waiting::Announced { .. }) && last_check.elapsed() >= heartbeat * BUSY_CHECK_EVERY {
                     drop(hub);
                     last_check = Instant::now();
                     // As a quiet check (no search for the next entry): nothing newer in the
@@ -143,7 +147,13 @@ async fn checked(
 ) -> (Watch, Waiting) {
     match check(weak, &**bucket, pattern, heartbeat, waiting).await {
         Check::Fine => (watch, Waiting::Quiet),
-        Check::Announced => (watch, Waiting::Announced),
+        Check::Announced(rev) => {
+            let settle = match waiting {
+                Waiting::Pending(settle) => (settle * 2).min(heartbeat / 4).max(PENDING_SETTLE),
+                _ => PENDING_SETTLE,
+            };
+            (watch, Waiting::Announced { rev, settle })
+        }
         Check::Batch { wait, look } => (watch, Waiting::Batch { until: Instant::now() + wait, look: Some(look) }),
         Check::Suspect(rev) => (watch, Waiting::Suspect(rev)),
         Check::Stalled => (restart(weak, &**bucket, pattern, watch).await, Waiting::Quiet),
@@ -165,8 +175,9 @@ enum Check {
     /// `wait`.
     Batch { wait: Duration, look: Look },
     Suspect(u64),
-    /// The entry the pending count announced is stored: wait for it (see [`Waiting::Announced`]).
-    Announced,
+    /// The entry the pending count announced is stored, at this revision: wait for it (see
+    /// [`Waiting::Announced`]).
+    Announced(u64),
     Stalled,
     Replaced,
 }
@@ -191,7 +202,7 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
     // announced did not come, and inside an atomic batch.
     let batch = open_batch || matches!(waiting, Waiting::Batch { .. });
     let look_next = match waiting {
-        Waiting::Pending => true,
+        Waiting::Pending(_) => true,
         Waiting::Suspect(rev) => seen < rev,
         _ => false,
     };
@@ -279,7 +290,7 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 }
                 // The entry the pending count announced is stored: wait for it as for any entry
                 // (a heartbeat, then the usual checks), not as for one already found missing.
-                Some(_) if waiting == Waiting::Pending => Check::Announced,
+                Some(rev) if matches!(waiting, Waiting::Pending(_)) => Check::Announced(rev),
                 Some(rev) if matches!(waiting, Waiting::Suspect(s) if s <= rev) => {
                     tracing::warn!(bucket = bucket.name(), after = seen, undelivered = rev, "the watch left a newer entry undelivered; re-creating it");
                     hub.mark_stale(StaleReason::WatchStalled, None);
