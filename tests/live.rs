@@ -768,6 +768,20 @@ impl kv_config::store::Bucket for SlowBucket {
     }
 }
 
+/// Writes `a`, `b`, `a` to bucket `gap`, all stored before the first is delivered (it announces
+/// two more); returns the last revision.
+async fn three_writes(js: &async_nats::jetstream::Context, round: u64) -> u64 {
+    let mut acks = Vec::new();
+    for key in ["a", "b", "a"] {
+        acks.push(js.publish(format!("$KV.gap.{key}"), (round * 10).to_string().into()).await.unwrap());
+    }
+    let mut last = 0;
+    for ack in acks {
+        last = ack.await.unwrap().sequence;
+    }
+    last
+}
+
 /// A delivery that pauses 400 ms inside a burst (default 1 s heartbeat) is waited for, not taken
 /// for a stalled watch: the watcher asks the server once, hears the entry is stored, and waits
 /// for it as for any entry (before, a pause of a quarter heartbeat re-created the watch).
@@ -779,15 +793,7 @@ async fn a_pause_inside_a_burst_is_waited_for_not_taken_for_a_stalled_watch() {
     let cfg = LiveConfig::<Pair>::builder(slow.clone(), "gap").start().await.unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
     for round in 0..5u64 {
-        // Three writes stored before the first is delivered: it announces two more.
-        let mut acks = Vec::new();
-        for key in ["a", "b", "a"] {
-            acks.push(js.publish(format!("$KV.gap.{key}"), (round * 10).to_string().into()).await.unwrap());
-        }
-        let mut last = 0;
-        for ack in acks {
-            last = ack.await.unwrap().sequence;
-        }
+        let last = three_writes(&js, round).await;
         kv_config_testing::eventually("the burst in effect", Duration::from_secs(10), || cfg.get().revision() >= last).await;
     }
     assert!(slow.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
@@ -805,14 +811,7 @@ async fn a_burst_that_pauses_and_then_announces_too_many_is_in_effect_at_once() 
     let cfg = LiveConfig::<Pair>::builder(slow.clone(), "gap").heartbeat(Duration::from_secs(5)).start().await.unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
     for round in 0..3u64 {
-        let mut acks = Vec::new();
-        for key in ["a", "b", "a"] {
-            acks.push(js.publish(format!("$KV.gap.{key}"), (round * 10).to_string().into()).await.unwrap());
-        }
-        let mut last = 0;
-        for ack in acks {
-            last = ack.await.unwrap().sequence;
-        }
+        let last = three_writes(&js, round).await;
         let t = Instant::now();
         while cfg.get().revision() < last {
             assert!(t.elapsed() < Duration::from_secs(1), "round {round}: revision {last} not in effect after 1 s");
