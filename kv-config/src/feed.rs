@@ -26,7 +26,8 @@ pub(crate) const BATCH_SETTLE: Duration = Duration::from_millis(50);
 /// burst's next announced entry after twice the wait, up to a quarter heartbeat (a slow link
 /// pauses inside every large burst). An initial load waits [`BATCH_SETTLE`]
 /// instead (a start is not hurried by a few milliseconds, and a scan of 50,000 keys should not
-/// ask the server each time it pauses).
+/// ask the server each time it pauses), and ends only when the stream's last revision is the last
+/// entry it read.
 pub(crate) const PENDING_SETTLE: Duration = Duration::from_millis(5);
 
 /// What the server says about the rest of an atomic batch, asked with a [`Probe`] after the
@@ -223,9 +224,12 @@ pub(crate) async fn scan(bucket: &dyn Bucket, pattern: &str, watch: Option<Watch
             // Nothing more within the settle time: ask the server (the load's deadline also
             // bounds the questions).
             if settle_until.is_none() {
-                // Every key's latest entry comes in revision order: nothing stored after the last
-                // one read means all were read.
-                if ask(last, format!("read {read} of {pending} entries")).await?.next.is_none() {
+                // Every key's latest entry comes in revision order: nothing stored in the bucket
+                // after the last one read means all were read. The stream's last revision (from
+                // its leader) must say so too, not only the search for a next entry, which a
+                // replica behind the leader may answer.
+                let probe = ask(last, format!("read {read} of {pending} entries")).await?;
+                if probe.next.is_none() && probe.last_revision <= last {
                     break;
                 }
                 continue;
