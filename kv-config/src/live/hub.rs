@@ -146,7 +146,7 @@ impl Kept {
     /// The entry again (key and bucket left empty), for a view.
     fn entry(&self) -> Entry {
         Entry {
-            bucket: String::new(),
+            bucket: crate::store::unnamed(),
             key: String::new(),
             value: self.value.clone(),
             revision: self.revision,
@@ -497,9 +497,7 @@ impl Hub {
             st.open_batch = entry.batch_continues;
             st.burst_since.get_or_insert_with(Instant::now);
             if st.map.is_some() {
-                let mut e = entry.clone();
-                e.bucket = String::new();
-                st.pending.push(e);
+                st.pending.push(entry.clone());
             }
             let mut targets = Vec::new();
             for slot in st.members.iter_mut().filter(|s| entry.key.starts_with(s.prefix.as_str())) {

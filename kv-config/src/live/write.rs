@@ -33,7 +33,7 @@ fn own_entry(ops: &[WriteOp]) -> Option<Entry> {
     let mut headers = op.headers.clone();
     headers.sort();
     Some(Entry {
-        bucket: String::new(),
+        bucket: crate::store::unnamed(),
         key: op.key.clone(),
         value,
         revision: 0,

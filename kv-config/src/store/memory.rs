@@ -285,7 +285,7 @@ impl State {
     fn entry(&self, bucket: &str, seq: u64, delta: u64) -> Entry {
         let m = &self.msgs[&seq];
         Entry {
-            bucket: bucket.to_string(),
+            bucket: Arc::from(bucket),
             key: m.key.clone(),
             value: m.value.clone(),
             revision: seq,

@@ -71,8 +71,8 @@ impl fmt::Display for Operation {
 /// One revision of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The bucket.
-    pub bucket: String,
+    /// The bucket (shared by every entry of a watch: one name, not one copy per entry).
+    pub bucket: Arc<str>,
     /// The key.
     pub key: String,
     /// The value (empty for delete and purge markers).
@@ -92,6 +92,13 @@ pub struct Entry {
     /// `true` when this entry belongs to an atomic batch whose commit message comes later in the
     /// stream (it may lie outside a filtered watch). Used to never show half a batch.
     pub batch_continues: bool,
+}
+
+/// The bucket name of an entry made inside kv-config that no reader asks for (one shared empty
+/// name, not an allocation per entry).
+pub(crate) fn unnamed() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
 }
 
 /// Headers of a write or an entry, as `(name, value)` pairs.

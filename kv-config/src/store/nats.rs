@@ -518,7 +518,7 @@ impl NatsBucket {
     fn raw_entry(&self, msg: jetstream::message::StreamMessage) -> Entry {
         let key = msg.subject.strip_prefix(self.kv.prefix.as_str()).unwrap_or(msg.subject.as_str()).to_string();
         Entry {
-            bucket: self.name.clone(),
+            bucket: Arc::from(self.name.as_str()),
             key,
             operation: operation_of(Some(&msg.headers)),
             headers: headers_of(Some(&msg.headers)),
@@ -1032,7 +1032,7 @@ async fn ordered_watch(
     let initial = info.num_pending;
     let created = info.created.unix_timestamp_nanos().max(0) as u64;
     let consumer_name = Arc::new(Mutex::new(info.name.clone()));
-    let bucket = name.to_string();
+    let bucket: Arc<str> = Arc::from(name);
     let prefix = prefix.to_string();
     let deliveries = ordered::Resuming::new(source.clone(), deliver_policy, first, &info, consumer_name.clone());
     let entries = deliveries.map(move |d| {

@@ -7,7 +7,7 @@
 //! markers included), and the hash table holds 4-byte indices into it, as `indexmap` does with
 //! 8-byte ones: about 90,000 bytes for the same 1,000 keys.
 
-use hashbrown::HashTable;
+use hashbrown::hash_table::{self, HashTable};
 
 use crate::config::RawValue;
 
@@ -37,16 +37,20 @@ pub(crate) enum Place<'a> {
     Vacant(Vacant<'a>),
 }
 
-/// A key's place in [`Dense`] that holds nothing yet.
+/// A key's place in [`Dense`] that holds nothing yet: the index slot the look-up found free, so
+/// the insert probes the table no second time.
 pub(crate) struct Vacant<'a> {
-    map: &'a mut Dense,
-    hash: u64,
+    slot: hash_table::VacantEntry<'a, u32>,
+    entries: &'a mut Vec<(String, RawValue)>,
 }
 
 impl Vacant<'_> {
     /// Puts `key` (the one looked up) there.
     pub(crate) fn insert(self, key: String, value: RawValue) {
-        self.map.push(self.hash, key, value);
+        // Memory runs out long before: 2^32 entries take over 300 GB.
+        let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 keys");
+        self.slot.insert(i);
+        self.entries.push((key, value));
     }
 }
 
@@ -90,10 +94,17 @@ impl Dense {
 
     /// Where `key` is or would go: one look-up for a read-then-write.
     pub(crate) fn place(&mut self, key: &str) -> Place<'_> {
+        use std::hash::BuildHasher;
         let hash = self.hash(key);
-        match self.slot_hashed(hash, key) {
-            Some(i) => Place::Occupied(&mut self.entries[i].1),
-            None => Place::Vacant(Vacant { map: self, hash }),
+        let Dense { entries, index, hasher } = self;
+        let found = index.entry(
+            hash,
+            |&i| entries[i as usize].0 == key,
+            |&j| hasher.hash_one(entries[j as usize].0.as_str()),
+        );
+        match found {
+            hash_table::Entry::Occupied(at) => Place::Occupied(&mut entries[*at.get() as usize].1),
+            hash_table::Entry::Vacant(slot) => Place::Vacant(Vacant { slot, entries }),
         }
     }
 
@@ -111,17 +122,6 @@ impl Dense {
                 None
             }
         }
-    }
-
-    fn push(&mut self, hash: u64, key: String, value: RawValue) {
-        // Memory runs out long before: 2^32 entries take over 300 GB.
-        let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 keys");
-        let (entries, hasher) = (&self.entries, &self.hasher);
-        self.index.insert_unique(hash, i, |&j| {
-            use std::hash::BuildHasher;
-            hasher.hash_one(entries[j as usize].0.as_str())
-        });
-        self.entries.push((key, value));
     }
 
     /// Removes `key`; returns its value. The last entry takes its place in the vector.
