@@ -258,11 +258,19 @@ async fn load_cpu(url: &str, quick: bool, report: &mut Report) {
     let client = connect(url).await;
     let js = jetstream::new(client.clone());
     let store = NatsStore::new(client.clone());
-    let (sizes, reads, rounds): (&[usize], u32, usize) = if quick { (&[100], 1, 1) } else { (&[5000, 50000], 20, 3) };
-    for &n in sizes {
-        let bucket = format!("cpu{n}");
+    // Each size twice: written in schema order (as `seed_defaults` writes a bucket, and as a
+    // decode reads it) and in a scattered order (key i * 7919 mod n), where no key follows the
+    // one the decode read before it.
+    let (sizes, reads, rounds): (&[(usize, bool)], u32, usize) =
+        if quick { (&[(100, false)], 1, 1) } else { (&[(5000, false), (5000, true), (50000, false), (50000, true)], 20, 3) };
+    for &(n, scattered) in sizes {
+        let bucket = format!("cpu{n}{}", if scattered { "s" } else { "" });
         let kv = js.create_key_value(kv::Config { bucket: bucket.clone(), ..Default::default() }).await.expect("bucket");
-        fill(&kv, &keys_for(n)).await;
+        let mut keys = keys_for(n);
+        if scattered {
+            keys = (0..n).map(|i| keys[i * 7919 % n].clone()).collect();
+        }
+        fill(&kv, &keys).await;
         let b = store.open_bucket(&bucket).await.expect("open");
         let (mut raw, mut load, mut start) = (vec![], vec![], vec![]);
         for _ in 0..rounds {
@@ -292,7 +300,8 @@ async fn load_cpu(url: &str, quick: bool, report: &mut Report) {
         let (r, l, s) = (median(raw), median(load), median(start));
         // A quick run reads too little for a 10 ms clock tick.
         let vs = |x: Duration| if r.is_zero() { "—".to_string() } else { ratio(x, r) };
-        report.row(&[n.to_string(), ms(r), ms(l), ms(s), vs(l), vs(s)]);
+        let label = if scattered { format!("{n} scattered") } else { n.to_string() };
+        report.row(&[label, ms(r), ms(l), ms(s), vs(l), vs(s)]);
         kv_drop(&js, &bucket).await;
     }
 }

@@ -423,6 +423,9 @@ pub struct Decoder<'a> {
     /// since [`KvConfig::encode`] writes only one of the fields' encodings.
     read: Vec<u64>,
     twice: Vec<u32>,
+    /// The position after the last value found: where the next key is looked for first
+    /// ([`Lookup::get_indexed`]).
+    next: u32,
 }
 
 /// `true` if `name` can be one token of a NATS key: non-empty, no `.`, only `[-/_=a-zA-Z0-9]`.
@@ -515,6 +518,7 @@ impl<'a> Decoder<'a> {
             keep_under: Vec::new(),
             read: Vec::new(),
             twice: Vec::new(),
+            next: 0,
         }
     }
 
@@ -690,7 +694,11 @@ impl<'a> Decoder<'a> {
         validate: Option<Validator<'_, T>>,
     ) -> Option<T> {
         let values = self.values;
-        let (value, revision, stored) = match values.get_indexed(key) {
+        let found = values.get_indexed(key, self.next);
+        if let Some((_, Some(i))) = found {
+            self.next = i.wrapping_add(1);
+        }
+        let (value, revision, stored) = match found {
             None => match default {
                 Some(d) => (d(), None, None),
                 None => {

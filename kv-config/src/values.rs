@@ -34,8 +34,11 @@ pub(crate) struct Values {
 pub(crate) trait Lookup {
     fn get(&self, key: &str) -> Option<&RawValue>;
     /// [`get`](Lookup::get), with the value's position in a [`Values`] base where it has one
-    /// (for [`Values::elide`]).
-    fn get_indexed(&self, key: &str) -> Option<(&RawValue, Option<u32>)> {
+    /// (for [`Values::elide`]). `hint`: the position to look at first, before hashing the key (a
+    /// decode asks for the position after the last key it found: a bucket written in schema
+    /// order, as [`seed_defaults`](crate::Builder::seed_defaults) writes it, is read in that order).
+    fn get_indexed(&self, key: &str, hint: u32) -> Option<(&RawValue, Option<u32>)> {
+        let _ = hint;
         self.get(key).map(|v| (v, None))
     }
     /// Every key, in no particular order.
@@ -55,14 +58,14 @@ impl Lookup for Values {
     fn get(&self, key: &str) -> Option<&RawValue> {
         Values::get(self, key)
     }
-    fn get_indexed(&self, key: &str) -> Option<(&RawValue, Option<u32>)> {
+    fn get_indexed(&self, key: &str, hint: u32) -> Option<(&RawValue, Option<u32>)> {
         // An empty delta (every start's decode) is not asked: its lookup would hash the key.
         if !self.delta.is_empty() {
             if let Some(change) = self.delta.get(key) {
                 return change.as_ref().map(|v| (v, None));
             }
         }
-        self.base.get_indexed(key).map(|(v, i)| (v, Some(i)))
+        self.base.get_indexed(key, hint).map(|(v, i)| (v, Some(i)))
     }
     fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         Box::new(self.iter().map(|(k, _)| k.as_str()))

@@ -78,8 +78,15 @@ impl Dense {
     }
 
     /// [`get`](Self::get), with the entry's position (for [`value_at_mut`](Self::value_at_mut)).
-    pub(crate) fn get_indexed(&self, key: &str) -> Option<(&RawValue, u32)> {
-        // Positions fit in u32: see `push`.
+    /// The entry at `hint` is looked at first: when it holds `key` (keys read in the order they
+    /// were stored), the key is not hashed and the table not probed.
+    pub(crate) fn get_indexed(&self, key: &str, hint: u32) -> Option<(&RawValue, u32)> {
+        if let Some((k, v)) = self.entries.get(hint as usize) {
+            if k == key {
+                return Some((v, hint));
+            }
+        }
+        // Positions fit in u32: see `Vacant::insert`.
         self.slot(key).map(|i| (&self.entries[i].1, i as u32))
     }
 
@@ -191,7 +198,12 @@ mod tests {
             if step % 997 == 0 {
                 for (k, v) in &plain {
                     assert_eq!(dense.get(k), Some(v), "step {step}: {k}");
+                    // Any hint (right, wrong, past the end) finds the key at its own position.
+                    let (at, i) = dense.get_indexed(k, rng.u32(0..400)).expect("found with a hint");
+                    assert_eq!((at, &dense.entries[i as usize].0), (v, k), "step {step}: {k} at {i}");
+                    assert_eq!(dense.get_indexed(k, i), Some((v, i)), "the right hint");
                 }
+                assert_eq!(dense.get_indexed("absent", 0), None);
                 assert_eq!(dense.iter().count(), plain.len());
             }
         }

@@ -77,8 +77,8 @@ impl<T: KvConfig> Lookup for Resolved<'_, T> {
         Some(self.encoded().get(key).unwrap_or(v))
     }
 
-    fn get_indexed(&self, key: &str) -> Option<(&RawValue, Option<u32>)> {
-        let (v, position) = self.values.get_indexed(key)?;
+    fn get_indexed(&self, key: &str, hint: u32) -> Option<(&RawValue, Option<u32>)> {
+        let (v, position) = self.values.get_indexed(key, hint)?;
         if !is_elided(v) {
             return Some((v, position));
         }
