@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kv_config::store::{
-    Bucket, BucketConfig, BucketInfo, Entry, NatsStore, Probe, SharedWatches, Store, StoreErrorKind, StoreResult, Watch, WatchStart, WriteOp,
+    Bucket, BucketConfig, Entry, NatsStore, Probe, Store, StoreErrorKind, Watch, WatchStart, WriteOp,
 };
 use kv_config::{Error, KvConfig, LiveConfig, StaleReason};
 use kv_config_testing::{eventually, NatsServer};
+
+mod common;
+use common::{Hooks, Tapped};
 use serde::{Deserialize, Serialize};
 
 static SECOND_LOOK: AtomicU32 = AtomicU32::new(0);
@@ -493,14 +496,13 @@ struct Trio {
     c: u32,
 }
 
-/// A NATS store whose watches deliver every entry of an atomic batch but the last with a pending
-/// count of 0, and pause `gap` after it; for the first `hide` of each pause its probes say the
-/// server holds nothing after that entry. That is what a watcher sees when the server stores a
-/// batch's messages one by one and is descheduled between them (a loaded machine). The rest
+/// Watches that deliver every entry of an atomic batch but the last with a pending count of 0,
+/// and pause `gap` after it; for the first `hide` of each pause the bucket handle's probes say
+/// the server holds nothing after that entry. That is what a watcher sees when the server stores
+/// a batch's messages one by one and is descheduled between them (a loaded machine). The rest
 /// (writes, probes otherwise) is the real server's.
 #[derive(Debug, Clone)]
 struct SlowBatches {
-    store: NatsStore,
     gap: Duration,
     hide: Duration,
     /// Probes that answered "not stored yet".
@@ -508,72 +510,22 @@ struct SlowBatches {
 }
 
 impl SlowBatches {
-    fn new(store: &NatsStore, gap: Duration, hide: Duration) -> Self {
-        SlowBatches { store: store.clone(), gap, hide, hidden: Arc::default() }
-    }
-    fn wrap(&self, bucket: Arc<dyn Bucket>) -> Arc<dyn Bucket> {
-        Arc::new(SlowBucket { inner: bucket, batches: self.clone(), pausing: Arc::default() })
+    fn store(store: &NatsStore, gap: Duration, hide: Duration) -> Tapped<SlowBatches> {
+        Tapped::new(store, SlowBatches { gap, hide, hidden: Arc::default() })
     }
 }
 
-#[derive(Debug)]
-struct SlowBucket {
-    inner: Arc<dyn Bucket>,
-    batches: SlowBatches,
-    /// The batch entry a watch paused after, and until when probes say nothing follows it.
-    pausing: Arc<std::sync::Mutex<Option<(u64, Instant)>>>,
-}
+/// Per bucket handle: the batch entry a watch paused after, and until when probes say nothing
+/// follows it.
+type Pausing = Arc<std::sync::Mutex<Option<(u64, Instant)>>>;
 
-#[async_trait::async_trait]
-impl Store for SlowBatches {
-    async fn create_bucket(&self, config: &BucketConfig) -> StoreResult<Arc<dyn Bucket>> {
-        Ok(self.wrap(self.store.create_bucket(config).await?))
-    }
-    async fn open_bucket(&self, name: &str) -> StoreResult<Arc<dyn Bucket>> {
-        Ok(self.wrap(self.store.open_bucket(name).await?))
-    }
-    async fn bucket_names(&self) -> StoreResult<Vec<String>> {
-        self.store.bucket_names().await
-    }
-    async fn delete_bucket(&self, name: &str) -> StoreResult<()> {
-        self.store.delete_bucket(name).await
-    }
-    async fn enable_atomic_writes(&self, name: &str) -> StoreResult<()> {
-        self.store.enable_atomic_writes(name).await
-    }
-    fn shared_watches(&self) -> Option<&SharedWatches> {
-        self.store.shared_watches()
-    }
-}
+impl Hooks for SlowBatches {
+    type PerBucket = Pausing;
+    const SHARED_WATCHES: bool = true;
 
-#[async_trait::async_trait]
-impl Bucket for SlowBucket {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected()
-    }
-    async fn info(&self) -> StoreResult<BucketInfo> {
-        self.inner.info().await
-    }
-    async fn entry(&self, key: &str) -> StoreResult<Option<Entry>> {
-        self.inner.entry(key).await
-    }
-    async fn entry_at(&self, key: &str, revision: u64) -> StoreResult<Option<Entry>> {
-        self.inner.entry_at(key, revision).await
-    }
-    async fn history(&self, key: &str) -> StoreResult<Vec<Entry>> {
-        self.inner.history(key).await
-    }
-    async fn keys(&self) -> StoreResult<Vec<String>> {
-        self.inner.keys().await
-    }
-    async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
-        use futures_util::StreamExt;
-        let inner = self.inner.watch(pattern, start).await?;
+    fn watch(&self, pausing: &Pausing, inner: Watch) -> Watch {
         let initial = inner.initial_pending();
-        let (gap, hide, pausing) = (self.batches.gap, self.batches.hide, self.pausing.clone());
+        let (gap, hide, pausing) = (self.gap, self.hide, pausing.clone());
         let mut pause = false;
         let slowed = inner.then(move |item| {
             let wait = std::mem::replace(&mut pause, matches!(&item, Ok(e) if e.batch_continues));
@@ -591,28 +543,19 @@ impl Bucket for SlowBucket {
                 })
             }
         });
-        Ok(Watch::new(initial, slowed))
+        Watch::new(initial, slowed)
     }
-    fn opened_incarnation(&self) -> Option<u64> {
-        self.inner.opened_incarnation()
-    }
-    async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
-        let mut probe = self.inner.probe(pattern, after).await?;
-        let pausing = *self.pausing.lock().unwrap();
+
+    fn probe(&self, pausing: &Pausing, mut probe: Probe) -> Probe {
+        let pausing = *pausing.lock().unwrap();
         if let Some((revision, until)) = pausing {
             if Instant::now() < until && probe.last_revision > revision {
                 probe.last_revision = revision;
                 probe.next = probe.next.filter(|n| *n <= revision);
-                self.batches.hidden.fetch_add(1, Ordering::Relaxed);
+                self.hidden.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(probe)
-    }
-    async fn write(&self, op: WriteOp) -> StoreResult<u64> {
-        self.inner.write(op).await
-    }
-    async fn write_atomic(&self, ops: Vec<WriteOp>) -> StoreResult<u64> {
-        self.inner.write_atomic(ops).await
+        probe
     }
 }
 
@@ -652,7 +595,7 @@ async fn d8_a_batch_stored_slowly_never_shows_half_of_it() {
     let (_server, store) = server().await;
     store.create_bucket(&BucketConfig::new("trio").atomic_writes(true)).await.unwrap();
     // Pauses of 150 ms; the first 75 ms of each, the server says the rest is not stored yet.
-    let slow = SlowBatches::new(&store, Duration::from_millis(150), Duration::from_millis(75));
+    let slow = SlowBatches::store(&store, Duration::from_millis(150), Duration::from_millis(75));
     // A heartbeat above the gap: the watch is slow, not stalled.
     let trio = || LiveConfig::<Trio>::builder(slow.clone(), "trio").prefix("t.").heartbeat(Duration::from_secs(1));
     let shared = trio().start().await.unwrap();
@@ -679,7 +622,7 @@ async fn d8_a_batch_stored_slowly_never_shows_half_of_it() {
         assert_eq!(o.await.unwrap(), None, "a handle showed half of a batch");
     }
     assert!(shared.status().is_healthy() && dedicated.status().is_healthy(), "{:?}", shared.status());
-    assert!(slow.hidden.load(Ordering::Relaxed) > 0, "the watchers asked while a batch was not stored yet");
+    assert!(slow.hooks.hidden.load(Ordering::Relaxed) > 0, "the watchers asked while a batch was not stored yet");
 }
 
 /// A batch whose rest the server has not stored for longer than a heartbeat: the handle says so
@@ -690,7 +633,7 @@ async fn d8_a_batch_partly_stored_for_over_a_heartbeat_is_reported_and_held_back
     let (_server, store) = server().await;
     store.create_bucket(&BucketConfig::new("trio").atomic_writes(true)).await.unwrap();
     // The rest of each batch is "not stored" for 900 ms, then delivered 100 ms later.
-    let slow = SlowBatches::new(&store, Duration::from_millis(1000), Duration::from_millis(900));
+    let slow = SlowBatches::store(&store, Duration::from_millis(1000), Duration::from_millis(900));
     let heartbeat = Duration::from_millis(250);
     let handle = LiveConfig::<Trio>::builder(slow.clone(), "trio").prefix("t.").heartbeat(heartbeat).start().await.unwrap();
     let writer = store.open_bucket("trio").await.unwrap();

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use kv_config::store::{BucketConfig, MemoryStore, NatsStore, Store, WriteOp};
 use kv_config::{Error, KvConfig, LiveConfig, OnInvalid};
 use kv_config_testing::NatsServer;
+
+mod common;
+use common::{Hooks, Tapped};
 use serde::{Deserialize, Serialize};
 
 fn check_max(v: &u32) -> Result<(), String> {
@@ -667,11 +670,10 @@ async fn a_burst_of_overwrites_is_in_effect_at_once_though_the_server_announces_
     }
 }
 
-/// A store whose watches pause `gap` before each live entry that follows one announcing more
-/// (a slow link, a busy server): the real server underneath, only the delivery delayed.
+/// Watches that pause `gap` before each live entry that follows one announcing more (a slow
+/// link, a busy server): the real server underneath, only the delivery delayed.
 #[derive(Clone, Debug)]
 struct SlowLink {
-    inner: NatsStore,
     gap: Duration,
     /// Every live entry announces one more (as nats-server 2.15 does after an overwrite).
     overcount: bool,
@@ -681,59 +683,19 @@ struct SlowLink {
     paused: Arc<std::sync::atomic::AtomicU32>,
 }
 
-#[derive(Debug)]
-struct SlowBucket {
-    inner: Arc<dyn kv_config::store::Bucket>,
-    link: SlowLink,
-}
-
-#[async_trait::async_trait]
-impl Store for SlowLink {
-    async fn create_bucket(&self, config: &BucketConfig) -> kv_config::store::StoreResult<Arc<dyn kv_config::store::Bucket>> {
-        Ok(Arc::new(SlowBucket { inner: self.inner.create_bucket(config).await?, link: self.clone() }))
-    }
-    async fn open_bucket(&self, name: &str) -> kv_config::store::StoreResult<Arc<dyn kv_config::store::Bucket>> {
-        Ok(Arc::new(SlowBucket { inner: self.inner.open_bucket(name).await?, link: self.clone() }))
-    }
-    async fn bucket_names(&self) -> kv_config::store::StoreResult<Vec<String>> {
-        self.inner.bucket_names().await
-    }
-    async fn delete_bucket(&self, name: &str) -> kv_config::store::StoreResult<()> {
-        self.inner.delete_bucket(name).await
-    }
-    async fn enable_atomic_writes(&self, name: &str) -> kv_config::store::StoreResult<()> {
-        self.inner.enable_atomic_writes(name).await
+impl SlowLink {
+    fn store(store: &NatsStore, gap: Duration, overcount: bool, every: bool) -> Tapped<SlowLink> {
+        Tapped::new(store, SlowLink { gap, overcount, every, paused: Arc::default() })
     }
 }
 
-#[async_trait::async_trait]
-impl kv_config::store::Bucket for SlowBucket {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected()
-    }
-    async fn info(&self) -> kv_config::store::StoreResult<kv_config::store::BucketInfo> {
-        self.inner.info().await
-    }
-    async fn entry(&self, key: &str) -> kv_config::store::StoreResult<Option<kv_config::store::Entry>> {
-        self.inner.entry(key).await
-    }
-    async fn entry_at(&self, key: &str, revision: u64) -> kv_config::store::StoreResult<Option<kv_config::store::Entry>> {
-        self.inner.entry_at(key, revision).await
-    }
-    async fn history(&self, key: &str) -> kv_config::store::StoreResult<Vec<kv_config::store::Entry>> {
-        self.inner.history(key).await
-    }
-    async fn keys(&self) -> kv_config::store::StoreResult<Vec<String>> {
-        self.inner.keys().await
-    }
-    async fn watch(&self, pattern: &str, start: kv_config::store::WatchStart) -> kv_config::store::StoreResult<kv_config::store::Watch> {
+impl Hooks for SlowLink {
+    type PerBucket = ();
+    const SHARED_WATCHES: bool = false;
+
+    fn watch(&self, _: &(), inner: kv_config::store::Watch) -> kv_config::store::Watch {
         use futures_util::StreamExt;
-        let inner = self.inner.watch(pattern, start).await?;
-        let (initial, gap, overcount, every, paused) =
-            (inner.initial_pending(), self.link.gap, self.link.overcount, self.link.every, self.link.paused.clone());
+        let (initial, gap, overcount, every, paused) = (inner.initial_pending(), self.gap, self.overcount, self.every, self.paused.clone());
         let (mut delivered, mut announced) = (0u64, false);
         let slowed = inner.then(move |mut item| {
             delivered += 1;
@@ -752,19 +714,7 @@ impl kv_config::store::Bucket for SlowBucket {
                 item
             }
         });
-        Ok(kv_config::store::Watch::new(initial, slowed))
-    }
-    fn opened_incarnation(&self) -> Option<u64> {
-        self.inner.opened_incarnation()
-    }
-    async fn probe(&self, pattern: &str, after: u64) -> kv_config::store::StoreResult<kv_config::store::Probe> {
-        self.inner.probe(pattern, after).await
-    }
-    async fn write(&self, op: WriteOp) -> kv_config::store::StoreResult<u64> {
-        self.inner.write(op).await
-    }
-    async fn write_atomic(&self, ops: Vec<WriteOp>) -> kv_config::store::StoreResult<u64> {
-        self.inner.write_atomic(ops).await
+        kv_config::store::Watch::new(initial, slowed)
     }
 }
 
@@ -788,7 +738,7 @@ async fn three_writes(js: &async_nats::jetstream::Context, round: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_inside_a_burst_is_waited_for_not_taken_for_a_stalled_watch() {
     let (server, store) = server().await;
-    let slow = SlowLink { inner: store, gap: Duration::from_millis(400), overcount: false, every: false, paused: Arc::default() };
+    let slow = SlowLink::store(&store, Duration::from_millis(400), false, false);
     slow.create_bucket(&BucketConfig::new("gap")).await.unwrap();
     let cfg = LiveConfig::<Pair>::builder(slow.clone(), "gap").start().await.unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
@@ -796,7 +746,7 @@ async fn a_pause_inside_a_burst_is_waited_for_not_taken_for_a_stalled_watch() {
         let last = three_writes(&js, round).await;
         kv_config_testing::eventually("the burst in effect", Duration::from_secs(10), || cfg.get().revision() >= last).await;
     }
-    assert!(slow.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
+    assert!(slow.hooks.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
     assert_eq!(cfg.status().watch_restarts, 0, "a pause inside a burst re-created the watch: {:?}", cfg.status());
 }
 
@@ -806,7 +756,7 @@ async fn a_pause_inside_a_burst_is_waited_for_not_taken_for_a_stalled_watch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_that_pauses_and_then_announces_too_many_is_in_effect_at_once() {
     let (server, store) = server().await;
-    let slow = SlowLink { inner: store, gap: Duration::from_millis(20), overcount: true, every: false, paused: Arc::default() };
+    let slow = SlowLink::store(&store, Duration::from_millis(20), true, false);
     slow.create_bucket(&BucketConfig::new("gap")).await.unwrap();
     let cfg = LiveConfig::<Pair>::builder(slow.clone(), "gap").heartbeat(Duration::from_secs(5)).start().await.unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
@@ -818,7 +768,7 @@ async fn a_burst_that_pauses_and_then_announces_too_many_is_in_effect_at_once() 
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    assert!(slow.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
+    assert!(slow.hooks.paused.load(Ordering::Relaxed) > 0, "no delivery paused: the test did not test anything");
 }
 
 /// A handle's own write is in effect before its watch delivers it (50 ms late here), without the
@@ -829,7 +779,7 @@ async fn the_cache_file_gets_the_servers_timestamp_of_an_own_write() {
     let (mut server, store) = server().await;
     let dir = tempfile::Builder::new().prefix("kvc-stamp-test-").tempdir().unwrap();
     let path = dir.path().join("pair.cache");
-    let slow = SlowLink { inner: store.clone(), gap: Duration::from_millis(50), overcount: false, every: true, paused: Arc::default() };
+    let slow = SlowLink::store(&store, Duration::from_millis(50), false, true);
     slow.create_bucket(&BucketConfig::new("stamp")).await.unwrap();
     let a = LiveConfig::<Pair>::builder(slow, "stamp").cache_file(&path).start().await.unwrap();
     let start = a.get().revision();
