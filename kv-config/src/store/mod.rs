@@ -71,7 +71,7 @@ impl fmt::Display for Operation {
 /// One revision of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The bucket (shared by every entry of a watch: one name, not one copy per entry).
+    /// The bucket (a NATS watch shares one name among its entries instead of a copy each).
     pub bucket: Arc<str>,
     /// The key.
     pub key: String,
