@@ -166,6 +166,11 @@ fn decode_with<T: KvConfig>(mut d: Decoder<'_>) -> Result<(T, usize, Vec<u32>), 
             if !d.twice.is_empty() {
                 elidable.retain(|p| !d.twice.contains(p));
             }
+            // In stored order: dropping the bytes then walks the values map front to back (and
+            // frees in the order the bytes were allocated), not in the schema's order, which
+            // jumps around memory for a bucket written in another order. Already sorted (cheap
+            // to sort) for a bucket written in schema order.
+            elidable.sort_unstable();
             Ok((v, d.hits, elidable))
         }
         _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: d.source.bucket.clone(), errors: d.errors }),
@@ -424,8 +429,12 @@ pub struct Decoder<'a> {
     read: Vec<u64>,
     twice: Vec<u32>,
     /// The position after the last value found: where the next key is looked for first
-    /// ([`Lookup::get_indexed`]).
+    /// ([`Lookup::get_indexed`]), while `in_order`.
     next: u32,
+    /// Whether the last value found was at `next` (keys read in the order they are stored).
+    /// Otherwise the hint is not tried: in a bucket written in another order it would miss
+    /// every time, and each miss reads an entry from memory for nothing.
+    in_order: bool,
 }
 
 /// `true` if `name` can be one token of a NATS key: non-empty, no `.`, only `[-/_=a-zA-Z0-9]`.
@@ -519,6 +528,7 @@ impl<'a> Decoder<'a> {
             read: Vec::new(),
             twice: Vec::new(),
             next: 0,
+            in_order: true,
         }
     }
 
@@ -694,8 +704,10 @@ impl<'a> Decoder<'a> {
         validate: Option<Validator<'_, T>>,
     ) -> Option<T> {
         let values = self.values;
-        let found = values.get_indexed(key, self.next);
+        let found = values.get_indexed(key, if self.in_order { self.next } else { u32::MAX });
         if let Some((_, Some(i))) = found {
+            // Known without reading memory: a hashed look-up tells where the key was.
+            self.in_order = i == self.next;
             self.next = i.wrapping_add(1);
         }
         let (value, revision, stored) = match found {

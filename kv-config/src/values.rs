@@ -36,7 +36,8 @@ pub(crate) trait Lookup {
     /// [`get`](Lookup::get), with the value's position in a [`Values`] base where it has one
     /// (for [`Values::elide`]). `hint`: the position to look at first, before hashing the key (a
     /// decode asks for the position after the last key it found: a bucket written in schema
-    /// order, as [`seed_defaults`](crate::Builder::seed_defaults) writes it, is read in that order).
+    /// order, as [`seed_defaults`](crate::Builder::seed_defaults) writes it, is read in that order;
+    /// `u32::MAX`: no hint).
     fn get_indexed(&self, key: &str, hint: u32) -> Option<(&RawValue, Option<u32>)> {
         let _ = hint;
         self.get(key).map(|v| (v, None))
@@ -68,7 +69,7 @@ impl Lookup for Values {
         self.base.get_indexed(key, hint).map(|(v, i)| (v, Some(i)))
     }
     fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_> {
-        Box::new(self.iter().map(|(k, _)| k.as_str()))
+        Box::new(self.keys())
     }
 }
 
@@ -196,7 +197,7 @@ impl Values {
     fn fold(&mut self) {
         let mut map = Base::with_capacity(self.len);
         for (k, v) in self.iter() {
-            map.insert(k.clone(), v.clone());
+            map.insert(k.to_string(), v.clone());
         }
         *self = Values::from_base(map);
     }
@@ -240,20 +241,20 @@ impl Values {
     }
 
     /// Every key and value, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &RawValue)> + '_ {
-        let base = self.base.iter().filter(|(k, _)| !self.delta.contains_key(k.as_str()));
-        let delta = self.delta.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v)));
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &RawValue)> + '_ {
+        let base = self.base.iter().filter(|(k, _)| !self.delta.contains_key(*k));
+        let delta = self.delta.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k.as_str(), v)));
         base.chain(delta)
     }
 
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &String> + '_ {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.iter().map(|(k, _)| k)
     }
 
     /// A plain map of the same values.
     #[cfg(test)]
     pub(crate) fn to_map(&self) -> RawValues {
-        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 }
 

@@ -294,7 +294,7 @@ pub(crate) fn override_target<'k>(prefix: &str, key: &'k str) -> Option<&'k str>
 
 /// Keys with a live value that the schema does not know (map entries count as known), sorted.
 pub(crate) fn unknown_keys(values: &Values, known: &KeySet) -> Vec<String> {
-    let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(k)).cloned().collect();
+    let mut keys: Vec<String> = values.keys().filter(|k| !known.contains(k)).map(str::to_string).collect();
     keys.sort();
     keys
 }
@@ -362,7 +362,7 @@ pub(crate) fn decode_latest<T: KvConfig>(
         };
         let rel = rel.as_str();
         let nested = format!("{rel}.");
-        let stale: Vec<String> = candidate.keys().filter(|k| *k == rel || k.starts_with(&nested)).cloned().collect();
+        let stale: Vec<String> = candidate.keys().filter(|k| *k == rel || k.starts_with(&nested)).map(str::to_string).collect();
         for k in stale {
             candidate.remove(&k);
         }
@@ -479,7 +479,7 @@ mod tests {
         assert!(v.apply_with_key("p.", "p.d".to_string(), &shared));
         assert_eq!(v.seen, 13);
         let got: Vec<(String, u64, Vec<u8>)> = {
-            let mut g: Vec<_> = v.values.iter().map(|(k, r)| (k.clone(), r.revision, r.value.to_vec())).collect();
+            let mut g: Vec<_> = v.values.iter().map(|(k, r)| (k.to_string(), r.revision, r.value.to_vec())).collect();
             g.sort();
             g
         };

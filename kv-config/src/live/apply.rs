@@ -225,7 +225,7 @@ impl<T: KvConfig> Shared<T> {
                 .values
                 .iter()
                 .filter(|(_, v)| is_elided(v))
-                .filter_map(|(k, _)| Lookup::get(&resolved, k).filter(|v| !is_elided(v)).map(|v| (k.clone(), v.clone())))
+                .filter_map(|(k, _)| Lookup::get(&resolved, k).filter(|v| !is_elided(v)).map(|v| (k.to_string(), v.clone())))
                 .collect()
         };
         for (k, v) in restored {

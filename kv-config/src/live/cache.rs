@@ -195,7 +195,7 @@ pub(super) fn encode<T>(id: &Identity, snapshot: &Snapshot<T>, values_of: &dyn L
             (true, None) => continue,
         };
         if !id.secrets && id.is_secret(k) {
-            omitted.push(k.clone());
+            omitted.push(k.to_string());
             continue;
         }
         let (text, hex) = match std::str::from_utf8(&v.value) {
@@ -203,7 +203,7 @@ pub(super) fn encode<T>(id: &Identity, snapshot: &Snapshot<T>, values_of: &dyn L
             Err(_) => (None, Some(hex(&v.value))),
         };
         let created_unix_ns = v.created.and_then(|c| c.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64);
-        values.insert(k.clone(), CachedValue { revision: v.revision, created_unix_ns, text, hex });
+        values.insert(k.to_string(), CachedValue { revision: v.revision, created_unix_ns, text, hex });
     }
     omitted.sort();
     let body = Body {

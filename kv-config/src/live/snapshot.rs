@@ -212,8 +212,8 @@ impl<T> Snapshot<T> {
             .values
             .iter()
             .filter(|(k, v)| self.values.get(k).map(|o| o.revision) != Some(v.revision))
-            .map(|(k, _)| k.clone())
-            .chain(self.values.keys().filter(|k| !newer.values.contains_key(k)).cloned())
+            .map(|(k, _)| k.to_string())
+            .chain(self.values.keys().filter(|k| !newer.values.contains_key(k)).map(str::to_string))
             .collect();
         keys.sort();
         keys
@@ -285,15 +285,15 @@ fn divergence(view: &View, values: &Values, any_rejected: bool) -> (HashMap<Stri
         // expect the bucket's revision (0 = absent) and write them back.
         for (k, v) in view.values.iter() {
             if values.get(k).map(|x| x.revision) != Some(v.revision) {
-                overrides.insert(k.clone(), v.revision);
-                repair.insert(k.clone());
+                overrides.insert(k.to_string(), v.revision);
+                repair.insert(k.to_string());
             }
         }
         for (k, v) in values.iter() {
             let latest = view.revision_of(k);
             if latest != v.revision {
-                overrides.insert(k.clone(), latest);
-                repair.insert(k.clone());
+                overrides.insert(k.to_string(), latest);
+                repair.insert(k.to_string());
             }
         }
     }
