@@ -201,10 +201,11 @@ async fn a_start_cancelled_while_it_builds_the_map_leaves_no_partial_map() {
         async move { bucket.put(&format!("bulk.k{i}"), "1".into()).await.unwrap() }
     });
     assert_eq!(puts.buffer_unordered(256).count().await, 10_000);
-    let first = tenant(&store, 1).start().await.unwrap();
+    // Each full start reads the 10,001 entries; a loaded machine (a build beside the tests) took
+    // over a second, the default load timeout, for the first one too.
+    let first = tenant(&store, 1).load_timeout(Duration::from_secs(10)).start().await.unwrap();
     let cancelled = tokio::time::timeout(Duration::from_millis(5), tenant(&store, 2).start()).await;
     assert!(cancelled.is_err(), "the start was still reading when its caller gave up");
-    // This start reads the 10,001 entries again; a loaded CI machine took over a second.
     let second = tenant(&store, 2).load_timeout(Duration::from_secs(10)).start().await.unwrap();
     assert_eq!(second.get().limit, 22, "the key written before the cancelled start");
     assert_eq!(first.get().limit, 1);
