@@ -705,10 +705,16 @@ impl<'a> Decoder<'a> {
     ) -> Option<T> {
         let values = self.values;
         let found = values.get_indexed(key, if self.in_order { self.next } else { u32::MAX });
-        if let Some((_, Some(i))) = found {
-            // Known without reading memory: a hashed look-up tells where the key was.
-            self.in_order = i == self.next;
-            self.next = i.wrapping_add(1);
+        match found {
+            Some((_, Some(i))) => {
+                // Known without reading memory: a hashed look-up tells where the key was.
+                self.in_order = i == self.next;
+                self.next = i.wrapping_add(1);
+            }
+            // A value with no position (changed since the base, or elided and re-encoded): the
+            // hint is stale until a key is found in the base again.
+            Some((_, None)) => self.in_order = false,
+            None => {}
         }
         let (value, revision, stored) = match found {
             None => match default {

@@ -170,7 +170,7 @@ impl Values {
                     Some(v) => match base.place(key) {
                         Place::Occupied(slot) => Some(std::mem::replace(slot, v)),
                         Place::Vacant(slot) => {
-                            slot.insert(key.to_string(), v);
+                            slot.insert(key, v);
                             None
                         }
                     },
@@ -197,7 +197,7 @@ impl Values {
     fn fold(&mut self) {
         let mut map = Base::with_capacity(self.len);
         for (k, v) in self.iter() {
-            map.insert(k.to_string(), v.clone());
+            map.insert(k, v.clone());
         }
         *self = Values::from_base(map);
     }

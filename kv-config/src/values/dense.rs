@@ -51,12 +51,13 @@ pub(crate) struct Vacant<'a> {
 }
 
 impl Vacant<'_> {
-    /// Puts `key` (the one looked up) there.
-    pub(crate) fn insert(self, key: String, value: RawValue) {
+    /// Puts `key` (the one looked up) there: a `&str` of up to 24 bytes is copied inline, a
+    /// longer `String` keeps its buffer.
+    pub(crate) fn insert(self, key: impl Into<CompactString>, value: RawValue) {
         // Memory runs out long before: 2^32 entries take over 300 GB.
         let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 keys");
         self.slot.insert(i);
-        self.entries.push((CompactString::from(key), value));
+        self.entries.push((key.into(), value));
     }
 }
 
@@ -127,8 +128,8 @@ impl Dense {
     }
 
     /// Sets `key`; returns the value it replaced.
-    pub(crate) fn insert(&mut self, key: String, value: RawValue) -> Option<RawValue> {
-        match self.place(&key) {
+    pub(crate) fn insert(&mut self, key: &str, value: RawValue) -> Option<RawValue> {
+        match self.place(key) {
             Place::Occupied(slot) => Some(std::mem::replace(slot, value)),
             Place::Vacant(v) => {
                 v.insert(key, value);
@@ -175,7 +176,7 @@ impl FromIterator<(String, RawValue)> for Dense {
         let iter = iter.into_iter();
         let mut map = Dense::with_capacity(iter.size_hint().0);
         for (k, v) in iter {
-            map.insert(k, v);
+            map.insert(&k, v);
         }
         map
     }
@@ -198,7 +199,7 @@ mod tests {
             if rng.u8(0..3) == 0 {
                 assert_eq!(dense.remove(&key), plain.remove(&key), "step {step}: remove {key}");
             } else {
-                assert_eq!(dense.insert(key.clone(), raw(step)), plain.insert(key, raw(step)), "step {step}");
+                assert_eq!(dense.insert(&key, raw(step)), plain.insert(key, raw(step)), "step {step}");
             }
             assert_eq!(dense.len(), plain.len());
             if step % 997 == 0 {
