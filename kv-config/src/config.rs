@@ -170,7 +170,9 @@ fn decode_with<T: KvConfig>(mut d: Decoder<'_>) -> Result<(T, usize, Vec<u32>), 
             // frees in the order the bytes were allocated), not in the schema's order, which
             // jumps around memory for a bucket written in another order. Already sorted (cheap
             // to sort) for a bucket written in schema order.
-            elidable.sort_unstable();
+            if !elidable.windows(2).all(|w| w[0] <= w[1]) {
+                elidable.sort_unstable();
+            }
             Ok((v, d.hits, elidable))
         }
         _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: d.source.bucket.clone(), errors: d.errors }),
@@ -771,10 +773,9 @@ impl<'a> Decoder<'a> {
     /// [`KvConfig::encode`] would write it (a `null` is never written: an absent `Option`).
     fn note_elidable<T: Serialize>(&mut self, position: u32, raw: &[u8], value: &T) {
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
         // A Serialize impl is user code: if it panics or fails, the bytes are simply kept.
-        let ok = guarded("the Serialize impl", || serde_json::to_writer(&mut buf, value).map_err(|e| e.to_string())).is_ok();
-        if ok && buf == raw && raw != b"null" {
+        let same = guarded("the Serialize impl", || crate::exact::encodes_to(value, raw, &mut buf)).unwrap_or(false);
+        if same && raw != b"null" {
             if let Some(list) = &mut self.elidable {
                 list.push(position);
             }

@@ -147,6 +147,7 @@
 
 mod config;
 mod error;
+mod exact;
 mod feed;
 pub mod json_schema;
 mod lease;
