@@ -176,9 +176,9 @@ impl<T: KvConfig> Builder<T> {
     }
 
     /// How many times `update` runs its closure before giving up on conflicts (default 100). A
-    /// retry goes out at the next write anyone makes to the bucket, or after a jittered,
-    /// exponentially growing pause of at most 32 ms if nobody writes, so the default gives up
-    /// after at most about 3 s of lost races.
+    /// retry goes out at the next write anyone makes to the bucket, or after a random pause of
+    /// at most 0.5 ms if nobody writes: each attempt the default allows is one race lost to
+    /// another writer's commit.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.options.max_attempts = attempts.max(1);
         self
