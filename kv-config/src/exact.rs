@@ -42,7 +42,7 @@ impl serde::ser::Error for Unsure {
 
 /// Compares what a `Serialize` impl emits with `raw`, for the shapes `serde_json` writes without
 /// any choice: an integer's decimal digits, `true` / `false`, and a string that needs no escape
-/// between its quotes. `Ok(false)` only where the answer is certain.
+/// between its quotes. Any other shape is `Err(Unsure)`.
 struct InPlace<'a> {
     raw: &'a [u8],
 }
@@ -99,19 +99,13 @@ impl Serializer for InPlace<'_> {
     }
 
     fn serialize_str(self, v: &str) -> Result<bool, Unsure> {
-        let raw = self.raw;
-        // Written as `"` + the string + `"` when no byte needs an escape. A string that does
-        // (or bytes that are not that) may still match an escaped form: written out.
-        let same = raw.len() == v.len() + 2
-            && raw[0] == b'"'
-            && raw[raw.len() - 1] == b'"'
-            && &raw[1..raw.len() - 1] == v.as_bytes()
-            && !needs_escape(v.as_bytes());
-        if same {
-            Ok(true)
-        } else {
-            Err(Unsure)
+        // A string with no byte to escape is written as `"` + the string + `"`: compared here.
+        // One that needs escapes is written out by `serde_json` and compared there.
+        if needs_escape(v.as_bytes()) {
+            return Err(Unsure);
         }
+        let raw = self.raw;
+        Ok(raw.len() == v.len() + 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' && &raw[1..raw.len() - 1] == v.as_bytes())
     }
 
     fn serialize_none(self) -> Result<bool, Unsure> {
@@ -204,7 +198,7 @@ mod tests {
         let raws: &[&[u8]] = &[
             b"\"abc\"", b"abc", b"\"abc", b"\"ab\\\"c\"", b"\"a\\u0001\"", b"\"\\u00e9\"", b"\"\xc3\xa9\"", b"\"\"",
             b"\"Debug\"", b"\"sp\\\"ace\"", b"8080", b"-5", b"08080", b"8080 ", b"true", b"false", b"null", b"1.5",
-            b"[1,2]", b"{\"a\":1}", b"\"a/b\"", b"\"\x7f\"",
+            b"[1,2]", b"{\"a\":1}", b"\"a/b\"", b"\"a\\/b\"", b"\"\\u0061bc\"", b"\"\x7f\"",
         ];
         for raw in raws {
             for s in ["abc", "ab\"c", "a\u{1}", "é", "", "Debug", "sp\"ace", "a/b", "\u{7f}", "8080"] {
