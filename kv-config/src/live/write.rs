@@ -52,9 +52,9 @@ fn own_entry(ops: &[WriteOp]) -> Option<Entry> {
 /// It does not grow. Retries are paced by the commits that wake them, not by this pause: it
 /// only runs out when the bucket went quiet, and then a retry is what lets a loser win. A
 /// pause that doubled up to 32 ms (the earlier default) left losers asleep in exactly that
-/// case, after the writer that kept winning stopped: 4 contending writers reached 0.83-0.94x
-/// of raw async-nats writers' throughput with it, 0.94-0.96x with this one ("Contention, run
-/// Y" in BENCHMARKS.md).
+/// case, after the writer that kept winning stopped: 4 contending writers reached a median of
+/// 0.93x of raw async-nats writers' throughput with it, 0.96x with this one, over twelve runs
+/// ("Contention, run Y" in BENCHMARKS.md).
 pub(super) struct Backoff {
     ceiling: Duration,
 }
