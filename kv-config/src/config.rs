@@ -168,11 +168,9 @@ fn decode_with<T: KvConfig>(mut d: Decoder<'_>) -> Result<(T, usize, Vec<u32>), 
             }
             // In stored order: dropping the bytes then walks the values map front to back (and
             // frees in the order the bytes were allocated), not in the schema's order, which
-            // jumps around memory for a bucket written in another order. Already sorted for a
-            // bucket written in schema order: then one pass checks it.
-            if !elidable.windows(2).all(|w| w[0] <= w[1]) {
-                elidable.sort_unstable();
-            }
+            // jumps around memory for a bucket written in another order. Already sorted (one
+            // pass to sort) for a bucket written in schema order.
+            elidable.sort_unstable();
             Ok((v, d.hits, elidable))
         }
         _ => Err(DecodeError { type_name: T::__KV_NAME, bucket: d.source.bucket.clone(), errors: d.errors }),

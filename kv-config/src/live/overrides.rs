@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::write::{to_raw, Backoff};
+use super::write::to_raw;
 use super::{LiveConfig, Snapshot};
 use crate::config::{KvConfig, RawValue};
 use crate::error::{Error, Result};
@@ -62,7 +62,6 @@ impl<T: KvConfig> LiveConfig<T> {
         let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| crate::EncodeError { key: key.to_string(), message: e.to_string() })?);
         let prefix = &shared.source.prefix;
         let full = format!("{prefix}{OVERRIDE_PREFIX}{key}");
-        let mut backoff = Backoff::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -95,7 +94,7 @@ impl<T: KvConfig> LiveConfig<T> {
                         crate::store::StoreErrorKind::WrongRevision { current: Some(c), .. } => *c,
                         _ => last_revision(shared.bucket.entry(&full).await?),
                     };
-                    shared.after_conflict(&mut backoff, base.epoch, target).await;
+                    shared.after_conflict(base.epoch, target).await;
                 }
                 Err(e) if e.is_wrong_revision() => {
                     let (expected, current) = match e.kind() {

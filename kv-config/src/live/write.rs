@@ -1,5 +1,5 @@
 //! The write path: validate, diff against the bucket (not only against the config in effect),
-//! compare-and-swap every written key in one atomic batch, retry conflicts with jittered backoff,
+//! compare-and-swap every written key in one atomic batch, retry conflicts after the next commit or a short random pause,
 //! and return `Ok` only once this handle's snapshot holds the write: at once for a lone write
 //! when the snapshot held every revision before it ([`Shared::apply_own`]), else when the watch
 //! brings it back.
@@ -45,9 +45,9 @@ fn own_entry(ops: &[WriteOp]) -> Option<Entry> {
     })
 }
 
-/// The pause between conflicting attempts when nobody else writes meanwhile (a write by anyone
-/// cuts it short, see [`Shared::after_conflict`]): a random time of up to 0.5 ms, so writers
-/// that lost the same race do not all retry at once.
+/// The longest pause between conflicting attempts when nobody else writes meanwhile (a write by
+/// anyone cuts it short, see [`Shared::after_conflict`]). Each pause is a random time up to it,
+/// so writers that lost the same race do not all retry at once.
 ///
 /// It does not grow. Retries are paced by the commits that wake them, not by this pause: it
 /// only runs out when the bucket went quiet, and then a retry is what lets a loser win. A
@@ -55,20 +55,7 @@ fn own_entry(ops: &[WriteOp]) -> Option<Entry> {
 /// case, after the writer that kept winning stopped: 4 contending writers reached a median of
 /// 0.93x of raw async-nats writers' throughput with it, 0.96x with this one, over twelve runs
 /// ("Contention, run Y" in BENCHMARKS.md).
-pub(super) struct Backoff {
-    ceiling: Duration,
-}
-
-impl Backoff {
-    pub(super) fn new() -> Self {
-        Backoff { ceiling: Duration::from_micros(500) }
-    }
-
-    pub(super) async fn pause(&mut self) {
-        let nanos = self.ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
-        tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=nanos))).await;
-    }
-}
+const RETRY_PAUSE: Duration = Duration::from_micros(500);
 
 impl<T: KvConfig> Shared<T> {
     /// [`Error::UnknownKey`] unless `key` (relative to the prefix) is one of the schema's keys.
@@ -80,17 +67,17 @@ impl<T: KvConfig> Shared<T> {
     }
 
     /// After a lost revision race: refreshes (waits until the watcher applied `target`, the
-    /// revision lost to), then waits for the next write anyone makes or the jittered pause,
+    /// revision lost to), then waits for the next write anyone makes or a random pause of up to [`RETRY_PAUSE`],
     /// whichever comes first. The writer that just won learns the new revision first and writes
     /// again at once; a loser that slept a fixed time would lose to it again and again (capture).
     /// Woken by the next commit, it starts level with that commit's author. "Next" is past
     /// everything applied by now, not past `target`: an atomic batch (a guard key) or other
     /// keys' writes may already have moved the watcher on.
-    pub(super) async fn after_conflict(&self, backoff: &mut Backoff, epoch: u64, target: u64) {
+    pub(super) async fn after_conflict(&self, epoch: u64, target: u64) {
         self.wait_applied(epoch, target).await;
         let applied = self.applied.borrow().seen;
         tokio::select! {
-            () = backoff.pause() => {}
+            () = tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=RETRY_PAUSE.as_nanos() as u64))) => {}
             _ = self.wait_applied(epoch, applied.max(target).saturating_add(1)) => {}
         }
     }
@@ -114,8 +101,9 @@ impl<T: KvConfig> LiveConfig<T> {
     /// bucket value was refused), each checked against the revision the snapshot holds, in one
     /// atomic batch when several keys change. A config with cross-field validators also bumps a
     /// guard key in the same batch, so two concurrent writers can never combine into a config
-    /// the validators refuse. On a conflict it waits a jittered backoff, refreshes and runs `f`
-    /// again, up to [`Builder::max_attempts`](crate::Builder::max_attempts) times, then returns
+    /// the validators refuse. On a conflict it refreshes, waits for the next commit or a short
+    /// random pause, and runs `f` again, up to
+    /// [`Builder::max_attempts`](crate::Builder::max_attempts) times, then returns
     /// [`Error::Conflict`].
     ///
     /// When it returns `Ok`, this handle's [`get`](Self::get) shows the write. What each error
@@ -275,7 +263,6 @@ impl<T: KvConfig> LiveConfig<T> {
 
     async fn modify(&self, mut make: impl FnMut(&T) -> Result<T>) -> Result<Arc<Snapshot<T>>> {
         let shared = &self.shared;
-        let mut backoff = Backoff::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -326,7 +313,7 @@ impl<T: KvConfig> LiveConfig<T> {
                         Some(c) => c,
                         None => shared.bucket.entry(&key).await?.map_or(0, |e| e.revision),
                     };
-                    shared.after_conflict(&mut backoff, base.epoch, target).await;
+                    shared.after_conflict(base.epoch, target).await;
                 }
                 Err(e) => return Err(e.into()),
             }
