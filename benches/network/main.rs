@@ -241,6 +241,37 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// CPU time summed over phases: this process's and the whole machine's (all processes, from
+/// `/proc/stat`), both in 10 ms ticks; `None` where `/proc` is missing.
+#[derive(Default)]
+struct Cpu {
+    process: Option<Duration>,
+    machine: Option<Duration>,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let machine = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
+            let first = stat.lines().next()?;
+            // user, nice, system
+            let ticks: Option<u64> = first.split_whitespace().skip(1).take(3).map(|t| t.parse::<u64>().ok()).sum();
+            ticks.map(|t| Duration::from_millis(t * 10))
+        });
+        Cpu { process: process_cpu(), machine }
+    }
+
+    /// Adds the time from `a` to `b`.
+    fn add(&mut self, a: &Cpu, b: &Cpu) {
+        let sum = |acc: Option<Duration>, x: Option<Duration>, y: Option<Duration>| Some(acc.unwrap_or_default() + y?.checked_sub(x?)?);
+        (self.process, self.machine) = (sum(self.process, a.process, b.process), sum(self.machine, a.machine, b.machine));
+    }
+
+    /// (process, machine) in µs per one of `n` operations.
+    fn per(&self, n: u64) -> Option<(f64, f64)> {
+        Some((self.process?.as_secs_f64() * 1e6 / n as f64, self.machine?.as_secs_f64() * 1e6 / n as f64))
+    }
+}
+
 /// Cold load by CPU time rather than wall time: the client process's CPU per read of the bucket,
 /// for the raw watch and kv-config's `load` and start-up (`dedicated_watch()`), rounds
 /// alternating. On this shared 2-core machine the wall-time ratios of the cold-load table move
@@ -722,11 +753,18 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut watched_rates, mut watched_ratios) = (Vec::new(), Vec::new());
     let (mut our_conflicts, mut our_errors, mut raw_conflicts) = (0, 0, 0);
+    // CPU time per increment: this process (the clients) and the whole machine (the server
+    // included, and anything else running), so a ratio shows whose work moved.
+    let (mut cpu_ours, mut cpu_raw) = (Cpu::default(), Cpu::default());
     for _ in 0..rounds {
+        let before = Cpu::now();
         let (d, c, e) = contend_live(&handles, per_writer).await;
+        let mid = Cpu::now();
+        cpu_ours.add(&before, &mid);
         our_conflicts += c;
         our_errors += e;
         let (r, rc) = contend_raw(&kvs, per_writer).await;
+        cpu_raw.add(&mid, &Cpu::now());
         raw_conflicts += rc;
         let (w, _) = contend_raw(&wkvs, per_writer).await;
         watched_rates.push(total as f64 / w.as_secs_f64());
@@ -758,6 +796,12 @@ async fn conflicting(url: &str, quick: bool, report: &mut Report) {
     report.note(&format!(
         "Throughput ratio kv-config / raw, per round: median {q:.2}x, spread {qmin:.2}x..{qmax:.2}x (target ≥ 0.95x with 0 errors)."
     ));
+    if let (Some(ours), Some(raw)) = (cpu_ours.per(all), cpu_raw.per(all)) {
+        report.note(&format!(
+            "CPU per increment, kv-config / raw: clients (this process) {:.0} / {:.0} µs ({:.2}x), whole machine {:.0} / {:.0} µs ({:.2}x).",
+            ours.0, raw.0, ours.0 / raw.0, ours.1, raw.1, ours.1 / raw.1
+        ));
+    }
     assert_eq!(String::from_utf8_lossy(&live_value), all.to_string(), "kv-config lost or doubled an increment");
     assert_eq!(String::from_utf8_lossy(&raw_value), all.to_string(), "raw lost or doubled an increment");
 }

@@ -16,6 +16,8 @@ mod resolve;
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
+
 use crate::config::{RawValue, RawValues};
 use dense::{Dense as Base, Place};
 pub(crate) use resolve::{is_elided, Resolved};
@@ -24,8 +26,10 @@ pub(crate) use resolve::{is_elided, Resolved};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Values {
     base: Arc<Base>,
-    /// Changes since `base`: `Some` replaces or adds a value, `None` removes one.
-    delta: imbl::HashMap<String, Option<RawValue>>,
+    /// Changes since `base`: `Some` replaces or adds a value, `None` removes one. A write to a
+    /// shared delta copies the map node it lands in, every entry of it: keys of up to 24 bytes
+    /// are inline ([`CompactString`]), so that copy allocates no key.
+    delta: imbl::HashMap<CompactString, Option<RawValue>>,
     len: usize,
 }
 
@@ -185,7 +189,7 @@ impl Values {
         if value.is_none() && !self.base.contains_key(key) {
             self.delta.remove(key);
         } else {
-            self.delta.insert(key.to_string(), value);
+            self.delta.insert(CompactString::from(key), value);
         }
         if self.delta.len() > 64 && self.delta.len() > self.base.len() / 8 {
             self.fold();

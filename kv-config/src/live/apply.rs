@@ -11,7 +11,6 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use super::hub::Member;
-use super::snapshot::HISTORY;
 use super::spare::{drop_later, free_bytes, Spares, SPARE_MIN_KEYS};
 use super::{Applied, Shared, Snapshot, Stale, StaleReason, State};
 use crate::config::{apply_changes, KvConfig};
@@ -172,12 +171,8 @@ impl<T: KvConfig> Shared<T> {
         st.status.revision = st.view.seen;
         let changed = !delta.is_empty();
         let mut meta = Snapshot::new((), values, &st.view, false, st.epoch);
-        let mut history = current.history.clone();
-        if history.len() >= HISTORY {
-            history.pop_front();
-        }
-        history.push_back((current.seq, delta.into()));
-        meta.history = history;
+        self.changes.push(current.seq, meta.seq, delta.into());
+        meta.changes = Some(self.changes.clone());
         let upto = meta.seq;
         snapshot.replace_meta(meta);
         drop(current);

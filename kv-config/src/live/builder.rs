@@ -584,6 +584,7 @@ fn build<T: KvConfig>(
         hub: OnceLock::new(),
         task: Mutex::new(None),
         spares: Mutex::new(super::spare::Spares::new()),
+        changes: Arc::default(),
     });
     if has_unknown {
         let mut st = shared.state();

@@ -106,6 +106,8 @@ struct Shared<T> {
     task: Mutex<Option<AbortHandle>>,
     /// The snapshots recent changes retired, to apply the next change to (see [`spare`]).
     spares: Mutex<spare::Spares<T>>,
+    /// The links from each snapshot to the next (see [`Snapshot::changed_keys`]).
+    changes: Arc<snapshot::ChangeLog>,
 }
 
 impl<T> Drop for Shared<T> {

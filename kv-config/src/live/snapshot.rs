@@ -1,9 +1,9 @@
 //! [`Snapshot`]: one immutable version of the config, with the revisions a write must expect.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::KvConfig;
 use crate::values::Values;
@@ -44,12 +44,58 @@ pub struct Snapshot<T> {
     pub(super) from_cache: Option<std::time::SystemTime>,
     /// Unique to this snapshot in the process (see [`next_seq`]).
     pub(super) seq: u64,
-    /// The changes that led to this snapshot, oldest first: each link is the `seq` of a snapshot
-    /// and the keys whose value in effect changed from it to the next one in the chain (the last
-    /// link's next is this snapshot). Empty after a whole decode; at most [`HISTORY`] links. A
-    /// subscriber that fell behind by several swaps finds its own snapshot here and takes the
-    /// union of the links after it, instead of comparing every key of the config.
-    pub(super) history: imbl::Vector<(u64, Arc<[String]>)>,
+    /// The change links of the handle this snapshot came from (`None` for a whole decode: no
+    /// link leads to it). A subscriber that fell behind by several swaps follows the links from
+    /// its own snapshot to this one and takes the union of their keys, instead of comparing
+    /// every key of the config.
+    pub(super) changes: Option<Arc<ChangeLog>>,
+}
+
+/// One handle's recent changes, oldest first, at most [`HISTORY`]: each link names a snapshot
+/// (`from`, its `seq`), the snapshot that replaced it (`to`), and the keys whose value in effect
+/// changed between them. Shared by the handle's snapshots: a change appends one link in place,
+/// where a chain kept in every snapshot (a persistent vector, before) copied a block of it per
+/// change and freed one with each retired snapshot.
+#[derive(Debug, Default)]
+pub(super) struct ChangeLog(Mutex<VecDeque<Link>>);
+
+#[derive(Debug)]
+struct Link {
+    from: u64,
+    to: u64,
+    keys: Arc<[String]>,
+}
+
+impl ChangeLog {
+    fn links(&self) -> std::sync::MutexGuard<'_, VecDeque<Link>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that snapshot `to` replaced snapshot `from`, changing `keys`.
+    pub(super) fn push(&self, from: u64, to: u64, keys: Arc<[String]>) {
+        let mut links = self.links();
+        if links.len() >= HISTORY {
+            links.pop_front();
+        }
+        links.push_back(Link { from, to, keys });
+    }
+
+    /// The keys of the links leading from snapshot `from` to snapshot `to` (repeats included);
+    /// `None` unless every link of the way is still here. Snapshots replace each other in `seq`
+    /// order, so the links are sorted by `from`.
+    fn between(&self, from: u64, to: u64) -> Option<Vec<String>> {
+        let links = self.links();
+        let start = links.partition_point(|l| l.from < from);
+        let (mut at, mut keys) = (from, Vec::new());
+        for link in links.range(start..) {
+            if at == to || link.from != at {
+                break;
+            }
+            keys.extend(link.keys.iter().cloned());
+            at = link.to;
+        }
+        (at == to).then_some(keys)
+    }
 }
 
 impl<T: Clone> Clone for Snapshot<T> {
@@ -68,7 +114,7 @@ impl<T: Clone> Clone for Snapshot<T> {
             epoch: self.epoch,
             from_cache: self.from_cache,
             seq: self.seq,
-            history: self.history.clone(),
+            changes: self.changes.clone(),
         }
     }
 }
@@ -127,7 +173,7 @@ impl<T> Snapshot<T> {
             revision: view.seen,
             epoch,
             seq: next_seq(),
-            history: imbl::Vector::new(),
+            changes: None,
         }
     }
 
@@ -148,7 +194,7 @@ impl<T> Snapshot<T> {
             epoch,
             from_cache,
             seq,
-            history,
+            changes,
         } = meta;
         self.values = values;
         self.overrides = overrides;
@@ -162,7 +208,7 @@ impl<T> Snapshot<T> {
         self.epoch = epoch;
         self.from_cache = from_cache;
         self.seq = seq;
-        self.history = history;
+        self.changes = changes;
     }
 
     /// The config.
@@ -200,8 +246,7 @@ impl<T> Snapshot<T> {
     /// Keys whose value in effect differs between two snapshots, sorted. For consecutive
     /// snapshots of one handle this costs the change, not the config.
     pub fn changed_keys(&self, newer: &Snapshot<T>) -> Vec<String> {
-        if let Some(at) = newer.history.iter().position(|(seq, _)| *seq == self.seq) {
-            let mut keys: Vec<String> = newer.history.iter().skip(at).flat_map(|(_, keys)| keys.iter().cloned()).collect();
+        if let Some(mut keys) = newer.changes.as_ref().and_then(|log| log.between(self.seq, newer.seq)) {
             keys.sort_unstable();
             keys.dedup();
             // A key changed and changed back (added, then deleted) is no difference.
@@ -264,7 +309,7 @@ impl<T: KvConfig> Snapshot<T> {
     }
 }
 
-/// Most links a snapshot's change history keeps (see [`Snapshot::changed_keys`]).
+/// Most links a handle's [`ChangeLog`] keeps (see [`Snapshot::changed_keys`]).
 pub(super) const HISTORY: usize = 1024;
 
 /// A number no other snapshot in the process has, so a snapshot can name the one it replaced.
@@ -298,4 +343,49 @@ fn divergence(view: &View, values: &Values, any_rejected: bool) -> (HashMap<Stri
         }
     }
     (overrides, repair)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ChangeLog, HISTORY};
+
+    fn keys(k: &[&str]) -> std::sync::Arc<[String]> {
+        k.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_chain_of_links_gives_the_keys_between_two_snapshots() {
+        let log = ChangeLog::default();
+        log.push(10, 12, keys(&["a"]));
+        log.push(12, 13, keys(&["b", "a"]));
+        log.push(13, 20, keys(&["c"]));
+        assert_eq!(log.between(10, 20), Some(vec!["a".into(), "b".into(), "a".into(), "c".into()]));
+        assert_eq!(log.between(12, 13), Some(vec!["b".into(), "a".into()]));
+        assert_eq!(log.between(13, 13), Some(vec![]), "no step, no change");
+        // Not a snapshot of this chain, or the wrong way round: no answer, so the caller compares.
+        assert_eq!(log.between(11, 20), None);
+        assert_eq!(log.between(10, 19), None);
+        assert_eq!(log.between(20, 10), None);
+    }
+
+    #[test]
+    fn a_whole_decode_breaks_the_chain() {
+        let log = ChangeLog::default();
+        log.push(1, 2, keys(&["a"]));
+        // Snapshot 3 replaced 2 by a whole decode (no link), then 4 replaced 3.
+        log.push(3, 4, keys(&["b"]));
+        assert_eq!(log.between(1, 4), None);
+        assert_eq!(log.between(3, 4), Some(vec!["b".into()]));
+    }
+
+    #[test]
+    fn the_oldest_links_are_dropped_past_the_limit() {
+        let log = ChangeLog::default();
+        let n = HISTORY as u64 + 5;
+        for i in 0..n {
+            log.push(i, i + 1, keys(&["k"]));
+        }
+        assert_eq!(log.between(0, n), None, "the first links are gone");
+        assert_eq!(log.between(5, n).map(|k| k.len()), Some(HISTORY));
+    }
 }
