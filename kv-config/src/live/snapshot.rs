@@ -83,18 +83,27 @@ impl ChangeLog {
     /// The keys of the links leading from snapshot `from` to snapshot `to` (repeats included);
     /// `None` unless every link of the way is still here. Snapshots replace each other in `seq`
     /// order, so the links are sorted by `from`.
+    /// Only the links' key lists are taken under the lock (an `Arc` each): the watcher waits for
+    /// it to push the next link, and a subscriber far behind would otherwise clone thousands of
+    /// keys meanwhile.
     fn between(&self, from: u64, to: u64) -> Option<Vec<String>> {
-        let links = self.links();
-        let start = links.partition_point(|l| l.from < from);
-        let (mut at, mut keys) = (from, Vec::new());
-        for link in links.range(start..) {
-            if at == to || link.from != at {
-                break;
+        let mut way = Vec::new();
+        {
+            let links = self.links();
+            let start = links.partition_point(|l| l.from < from);
+            let mut at = from;
+            for link in links.range(start..) {
+                if at == to || link.from != at {
+                    break;
+                }
+                way.push(link.keys.clone());
+                at = link.to;
             }
-            keys.extend(link.keys.iter().cloned());
-            at = link.to;
+            if at != to {
+                return None;
+            }
         }
-        (at == to).then_some(keys)
+        Some(way.iter().flat_map(|keys| keys.iter().cloned()).collect())
     }
 }
 
