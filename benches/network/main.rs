@@ -241,8 +241,9 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// CPU time summed over phases: this process's and the whole machine's (all processes, from
-/// `/proc/stat`), both in 10 ms ticks; `None` where `/proc` is missing.
+/// CPU time summed over phases: this process's and the whole machine's (user, nice and system
+/// time of all processes, from `/proc/stat`; interrupt time is not counted), both in 10 ms
+/// ticks; `None` where `/proc` is missing.
 #[derive(Default)]
 struct Cpu {
     process: Option<Duration>,
