@@ -83,6 +83,7 @@ impl ChangeLog {
     /// The keys of the links leading from snapshot `from` to snapshot `to` (repeats included);
     /// `None` unless every link of the way is still here. Snapshots replace each other in `seq`
     /// order, so the links are sorted by `from`.
+    ///
     /// Only the links' key lists are taken under the lock (an `Arc` each): the watcher waits for
     /// it to push the next link, and a subscriber far behind would otherwise clone thousands of
     /// keys meanwhile.
