@@ -185,6 +185,57 @@ async fn d5_a_deleted_then_recreated_bucket_is_reported_then_reloaded() {
     eprintln!("figure: deleted bucket reported after {noticed:?}; re-created bucket reloaded after {reloaded:?}");
 }
 
+/// Another client deletes the bucket and creates it again, with more entries than the old one's
+/// last revision, faster than the handle's heartbeat. Defect (found by a probe): the watch made a
+/// new consumer in the new bucket from the old one's last revision + 1, skipping the new bucket's
+/// first entries and laying the rest over the old state, a config neither bucket held, while the
+/// status said healthy. Now a watch goes on only in the incarnation it began in: the handle keeps
+/// the old snapshot until it reloads the new bucket whole.
+async fn replaced_faster_than_the_heartbeat(dedicated: bool) {
+    let (server, store) = server().await;
+    let admin = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+    let old = admin.create_bucket(&BucketConfig::new("cfg").history(5)).await.unwrap();
+    for i in 1..=5u32 {
+        old.put("a", i.to_string().into()).await.unwrap();
+    }
+    old.put("b", "100".into()).await.unwrap(); // revision 6
+    let heartbeat = Duration::from_secs(8);
+    let builder = LiveConfig::<Trio>::builder(store.clone(), "cfg").heartbeat(heartbeat);
+    let cfg = if dedicated { builder.dedicated_watch() } else { builder }.start().await.unwrap();
+    assert_eq!((cfg.get().a, cfg.get().b), (5, 100));
+    admin.delete_bucket("cfg").await.unwrap();
+    let new = admin.create_bucket(&BucketConfig::new("cfg").history(5)).await.unwrap();
+    new.put("b", "7".into()).await.unwrap(); // revision 1 of the new bucket
+    for i in 50..=60u32 {
+        new.put("a", i.to_string().into()).await.unwrap(); // revisions 2-12
+    }
+    let started = Instant::now();
+    loop {
+        let (a, b) = (cfg.get().a, cfg.get().b);
+        assert!((a, b) == (5, 100) || (a, b) == (60, 7), "a state neither bucket held: a = {a}, b = {b}, {:?}", cfg.status());
+        if (a, b) == (60, 7) {
+            break;
+        }
+        // Within a heartbeat: the watch's consumer, gone with the old bucket, is missed after
+        // three of its idle heartbeats (1 s each) and the new incarnation is reloaded.
+        assert!(started.elapsed() < heartbeat, "the new bucket was not loaded within a heartbeat: {:?}", cfg.status());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let status = cfg.status();
+    assert!(status.is_healthy() && status.reloads == 1, "{status:?}");
+    eprintln!("figure: replaced bucket reloaded after {:?} (dedicated watch: {dedicated})", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_a_bucket_replaced_faster_than_the_heartbeat_is_reloaded_never_mixed() {
+    replaced_faster_than_the_heartbeat(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_a_bucket_replaced_faster_than_the_heartbeat_is_reloaded_never_mixed_dedicated_watch() {
+    replaced_faster_than_the_heartbeat(true).await;
+}
+
 #[tokio::test]
 async fn d5_a_server_restarted_with_a_wiped_store_is_reported_then_reloaded() {
     let (mut server, store) = server().await;

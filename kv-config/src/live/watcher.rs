@@ -322,7 +322,8 @@ async fn reconcile_overrides(hub: &Hub, bucket: &dyn Bucket, vanished: bool) {
 }
 
 /// A new watch from the last delivered revision + 1 (the old one is dropped, and with it its
-/// consumer). Keeps trying, a heartbeat apart, until the server answers.
+/// consumer), or a [`reload`] when the bucket turns out to be another incarnation. Keeps trying,
+/// a heartbeat apart, until the server answers.
 async fn restart(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, old: Watch) -> Watch {
     drop(old);
     loop {
@@ -331,6 +332,39 @@ async fn restart(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, old: Watc
         };
         match tokio::time::timeout(heartbeat * 2, bucket.watch(pattern, WatchStart::FromRevision(from))).await {
             Ok(Ok(w)) => {
+                // The bucket may have been deleted and created again since it was last checked:
+                // a watch from `from` in the new one would skip its first entries and lay the
+                // rest over the old state. Asked after the watch is made (nothing of it is read
+                // yet): the incarnation seen now is the one the watch was made on, or a later one.
+                let known = weak.upgrade().and_then(|h| h.state().incarnation);
+                if let Some(known) = known {
+                    match tokio::time::timeout(heartbeat, bucket.probe(pattern, u64::MAX)).await {
+                        Ok(Ok(p)) if p.incarnation == known => {}
+                        Ok(Ok(_)) => {
+                            drop(w);
+                            return match reload(weak, bucket).await {
+                                Some(w) => w,
+                                // The next check sees the new incarnation and tries again.
+                                None => Watch::new(0, futures_util::stream::pending()),
+                            };
+                        }
+                        Ok(Err(e)) => {
+                            if let Some(h) = weak.upgrade() {
+                                let reason = if *e.kind() == StoreErrorKind::NotFound { StaleReason::BucketMissing } else { StaleReason::NoResponse };
+                                h.mark_stale(reason, Some(e.to_string()));
+                            }
+                            tokio::time::sleep(heartbeat).await;
+                            continue;
+                        }
+                        Err(_) => {
+                            if let Some(h) = weak.upgrade() {
+                                h.mark_stale(StaleReason::NoResponse, Some(format!("bucket `{}`: no answer to a probe after re-creating the watch", bucket.name())));
+                            }
+                            tokio::time::sleep(heartbeat).await;
+                            continue;
+                        }
+                    }
+                }
                 if let Some(h) = weak.upgrade() {
                     h.watch_restarted();
                     tracing::info!(bucket = bucket.name(), from, "watch re-created");

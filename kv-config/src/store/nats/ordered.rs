@@ -191,6 +191,29 @@ impl Source {
         Ok((Ordered::new(self.client.clone(), subscriber, connects), consumer.cached_info().clone()))
     }
 
+    /// After making a consumer to go on with a watch that began on the stream incarnation whose
+    /// first consumer the server created at `born` (nanoseconds since the Unix epoch): an error
+    /// of kind `NotFound` if the stream now under the bucket's name was created after that (the
+    /// bucket was deleted and created again meanwhile), and the new consumer is deleted. Going on
+    /// from the last delivered revision + 1 in another incarnation would skip its first entries
+    /// and lay the rest over the old bucket's state. Checked after the consumer is made: a
+    /// stream seen to be the old one then was the old one when the consumer was made. When the
+    /// stream cannot be read, the consumer is deleted too and the error returned.
+    pub(super) async fn check_same(&self, born: u64, consumer: &str) -> StoreResult<()> {
+        let err = |e: &(dyn std::error::Error + 'static)| classify(e).bucket(self.bucket.clone()).key(self.pattern.clone());
+        let replaced = match self.js.get_stream(&self.stream).await {
+            Ok(stream) if stream.cached_info().created.unix_timestamp_nanos().max(0) as u64 <= born => return Ok(()),
+            Ok(_) => crate::store::StoreError::new(crate::store::StoreErrorKind::NotFound)
+                .bucket(self.bucket.clone())
+                .key(self.pattern.clone())
+                .detail("the bucket was deleted and created again while watched; this watch ends"),
+            Err(e) => err(&e),
+        };
+        // Not known to be the same incarnation: the consumer is not used.
+        self.delete(consumer).await;
+        Err(replaced)
+    }
+
     /// Deletes a consumer; one already gone is fine.
     pub(super) async fn delete(&self, name: &str) {
         if let Err(e) = self.js.delete_consumer_from_stream(name, &self.stream).await {
@@ -225,6 +248,9 @@ pub(super) struct Resuming {
     done: bool,
     /// The current consumer's name, shared with whoever deletes it when the watch ends.
     name: Arc<std::sync::Mutex<String>>,
+    /// When the server created the first consumer (nanoseconds since the Unix epoch): a new one
+    /// must be on the stream incarnation that existed then ([`Source::check_same`]).
+    born: u64,
 }
 
 impl Resuming {
@@ -240,7 +266,8 @@ impl Resuming {
             other => other,
         };
         let in_pass = matches!(start, DeliverPolicy::LastPerSubject) && info.num_pending > 0;
-        Resuming { source, start, current: Some(first), opening: None, pause: None, failures: 0, last: 0, in_pass, again: false, done: false, name }
+        let born = info.created.unix_timestamp_nanos().max(0) as u64;
+        Resuming { source, start, current: Some(first), opening: None, pause: None, failures: 0, last: 0, in_pass, again: false, done: false, name, born }
     }
 
     fn next_start(&self) -> consumer::DeliverPolicy {
@@ -304,7 +331,15 @@ impl Stream for Resuming {
             if this.opening.is_none() {
                 let (source, start) = (this.source.clone(), this.next_start());
                 tracing::debug!(stream = %source.stream, filter = %source.filter_subject, ?start, "a watch's consumer ended; making a new one");
-                this.opening = Some(async move { source.open(start).await }.boxed());
+                let born = this.born;
+                this.opening = Some(
+                    async move {
+                        let (ordered, info) = source.open(start).await?;
+                        source.check_same(born, &info.name).await?;
+                        Ok((ordered, info))
+                    }
+                    .boxed(),
+                );
             }
             let Some(opening) = this.opening.as_mut() else { continue };
             match opening.poll_unpin(cx) {
