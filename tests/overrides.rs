@@ -140,6 +140,59 @@ async fn updates_cannot_fight_an_override_and_stay_valid_after_it() {
     cfg.update(|c| c.max = 20).await.unwrap();
 }
 
+/// Defect (found by a probe): `set_for` checked the config with every override in effect, not
+/// as the others expire before the new one. An override of `max` for 2 s, then one of `min` for
+/// 60 s: once `max`'s expired, every service refused the bucket (min 50 > the own max 10).
+#[tokio::test]
+async fn an_override_must_stay_valid_as_the_others_expire_before_it() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    cfg.set_for("max", 100, Duration::from_secs(2)).await.unwrap();
+    let before = bucket.info().await.unwrap().last_revision;
+    let err = cfg.set_for("min", 50, Duration::from_secs(60)).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidAfterExpiry { keys, .. } if keys == "`max`"), "{err}");
+    assert!(err.to_string().contains("min 50 > max 10") && err.to_string().contains("bucket `cfg`"), "{err}");
+    assert_eq!(bucket.info().await.unwrap().last_revision, before, "nothing written");
+    // Expiring first, the same override is fine: while it lasts, `max` is 100.
+    let snap = cfg.set_for("min", 50, Duration::from_secs(1)).await.expect("min's override ends before max's");
+    assert_eq!((snap.min, snap.max), (50, 100));
+    // Updates are checked state after state too: here `min`'s override ends first, then
+    // `max`'s, and every state on the way is valid.
+    cfg.update(|c| c.workers = 2).await.expect("an unrelated update");
+}
+
+/// Defect (found by a probe): when an override expired while the bucket's state without it was
+/// refused (another tool had written an override of `min` that needs it), the handle kept the
+/// last good snapshot, which held the expired override's value; the next unrelated `update` then
+/// wrote that value back as the key's own ("repairing" it), turning a temporary override into a
+/// permanent value.
+#[tokio::test]
+async fn an_expired_overrides_value_is_never_written_as_the_keys_own() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    cfg.set_for("max", 100, Duration::from_secs(1)).await.unwrap();
+    // Another tool overrides `min` with no check of its own.
+    let op = kv_config::store::WriteOp::put("__kvconfig.override.min", "50".into()).ttl(Duration::from_secs(60));
+    bucket.write(op).await.unwrap();
+    eventually("min's override in effect", Duration::from_secs(3), || cfg.get().min == 50).await;
+    // `max`'s override expires: min 50 > the own max 10 is refused, the last good snapshot stays.
+    eventually("the state without max's override refused", Duration::from_secs(5), || !cfg.status().rejected.is_empty()).await;
+    assert_eq!((cfg.get().min, cfg.get().max), (50, 100), "the last good snapshot stays");
+    let before = bucket.info().await.unwrap().last_revision;
+    let err = cfg.update(|c| c.workers = 4).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidAfterExpiry { keys, .. } if keys == "`max`"), "{err}");
+    assert!(err.to_string().contains("min 50 > max 10"), "{err}");
+    assert_eq!(bucket.info().await.unwrap().last_revision, before, "nothing written");
+    assert_eq!(bucket.get("max").await.unwrap().unwrap(), "10", "the own value is untouched");
+    // Setting `max` itself is a change of the own value like any other, and makes the state valid.
+    let snap = cfg.update(|c| c.max = 60).await.expect("an explicit own max");
+    assert_eq!((snap.min, snap.max), (50, 60));
+    assert_eq!(bucket.get("max").await.unwrap().unwrap(), "60");
+    assert!(cfg.status().rejected.is_empty(), "{:?}", cfg.status());
+}
+
 #[tokio::test]
 async fn a_garbage_override_is_refused_and_named() {
     let (server, store) = server().await;

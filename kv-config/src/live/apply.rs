@@ -140,7 +140,7 @@ impl<T: KvConfig> Shared<T> {
     /// then does the full decode with per-key fallback and the complete error report.
     fn apply_changed(&self, st: &mut State, keys: &[String]) -> bool {
         let current = self.snapshot.load_full();
-        if current.fallback || current.epoch != st.epoch || !current.repair.is_empty() || !st.status.rejected.is_empty() {
+        if current.fallback || current.epoch != st.epoch || !current.repair.is_empty() || !current.lapsed.is_empty() || !st.status.rejected.is_empty() {
             return false;
         }
         let values = st.view.effective();
@@ -265,7 +265,10 @@ impl<T: KvConfig> Shared<T> {
                     free_bytes(dropped);
                     values
                 };
-                let snapshot = Snapshot::new(decoded.config, values, &st.view, any_rejected, st.epoch);
+                let mut snapshot = Snapshot::new(decoded.config, values, &st.view, any_rejected, st.epoch);
+                if any_rejected {
+                    snapshot.note_lapsed(&current, &st.view);
+                }
                 self.snapshot.store(Arc::new(snapshot));
                 if changed {
                     st.status.swaps += 1;
@@ -281,6 +284,7 @@ impl<T: KvConfig> Shared<T> {
                 st.status.last_error = Some(e.to_string());
                 // Same config, but writers must now expect the refused revisions (to repair them).
                 let mut snapshot = Snapshot::new(current.config.clone(), current.values.clone(), &st.view, true, st.epoch);
+                snapshot.note_lapsed(&current, &st.view);
                 snapshot.fallback = current.fallback;
                 self.snapshot.store(Arc::new(snapshot));
             }

@@ -71,6 +71,8 @@ impl<T: KvConfig> LiveConfig<T> {
             raw.insert(key.to_string(), RawValue { value: bytes.clone(), revision: 0, created: None });
             T::decode(&raw, &shared.source)?;
             let expires = SystemTime::now() + ttl;
+            // And while it lasts, as the other overrides expire before it.
+            self.check_after_expiry(&base, &raw, Some((key, Some(expires))), &|_| false)?;
             let millis = expires.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
             let expect = base.override_revisions.get(key).copied().unwrap_or(0);
             let mut ops = vec![WriteOp::put(full.clone(), bytes.clone()).expect_revision(expect).ttl(ttl).header(EXPIRES_HEADER, millis.to_string())];

@@ -34,6 +34,12 @@ pub struct Snapshot<T> {
     pub(super) underlying: HashMap<String, crate::config::RawValue>,
     /// The latest revision of every override key (markers included), for `set_for`'s check.
     pub(super) override_revisions: HashMap<String, u64>,
+    /// Keys whose value in effect is still that of an override that is gone (it expired or was
+    /// cleared while the bucket's state without it is refused, so the last good values stayed):
+    /// the override's revision and the key's own bucket value (`None`: absent). A write never
+    /// stores such a value as the key's own: it is not written unless the write changes it, and
+    /// the write must be valid with the own value back (usually empty, see [`Self::note_lapsed`]).
+    pub(super) lapsed: HashMap<String, (u64, Option<crate::config::RawValue>)>,
     /// The config is the start-up fallback ([`OnInvalid::Fallback`](crate::OnInvalid)), not
     /// decoded from the bucket.
     pub(super) fallback: bool,
@@ -119,6 +125,7 @@ impl<T: Clone> Clone for Snapshot<T> {
             overridden: self.overridden.clone(),
             underlying: self.underlying.clone(),
             override_revisions: self.override_revisions.clone(),
+            lapsed: self.lapsed.clone(),
             fallback: self.fallback,
             revision: self.revision,
             epoch: self.epoch,
@@ -178,12 +185,32 @@ impl<T> Snapshot<T> {
             overridden,
             underlying,
             override_revisions: if view.override_revisions.is_empty() { HashMap::new() } else { view.override_revisions.clone() },
+            lapsed: HashMap::new(),
             fallback: false,
             from_cache: None,
             revision: view.seen,
             epoch,
             seq: next_seq(),
             changes: None,
+        }
+    }
+
+    /// After a snapshot was built from values carried over from `previous` (the last good ones,
+    /// kept for a refused state or a refused key): the keys whose value in effect is still that of
+    /// an override `previous` had in effect (or had lapsed) but `view` no longer holds. They are
+    /// not bucket values to repair: a write that stored them would turn an expired override into
+    /// the key's own value.
+    pub(super) fn note_lapsed<U>(&mut self, previous: &Snapshot<U>, view: &View) {
+        if previous.epoch != self.epoch {
+            return;
+        }
+        let carried = previous.overridden.iter().map(|(k, o)| (k, o.revision)).chain(previous.lapsed.iter().map(|(k, (r, _))| (k, *r)));
+        for (key, revision) in carried {
+            if self.overridden.contains_key(key) || self.values.get(key).map(|v| v.revision) != Some(revision) {
+                continue;
+            }
+            self.repair.remove(key);
+            self.lapsed.insert(key.clone(), (revision, view.values.get(key).cloned()));
         }
     }
 
@@ -199,6 +226,7 @@ impl<T> Snapshot<T> {
             overridden,
             underlying,
             override_revisions,
+            lapsed,
             fallback,
             revision,
             epoch,
@@ -213,6 +241,7 @@ impl<T> Snapshot<T> {
         self.overridden = overridden;
         self.underlying = underlying;
         self.override_revisions = override_revisions;
+        self.lapsed = lapsed;
         self.fallback = fallback;
         self.revision = revision;
         self.epoch = epoch;

@@ -240,25 +240,52 @@ impl<T: KvConfig> LiveConfig<T> {
         Error::Overridden { bucket: self.shared.source.bucket.clone(), key: key.to_string(), expires }
     }
 
-    /// With overrides in effect, `encoded` must also be valid once they expire: the overridden
-    /// keys then hold their own bucket values (or defaults) again.
-    pub(super) fn check_after_expiry(&self, base: &Snapshot<T>, encoded: &crate::Encoded, except: Option<&str>) -> Result<()> {
-        let keys: Vec<&String> = base.overridden.keys().filter(|k| Some(k.as_str()) != except).collect();
-        if keys.is_empty() {
-            return Ok(());
+    /// With overrides in effect, the config a write leaves must also be valid as they expire, one
+    /// after the other, soonest first (an override without a known expiry counts as the soonest):
+    /// each expired key holds its own bucket value (or its default) again. `raw` is the config
+    /// the write leaves while every override lasts; `new_override`, when the write sets one (its
+    /// key and expiry), takes its place in that order, and only the states it is part of are
+    /// checked (what follows its expiry does not depend on it). Overrides that are already gone
+    /// ([`Snapshot::lapsed`](super::Snapshot)) count as expired in every state, unless
+    /// `changes(key)` says the write itself sets that key.
+    pub(super) fn check_after_expiry(
+        &self,
+        base: &Snapshot<T>,
+        raw: &RawValues,
+        new_override: Option<(&str, Option<std::time::SystemTime>)>,
+        changes: &dyn Fn(&str) -> bool,
+    ) -> Result<()> {
+        let replaced = new_override.map(|(k, _)| k);
+        let gone: Vec<&str> = base.lapsed.keys().map(String::as_str).filter(|k| Some(*k) != replaced && !changes(k)).collect();
+        let mut timeline: Vec<(Option<std::time::SystemTime>, &str)> =
+            base.overridden.iter().filter(|(k, _)| Some(k.as_str()) != replaced).map(|(k, o)| (o.expires, k.as_str())).collect();
+        timeline.extend(new_override.map(|(k, expires)| (expires, k)));
+        timeline.sort_unstable();
+        let last = match replaced {
+            Some(key) => timeline.iter().position(|(_, k)| *k == key).unwrap_or(timeline.len()),
+            None => timeline.len(),
+        };
+        let own = |k: &str| base.underlying.get(k).or_else(|| base.lapsed.get(k).and_then(|(_, v)| v.as_ref())).cloned();
+        for n in 0..=last {
+            let expired: Vec<&str> = gone.iter().copied().chain(timeline[..n].iter().map(|(_, k)| *k)).collect();
+            // With nothing expired this is the state the caller validated.
+            if expired.is_empty() {
+                continue;
+            }
+            let mut state = raw.clone();
+            for k in &expired {
+                match own(k) {
+                    Some(v) => state.insert((*k).to_string(), v),
+                    None => state.remove(*k),
+                };
+            }
+            T::decode(&state, &self.shared.source).map_err(|source| {
+                let mut names: Vec<String> = expired.iter().map(|k| format!("`{k}`")).collect();
+                names.sort();
+                Error::InvalidAfterExpiry { bucket: self.shared.source.bucket.clone(), keys: names.join(", "), source }
+            })?;
         }
-        let mut raw = to_raw(encoded);
-        for k in &keys {
-            match base.underlying.get(*k) {
-                Some(v) => raw.insert((*k).clone(), v.clone()),
-                None => raw.remove(*k),
-            };
-        }
-        T::decode(&raw, &self.shared.source).map(|_| ()).map_err(|source| {
-            let mut names: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
-            names.sort();
-            Error::InvalidAfterExpiry { bucket: self.shared.source.bucket.clone(), keys: names.join(", "), source }
-        })
+        Ok(())
     }
 
     async fn modify(&self, mut make: impl FnMut(&T) -> Result<T>) -> Result<Arc<Snapshot<T>>> {
@@ -270,10 +297,12 @@ impl<T: KvConfig> LiveConfig<T> {
             let next = make(&base.config)?;
             let encoded = next.encode()?;
             // Refuse an invalid config before anything is sent.
-            T::decode(&to_raw(&encoded), &shared.source)?;
+            let raw = to_raw(&encoded);
+            T::decode(&raw, &shared.source)?;
             let mut ops = self.plan(&base, &encoded)?;
-            if !ops.is_empty() {
-                self.check_after_expiry(&base, &encoded, None)?;
+            if !ops.is_empty() && !(base.overridden.is_empty() && base.lapsed.is_empty()) {
+                let old = base.config.encode()?;
+                self.check_after_expiry(&base, &raw, None, &|k| encoded.get(k) != old.get(k))?;
             }
             if ops.is_empty() {
                 // Nothing to write says the snapshot; if it may be behind, that proves nothing.
