@@ -300,7 +300,7 @@ impl<T: KvConfig> LiveConfig<T> {
             let raw = to_raw(&encoded);
             T::decode(&raw, &shared.source)?;
             let mut ops = self.plan(&base, &encoded)?;
-            if !ops.is_empty() && !(base.overridden.is_empty() && base.lapsed.is_empty()) {
+            if !ops.is_empty() && (!base.overridden.is_empty() || !base.lapsed.is_empty()) {
                 let old = base.config.encode()?;
                 self.check_after_expiry(&base, &raw, None, &|k| encoded.get(k) != old.get(k))?;
             }
