@@ -29,6 +29,9 @@ impl<T: KvConfig> LiveConfig<T> {
     /// [`set`](Self::set), then stored under `__kvconfig.override.<key>` with a per-key TTL, so
     /// every handle of the bucket uses it until the server expires it, and then goes back to the
     /// key's own value (not to the default). Setting it again replaces the override and its TTL.
+    /// The config must stay valid while the override lasts, also as other overrides expire before
+    /// it (soonest first; one without a known expiry counts as the soonest): otherwise
+    /// [`Error::InvalidAfterExpiry`] names them and nothing is written.
     ///
     /// The bucket needs per-key TTLs ([`BucketConfig::key_ttl`](crate::store::BucketConfig::key_ttl),
     /// `kvc add --key-ttl`). While an override lives, [`update`](Self::update)s that change the
