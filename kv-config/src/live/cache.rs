@@ -215,8 +215,9 @@ pub(super) fn encode<T>(id: &Identity, snapshot: &Snapshot<T>, values_of: &dyn L
         revision: snapshot.revision,
         guard: snapshot.guard,
         saved_unix_ms: unix_ms(now),
-        // Live overrides are left out, so a resume would miss them: load in full instead.
-        resumable: omitted.is_empty() && !refused && snapshot.repair.is_empty() && snapshot.overridden.is_empty(),
+        // Live overrides are left out, so a resume would miss them: load in full instead. (A
+        // lapsed override's value is kept as the last good one, and comes with a refusal.)
+        resumable: omitted.is_empty() && !refused && snapshot.repair.is_empty() && snapshot.overridden.is_empty() && snapshot.lapsed.is_empty(),
         omitted,
         values,
         markers: snapshot
