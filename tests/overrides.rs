@@ -180,6 +180,7 @@ async fn an_expired_overrides_value_is_never_written_as_the_keys_own() {
     // `max`'s override expires: min 50 > the own max 10 is refused, the last good snapshot stays.
     eventually("the state without max's override refused", Duration::from_secs(5), || !cfg.status().rejected.is_empty()).await;
     assert_eq!((cfg.get().min, cfg.get().max), (50, 100), "the last good snapshot stays");
+    assert!(matches!(cfg.get().source("max"), Some(Provenance::Override { .. })), "{:?}", cfg.get().source("max"));
     let before = bucket.info().await.unwrap().last_revision;
     let err = cfg.update(|c| c.workers = 4).await.unwrap_err();
     assert!(matches!(&err, Error::InvalidAfterExpiry { keys, .. } if keys == "`max`"), "{err}");

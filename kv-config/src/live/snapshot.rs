@@ -36,10 +36,10 @@ pub struct Snapshot<T> {
     pub(super) override_revisions: HashMap<String, u64>,
     /// Keys whose value in effect is still that of an override that is gone (it expired or was
     /// cleared while the bucket's state without it is refused, so the last good values stayed):
-    /// the override's revision and the key's own bucket value (`None`: absent). A write never
+    /// the override and the key's own bucket value (`None`: absent). A write never
     /// stores such a value as the key's own: it is not written unless the write changes it, and
     /// the write must be valid with the own value back (usually empty, see [`Self::note_lapsed`]).
-    pub(super) lapsed: HashMap<String, (u64, Option<crate::config::RawValue>)>,
+    pub(super) lapsed: HashMap<String, (ActiveOverride, Option<crate::config::RawValue>)>,
     /// The config is the start-up fallback ([`OnInvalid::Fallback`](crate::OnInvalid)), not
     /// decoded from the bucket.
     pub(super) fallback: bool,
@@ -204,13 +204,13 @@ impl<T> Snapshot<T> {
         if previous.epoch != self.epoch {
             return;
         }
-        let carried = previous.overridden.iter().map(|(k, o)| (k, o.revision)).chain(previous.lapsed.iter().map(|(k, (r, _))| (k, *r)));
-        for (key, revision) in carried {
-            if self.overridden.contains_key(key) || self.values.get(key).map(|v| v.revision) != Some(revision) {
+        let carried = previous.overridden.iter().chain(previous.lapsed.iter().map(|(k, (o, _))| (k, o)));
+        for (key, o) in carried {
+            if self.overridden.contains_key(key) || self.values.get(key).map(|v| v.revision) != Some(o.revision) {
                 continue;
             }
             self.repair.remove(key);
-            self.lapsed.insert(key.clone(), (revision, view.values.get(key).cloned()));
+            self.lapsed.insert(key.clone(), (o.clone(), view.values.get(key).cloned()));
         }
     }
 
@@ -308,7 +308,9 @@ impl<T: KvConfig> Snapshot<T> {
     /// Where the value in effect for `key` (relative to the prefix) came from: the default, the
     /// bucket (with revision and time), an override (with its expiry), the local cache file (with
     /// its save time, while the server cannot be reached), or the start-up fallback.
-    /// `None` for a key the schema does not know.
+    /// `None` for a key the schema does not know. An override that has expired still names a
+    /// value it left in effect: that happens when the bucket's state without it is refused, and
+    /// the last good snapshot (with the override's value) stays.
     ///
     /// ```
     /// use kv_config::{KvConfig, LiveConfig, Provenance, store::MemoryStore};
@@ -334,7 +336,8 @@ impl<T: KvConfig> Snapshot<T> {
     /// # Ok(()) }
     /// ```
     pub fn source(&self, key: &str) -> Option<Provenance> {
-        if let Some(o) = self.overridden.get(key) {
+        // An override that is gone still names the value it left in effect (a refused state).
+        if let Some(o) = self.overridden.get(key).or_else(|| self.lapsed.get(key).map(|(o, _)| o)) {
             return Some(Provenance::Override { revision: o.revision, created: o.created, expires: o.expires });
         }
         if let Some(v) = self.values.get(key) {
