@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kv_config::store::{
-    is_valid_key, Bucket, Entry, Operation, Store, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
+    is_valid_key, Bucket, BucketInfo, Entry, Operation, Store, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
 };
 use kv_config::{DecodeError, FieldSchema, KvConfig, RawValue, RawValues, Schema, Source, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHEMA_KEY};
 use serde::Serialize;
@@ -99,15 +99,24 @@ impl Current {
         self.entries.get(key).filter(|e| e.is_put())
     }
 
-    /// The schema field of a key (for a map entry such as `flags.beta`, the field `flags.*`).
+    /// The schema field of a key (for a map entry such as `flags.beta`, the field `flags.*`; for
+    /// an override key, the field it overrides: see [`field_of`]).
     pub fn field(&self, key: &str) -> Option<&FieldSchema> {
-        self.schema.as_ref().and_then(|s| s.field_for(key))
+        field_of(self.schema.as_ref(), key)
     }
 
     /// `true` if the key's value must not be shown.
     pub fn is_secret(&self, key: &str) -> bool {
         self.field(key).is_some_and(|f| f.secret)
     }
+}
+
+/// The schema field that decides how the value of `key` (relative to the prefix) is typed and
+/// shown: the key's own field (for a map entry such as `flags.beta`, the field `flags.*`), and
+/// for an override key (`__kvconfig.override.<key>`) the field of the key it overrides, so an
+/// override of a secret is a secret too.
+pub fn field_of<'a>(schema: Option<&'a Schema>, key: &str) -> Option<&'a FieldSchema> {
+    schema?.field_for(key.strip_prefix(OVERRIDE_PREFIX).unwrap_or(key))
 }
 
 /// One proposed change of one key: `new == None` deletes it.
@@ -290,10 +299,16 @@ impl Ctx {
     }
 
     /// The config's state at a past revision or time, rebuilt from the bucket's retained history.
-    /// Fails when the history no longer holds that state for some key.
+    /// Fails ([`CliError::NotFound`]) when the history no longer holds that state: for some key
+    /// (its older revisions dropped by the per-key history limit, or purged), or for the whole
+    /// bucket (messages removed from the start of its stream, e.g. by its max age, that may still
+    /// have been in effect then).
     pub async fn state_at(&self, cur: &Current, cutoff: Cutoff) -> CliResult<BTreeMap<String, Bytes>> {
-        let depth = cur.bucket.info().await?.config.history as usize;
+        let info = cur.bucket.info().await?;
+        let depth = info.config.history as usize;
         let entries = read_entries(cur.bucket.as_ref(), &self.prefix, WatchStart::FromRevision(1)).await?;
+        let oldest = oldest_retained(cur.bucket.as_ref()).await?;
+        check_retained(cur.name(), &info, oldest, &entries, cutoff, SystemTime::now())?;
         let mut by_key: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
         for e in entries {
             if let Some(rel) = self.relative(&e.key) {
@@ -323,8 +338,24 @@ impl Ctx {
         Ok(state)
     }
 
-    /// Checks proposed changes against the schema or the type; `Err(Refused)` lists every problem.
+    /// Checks proposed changes of the keys' own values against the schema or the type;
+    /// `Err(Refused)` lists every problem. In typed mode the validators see the state every
+    /// service will have: the new own values with the overrides in effect on top, and again as
+    /// those overrides expire one after the other (see [`check_overrides`](Ctx::check_overrides)).
     pub fn check(&self, cur: &Current, changes: &[Change]) -> CliResult<()> {
+        self.check_layer(cur, changes, None)
+    }
+
+    /// Checks changes that are to be written as overrides expiring at `expires` (`kvc set
+    /// --for`), like [`LiveConfig::set_for`](kv_config::LiveConfig::set_for): in typed mode the
+    /// config must be valid with them on top of the overrides in effect, and stay valid while
+    /// they last as the other overrides expire before them (soonest first; one without a known
+    /// expiry counts as the soonest).
+    pub fn check_overrides(&self, cur: &Current, changes: &[Change], expires: SystemTime) -> CliResult<()> {
+        self.check_layer(cur, changes, Some(expires))
+    }
+
+    fn check_layer(&self, cur: &Current, changes: &[Change], overrides_until: Option<SystemTime>) -> CliResult<()> {
         let mut problems = Vec::new();
         let refuse = |problems: &mut Vec<Refusal>, key: &str, reason: String| {
             problems.push(Refusal { key: key.to_string(), reason })
@@ -378,7 +409,7 @@ impl Ctx {
         }
         if problems.is_empty() {
             if let Mode::Typed(t) = &self.mode {
-                problems.extend(self.typed_check(t, cur, changes));
+                problems.extend(self.typed_check(t, cur, changes, overrides_until));
             }
         }
         if problems.is_empty() {
@@ -388,38 +419,75 @@ impl Ctx {
         }
     }
 
-    fn typed_check(&self, t: &Typed, cur: &Current, changes: &[Change]) -> Vec<Refusal> {
-        let mut values: RawValues = cur
-            .entries
+    /// Runs the type's decoder and validators on the states the changes lead to, mirroring
+    /// kv-config's own write checks: first the config every service will have (own values, the
+    /// changes, the live overrides on top), then the states as the overrides expire one after the
+    /// other, soonest first, each expired key holding its own value again. For own values
+    /// (`overrides_until == None`) that goes until every override has expired; for new overrides
+    /// it stops before they expire (what follows does not depend on them). Returns the problems
+    /// of the first state refused that concern a changed key.
+    fn typed_check(&self, t: &Typed, cur: &Current, changes: &[Change], overrides_until: Option<SystemTime>) -> Vec<Refusal> {
+        let raw = |e: &Entry| RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
+        let mut own: RawValues = cur.entries.iter().filter(|(_, e)| e.is_put()).map(|(k, e)| (k.clone(), raw(e))).collect();
+        let mut timeline: Vec<(Option<SystemTime>, String, RawValue)> = cur
+            .overrides
             .iter()
             .filter(|(_, e)| e.is_put())
-            .map(|(k, e)| (k.clone(), RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) }))
+            .map(|(k, e)| (crate::overrides::expires(e), k.clone(), raw(e)))
             .collect();
         for c in changes {
-            match &c.new {
-                Some(v) => {
-                    values.insert(c.key.clone(), RawValue { value: v.clone(), revision: 0, created: None });
+            let value = c.new.as_ref().map(|v| RawValue { value: v.clone(), revision: 0, created: None });
+            match (overrides_until, value) {
+                (None, Some(v)) => {
+                    own.insert(c.key.clone(), v);
                 }
-                None => {
-                    values.remove(&c.key);
+                (None, None) => {
+                    own.remove(&c.key);
                 }
+                (Some(until), Some(v)) => {
+                    timeline.retain(|(_, k, _)| *k != c.key);
+                    timeline.push((Some(until), c.key.clone(), v));
+                }
+                // An override needs a value; writing it fails before anything is sent.
+                (Some(_), None) => {}
             }
         }
+        timeline.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let last = match overrides_until {
+            Some(_) => timeline.iter().position(|(_, k, _)| changes.iter().any(|c| c.key == *k)).unwrap_or(timeline.len()),
+            None => timeline.len(),
+        };
         let source = Source::new(cur.name(), self.prefix.clone());
-        let Err(err) = (t.check)(&values, &source) else { return Vec::new() };
         let changed: BTreeSet<&str> = changes.iter().map(|c| c.key.as_str()).collect();
-        let mut out = Vec::new();
-        for e in err.errors() {
-            let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
-            // A problem counts when it is about a changed key, or about a struct (or a nested
-            // field's validator) that holds one; problems elsewhere were there before.
-            let relevant = rel.is_empty() || changed.iter().any(|k| *k == rel || k.starts_with(&format!("{rel}.")));
-            if relevant {
-                let key = if rel.is_empty() { "(whole config)".to_string() } else { rel.to_string() };
-                out.push(Refusal { key, reason: e.problem.to_string() });
+        for n in 0..=last {
+            let mut state = own.clone();
+            for (_, k, v) in &timeline[n..] {
+                state.insert(k.clone(), v.clone());
+            }
+            let Err(err) = (t.check)(&state, &source) else { continue };
+            let expired: Vec<String> = timeline[..n].iter().map(|(_, k, _)| format!("`{k}`")).collect();
+            let mut out = Vec::new();
+            for e in err.errors() {
+                let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
+                // A problem counts when it is about a changed key, or about a struct (or a nested
+                // field's validator) that holds one; problems elsewhere were there before.
+                let relevant = rel.is_empty() || changed.iter().any(|k| *k == rel || k.starts_with(&format!("{rel}.")));
+                if relevant {
+                    let key = if rel.is_empty() { "(whole config)".to_string() } else { rel.to_string() };
+                    let reason = if expired.is_empty() {
+                        e.problem.to_string()
+                    } else {
+                        let (noun, verb, it) = if expired.len() == 1 { ("override", "lasts", "it expires") } else { ("overrides", "last", "they expire") };
+                        format!("valid only while the {noun} of {} {verb}; once {it}: {}", expired.join(", "), e.problem)
+                    };
+                    out.push(Refusal { key, reason });
+                }
+            }
+            if !out.is_empty() {
+                return out;
             }
         }
-        out
+        Vec::new()
     }
 
     /// Every problem of the current state, by relative key (`(whole config)` for a
@@ -621,6 +689,79 @@ impl Ctx {
             _ => Err(CliError::Cancelled("cancelled; nothing changed".into())),
         }
     }
+}
+
+/// Refuses a point in the past whose state the bucket may no longer hold: messages were removed
+/// from the start of its stream (revisions `1..first`, `first` being the oldest retained one) that
+/// may still have been in effect at `cutoff`. Without a max age, such removals (a purge of the
+/// stream, expired per-key TTLs, history limits) only hide the states before the oldest retained
+/// message: a key's later revisions are all still there, and the per-key checks of
+/// [`Ctx::state_at`] see what its history limit dropped. With a max age `m`, a removed message,
+/// written before `first` and aged out before `now`, may have been in effect at any time before
+/// `min(first's time + m, now)`: and a key whose every revision aged out leaves no trace at all.
+/// `oldest` is the bucket's oldest retained message (any key), `entries` the retained messages
+/// of the config's keys.
+fn check_retained(bucket: &str, info: &BucketInfo, oldest: Option<Entry>, entries: &[Entry], cutoff: Cutoff, now: SystemTime) -> CliResult<()> {
+    let Some(first) = oldest else {
+        if info.last_revision == 0 {
+            return Ok(());
+        }
+        return Err(CliError::NotFound(format!(
+            "bucket `{bucket}`: the config {cutoff} is no longer retained: none of its {} revisions is held any more",
+            info.last_revision
+        )));
+    };
+    if first.revision <= 1 {
+        return Ok(());
+    }
+    let max_age = info.config.max_age.filter(|m| !m.is_zero());
+    // The time of the cutoff: for a revision, that of the last retained message at or before it.
+    let at = match cutoff {
+        Cutoff::Time(t) => Some(t),
+        Cutoff::Revision(r) => entries.iter().filter(|e| e.revision <= r).map(|e| e.created).max(),
+    };
+    let horizon = match max_age {
+        Some(m) => first.created.checked_add(m).map_or(now, |t| t.min(now)),
+        None => first.created,
+    };
+    if at.is_some_and(|t| t >= horizon) {
+        return Ok(());
+    }
+    let why = match max_age {
+        Some(m) => format!(" (the bucket keeps messages for {})", humantime::format_duration(m)),
+        None => String::new(),
+    };
+    let removed = match first.revision - 1 {
+        1 => "revision 1 was".to_string(),
+        n => format!("revisions 1 to {n} were"),
+    };
+    Err(CliError::NotFound(format!(
+        "bucket `{bucket}`: the config {cutoff} is no longer retained: {removed} removed{why}; the oldest retained is revision {} from {}",
+        first.revision,
+        time(first.created)
+    )))
+}
+
+/// The bucket's oldest retained message (any key), `None` when it holds none: the server's
+/// first revision, then one read of it.
+async fn oldest_retained(bucket: &dyn Bucket) -> CliResult<Option<Entry>> {
+    let probe = bucket.probe(">", u64::MAX).await?;
+    if probe.first_revision > probe.last_revision {
+        return Ok(None);
+    }
+    let mut watch = bucket.watch(">", WatchStart::FromRevision(probe.first_revision)).await?;
+    let deadline = tokio::time::Instant::now() + READ_DEADLINE;
+    let first = loop {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(e))) => break Some(e),
+            Ok(Some(Err(e))) if e.is_transient() => continue,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            Ok(None) => break None,
+            Err(_) => return Err(CliError::Other(format!("bucket `{}`: timed out reading its oldest retained revision", bucket.name()))),
+        }
+    };
+    watch.close().await;
+    Ok(first)
 }
 
 /// `\r` and `\n` are not allowed in a header value.

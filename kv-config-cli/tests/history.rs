@@ -127,3 +127,42 @@ async fn export_import_and_prefixes() {
     let run = env.kvc(&["import", "app", file.to_str().unwrap()]);
     assert_eq!(run.code, 2, "{run:?}");
 }
+
+#[tokio::test]
+async fn time_travel_refuses_a_time_whose_messages_the_bucket_no_longer_holds() {
+    use std::time::{Duration, Instant, SystemTime};
+    let env = Env::start().await;
+    let run = env.kvc(&["add", "ttlb", "--ttl", "2s"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let b = kv_config::store::Store::open_bucket(env.store.as_ref(), "ttlb").await.unwrap();
+    // At T the bucket holds a = 1; a = 2 comes after T.
+    b.put("a", "1".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t = precise(SystemTime::now());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    b.put("a", "2".into()).await.unwrap();
+    // The server removes revision 1 (max age 2 s); a value written now keeps the bucket from
+    // running empty while kvc looks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.history("a").await.unwrap().iter().any(|e| e.revision == 1) {
+        assert!(Instant::now() < deadline, "revision 1 never aged out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.put("c", "1".into()).await.unwrap();
+    let last = b.info().await.unwrap().last_revision;
+
+    // The state at T is not known any more: refused (not "a: absent"), naming bucket, time and
+    // what is still held; nothing written.
+    let runs = [
+        env.kvc(&["diff", "ttlb", "--time", &t, "--json"]),
+        env.kvc(&["revert", "ttlb", "--time", &t, "--dry-run", "--json"]),
+        env.kvc(&["revert", "ttlb", "--time", &t, "-m", "back to T"]),
+        env.kvc(&["diff", "ttlb", "--revision", "1"]),
+    ];
+    for run in &runs {
+        assert_eq!(run.code, 5, "{run:?}");
+        assert!(run.stderr.contains("bucket `ttlb`") && run.stderr.contains("oldest retained is revision"), "{}", run.stderr);
+    }
+    assert!(runs[0].stderr.contains(&t[..19]), "names the time: {}", runs[0].stderr);
+    assert_eq!(b.info().await.unwrap().last_revision, last);
+}

@@ -83,3 +83,34 @@ async fn del_override_ends_it_early_and_plain_buckets_say_what_they_lack() {
     assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stderr.contains("per-key TTL") && run.stderr.contains("--key-ttl"), "{}", run.stderr);
 }
+
+#[tokio::test]
+async fn a_secret_override_read_through_its_reserved_key_is_redacted() {
+    let env = Env::start().await;
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10).key_ttl(Duration::from_secs(1))).await.unwrap();
+    b.put(SCHEMA_KEY, serde_json::to_vec(&AppConfig::schema()).unwrap().into()).await.unwrap();
+    b.put("name", "\"api\"".into()).await.unwrap();
+    let run = env.kvc(&["set", "app", "api_token=s3cr3t-TOKEN", "--for", "10m"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let key = "__kvconfig.override.api_token";
+
+    let run = env.kvc(&["get", "app", key, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stdout.contains("s3cr3t"), "{}", run.stdout);
+    assert_eq!(run.json()["value"], "<redacted>");
+    let run = env.kvc(&["get", "app", key]);
+    assert!(run.code == 0 && !run.stdout.contains("s3cr3t") && run.stdout.contains("<redacted>"), "{run:?}");
+
+    let run = env.kvc(&["history", "app", key, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stdout.contains("s3cr3t"), "{}", run.stdout);
+    assert_eq!(run.json()["revisions"][0]["value"], "<redacted>");
+    let run = env.kvc(&["history", "app", key]);
+    assert!(run.code == 0 && !run.stdout.contains("s3cr3t") && run.stdout.contains("<redacted>"), "{run:?}");
+
+    // --reveal shows it, like the key's own value.
+    let run = env.kvc(&["get", "app", key, "--reveal", "--json"]);
+    assert_eq!(run.json()["value"], "s3cr3t-TOKEN", "{run:?}");
+    let run = env.kvc(&["history", "app", key, "--reveal", "--json"]);
+    assert_eq!(run.json()["revisions"][0]["value"], "s3cr3t-TOKEN", "{run:?}");
+}

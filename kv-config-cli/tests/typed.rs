@@ -178,3 +178,53 @@ async fn writes_of_a_config_with_cross_field_checks_bump_the_guard_key() {
     assert_eq!(b.get("limits.min").await.unwrap().as_deref(), Some(&b"25"[..]));
     assert_eq!(b.get("limits.max").await.unwrap().as_deref(), Some(&b"30"[..]));
 }
+
+#[tokio::test]
+async fn typed_writes_are_checked_with_the_overrides_in_effect_and_as_they_expire() {
+    use std::time::Duration;
+    let env = Env::start().await;
+    let b = kv_config::store::Store::create_bucket(
+        env.store.as_ref(),
+        &kv_config::store::BucketConfig::new("app").history(10).key_ttl(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    b.put("name", "\"api\"".into()).await.unwrap();
+    let (code, out, err) = typed(&env, &["set", "app", "limits.max=3", "--for", "10m"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Every service runs with limits.max = 3 now: an own value, or a second override, that breaks
+    // limits.min <= limits.max together with it is refused, nothing written.
+    let before = values(b.as_ref()).await;
+    let last = b.info().await.unwrap().last_revision;
+    for args in [&["set", "app", "limits.min=5"][..], &["set", "app", "limits.min=5", "--for", "10m"][..]] {
+        let (code, out, err) = typed(&env, args).await;
+        assert_eq!(code, 4, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("bucket `app`: refused") && err.contains("key `limits`") && err.contains("limits.min 5 > limits.max 3"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(values(b.as_ref()).await, before);
+    assert_eq!(b.info().await.unwrap().last_revision, last);
+
+    // Valid while an override lasts, invalid once it expires and the own value is back: refused,
+    // naming the override.
+    let (code, out, err) = typed(&env, &["del", "app", "limits.max", "--override", "--yes"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = typed(&env, &["set", "app", "limits.min=5"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = typed(&env, &["set", "app", "limits.max=20", "--for", "10m"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = typed(&env, &["set", "app", "limits.max=3"]).await;
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("override of `limits.max`") && err.contains("limits.min 5 > limits.max 3"), "{err}");
+
+    // An override that outlives another one must hold once the other one expires (own
+    // limits.max = 10 then); one that expires first need not.
+    let (code, out, err) = typed(&env, &["set", "app", "limits.min=15", "--for", "1h"]).await;
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("override of `limits.max`") && err.contains("limits.min 15 > limits.max 10"), "{err}");
+    let (code, out, err) = typed(&env, &["set", "app", "limits.min=15", "--for", "1m"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}

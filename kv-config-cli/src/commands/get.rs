@@ -58,7 +58,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             _ => return Err(CliError::no_key(&args.bucket, &args.key)),
         },
     };
-    let secret = schema.as_ref().and_then(|s| s.field_for(&args.key)).is_some_and(|f| f.secret);
+    let secret = ops::field_of(schema.as_ref(), &args.key).is_some_and(|f| f.secret);
     let got = Got {
         bucket: args.bucket.clone(),
         key: args.key.clone(),

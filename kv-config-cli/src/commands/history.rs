@@ -41,7 +41,7 @@ pub struct Revision {
 pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let bucket = ctx.open(&args.bucket).await?;
     let schema = ctx.schema(bucket.as_ref()).await?;
-    let secret = schema.as_ref().and_then(|s| s.field_for(&args.key)).is_some_and(|f| f.secret);
+    let secret = ops::field_of(schema.as_ref(), &args.key).is_some_and(|f| f.secret);
     let list = bucket.history(&ctx.full_key(&args.key)).await?;
     if list.is_empty() {
         return Err(CliError::no_key(&args.bucket, &args.key));

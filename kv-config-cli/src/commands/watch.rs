@@ -80,7 +80,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<()> {
         if args.filter.as_deref().is_some_and(|f| !key.starts_with(f)) {
             continue;
         }
-        let field = schema.as_ref().and_then(|s| s.field_for(&key));
+        let field = ops::field_of(schema.as_ref(), &key);
         let secret = field.is_some_and(|f| f.secret);
         let problem = match (field, e.is_put(), &schema) {
             (Some(f), true, _) => f.ty.parse(&e.value).err().map(|m| if secret { format!("invalid value (redacted); expected {}", f.ty) } else { m }),
