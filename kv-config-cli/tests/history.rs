@@ -107,6 +107,17 @@ async fn export_import_and_prefixes() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(b.get("prod.limits.max").await.unwrap().as_deref(), Some(&b"25"[..]));
     assert_eq!(b.get("prod.api_token").await.unwrap().as_deref(), Some(&b"\"s3cret-token\""[..]));
+    // A redacted value edited without dropping its mark is refused, not silently ignored.
+    let run = env.kvc(&[&prod[..], &["export", "app"]].concat());
+    let marked = run.stdout.replace("\"<redacted>\"", "\"new-token\"");
+    assert_ne!(marked, run.stdout);
+    let file3 = env.path("prod-marked.json");
+    std::fs::write(&file3, &marked).unwrap();
+    let before_marked = values(b.as_ref()).await;
+    let run = env.kvc(&[&prod[..], &["import", "app", file3.to_str().unwrap()]].concat());
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("`api_token`") && run.stderr.contains("redacted") && !run.stderr.contains("new-token"), "{}", run.stderr);
+    assert_eq!(values(b.as_ref()).await, before_marked, "nothing written");
 
     // The bucket moved since the first export: importing it again is refused, nothing written.
     let before = values(b.as_ref()).await;

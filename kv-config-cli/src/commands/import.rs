@@ -78,6 +78,23 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             moved.join(", ")
         )));
     }
+    // A value marked redacted is left alone; one edited without dropping the mark would be
+    // ignored without a word.
+    let edited: Vec<String> = file
+        .values
+        .iter()
+        .filter(|(_, v)| v.redacted && v.value != serde_json::Value::String(crate::ops::REDACTED.into()))
+        .map(|(k, _)| format!("`{k}`"))
+        .collect();
+    if !edited.is_empty() {
+        return Err(CliError::Usage(format!(
+            "bucket `{}`: key {} marked \"redacted\": true but holds a value other than \"{}\"; nothing written: drop the mark to import the value, or restore \"{}\" to leave the key alone",
+            args.bucket,
+            edited.join(", "),
+            crate::ops::REDACTED,
+            crate::ops::REDACTED
+        )));
+    }
     let live = cur.live();
     let mut target: BTreeMap<String, Bytes> = live.iter().filter(|(k, _)| !in_scope(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     for (k, v) in &file.values {
