@@ -693,12 +693,14 @@ impl Ctx {
 
 /// Refuses a point in the past whose state the bucket may no longer hold: messages were removed
 /// from the start of its stream (revisions `1..first`, `first` being the oldest retained one) that
-/// may still have been in effect at `cutoff`. Without a max age, such removals (a purge of the
-/// stream, expired per-key TTLs, history limits) only hide the states before the oldest retained
-/// message: a key's later revisions are all still there, and the per-key checks of
-/// [`Ctx::state_at`] see what its history limit dropped. With a max age `m`, a removed message,
-/// written before `first` and aged out before `now`, may have been in effect at any time before
-/// `min(first's time + m, now)`: and a key whose every revision aged out leaves no trace at all.
+/// may still have been in effect at `cutoff`. Without a max age, such removals (expired per-key
+/// TTLs, history limits) only hide the states before the oldest retained message: a key's later
+/// revisions are all still there, and the per-key checks of [`Ctx::state_at`] see what its
+/// history limit dropped. With a max age `m`, once the bucket is older than `m` (or its age is
+/// unknown), a removed message, written before `first` and aged out before `now`, may have been
+/// in effect at any time before `min(first's time + m, now)`: and a key whose every revision aged
+/// out leaves no trace at all. Not caught: a purge of the stream up to a sequence, or of a key's
+/// last delete marker, that removed a key in effect after the oldest retained message.
 /// `oldest` is the bucket's oldest retained message (any key), `entries` the retained messages
 /// of the config's keys.
 fn check_retained(bucket: &str, info: &BucketInfo, oldest: Option<Entry>, entries: &[Entry], cutoff: Cutoff, now: SystemTime) -> CliResult<()> {
@@ -720,7 +722,10 @@ fn check_retained(bucket: &str, info: &BucketInfo, oldest: Option<Entry>, entrie
         Cutoff::Time(t) => Some(t),
         Cutoff::Revision(r) => entries.iter().filter(|e| e.revision <= r).map(|e| e.created).max(),
     };
-    let horizon = match max_age {
+    // Messages age out only once the bucket is older than its max age: until then, what was
+    // removed before `first` was removed by the history limit or a purge (see above).
+    let aged = max_age.filter(|m| info.created.and_then(|c| c.checked_add(*m)).map_or(true, |t| t <= now));
+    let horizon = match aged {
         Some(m) => first.created.checked_add(m).map_or(now, |t| t.min(now)),
         None => first.created,
     };

@@ -322,6 +322,7 @@ impl Bucket for MemBucket {
             messages: st.msgs.len() as u64,
             bytes: st.msgs.values().map(|m| (m.key.len() + m.value.len()) as u64).sum(),
             last_revision: st.seq,
+            created: None,
         })
     }
 

@@ -234,6 +234,8 @@ pub struct BucketInfo {
     pub bytes: u64,
     /// The bucket's last revision (0 when nothing was ever written).
     pub last_revision: u64,
+    /// When the bucket (this incarnation of it) was created; `None` when the store does not say.
+    pub created: Option<std::time::SystemTime>,
 }
 
 /// What a write expects of the key's last revision.
