@@ -162,6 +162,24 @@ async fn an_override_must_stay_valid_as_the_others_expire_before_it() {
     cfg.update(|c| c.workers = 2).await.expect("an unrelated update");
 }
 
+/// Shortening an override that outlasted another creates states that did not exist before:
+/// `max` at 100 for 60 s and `min` at 50 for 30 s is fine (min ends first), but `max` again for
+/// 1 s would leave min 50 > the own max 10 for 29 s. (The first version of the check looked
+/// only at the states up to the new override's expiry, and none had expired before it; found by
+/// a review.)
+#[tokio::test]
+async fn shortening_an_override_that_outlasted_another_is_checked() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    cfg.set_for("max", 100, Duration::from_secs(60)).await.unwrap();
+    cfg.set_for("min", 50, Duration::from_secs(30)).await.unwrap();
+    let err = cfg.set_for("max", 100, Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidAfterExpiry { keys, .. } if keys == "`max`"), "{err}");
+    assert!(err.to_string().contains("min 50 > max 10"), "{err}");
+    // Lengthening it is fine.
+    cfg.set_for("max", 100, Duration::from_secs(90)).await.expect("a longer override of max");
+}
+
 /// Defect (found by a probe): when an override expired while the bucket's state without it was
 /// refused (another tool had written an override of `min` that needs it), the handle kept the
 /// last good snapshot, which held the expired override's value; the next unrelated `update` then

@@ -435,6 +435,8 @@ impl Ctx {
             .filter(|(_, e)| e.is_put())
             .map(|(k, e)| (crate::overrides::expires(e), k.clone(), raw(e)))
             .collect();
+        // Overrides the changes replace, with their old expiry.
+        let mut replaced: Vec<(Option<SystemTime>, String)> = Vec::new();
         for c in changes {
             let value = c.new.as_ref().map(|v| RawValue { value: v.clone(), revision: 0, created: None });
             match (overrides_until, value) {
@@ -445,7 +447,10 @@ impl Ctx {
                     own.remove(&c.key);
                 }
                 (Some(until), Some(v)) => {
-                    timeline.retain(|(_, k, _)| *k != c.key);
+                    if let Some(at) = timeline.iter().position(|(_, k, _)| *k == c.key) {
+                        replaced.push((timeline[at].0, c.key.clone()));
+                        timeline.remove(at);
+                    }
                     timeline.push((Some(until), c.key.clone(), v));
                 }
                 // An override needs a value; writing it fails before anything is sent.
@@ -454,7 +459,17 @@ impl Ctx {
         }
         timeline.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let last = match overrides_until {
-            Some(_) => timeline.iter().position(|(_, k, _)| changes.iter().any(|c| c.key == *k)).unwrap_or(timeline.len()),
+            Some(_) => {
+                let new = timeline.iter().position(|(_, k, _)| changes.iter().any(|c| c.key == *k)).unwrap_or(timeline.len());
+                // An override replaced would have outlasted the others that expire before its
+                // old expiry: those states are new too.
+                let old = replaced
+                    .iter()
+                    .map(|(e, key)| timeline.iter().filter(|(x, k, _)| !changes.iter().any(|c| c.key == *k) && (*x, k) < (*e, key)).count())
+                    .max()
+                    .unwrap_or(0);
+                new.max(old)
+            }
             None => timeline.len(),
         };
         let source = Source::new(cur.name(), self.prefix.clone());

@@ -227,4 +227,9 @@ async fn typed_writes_are_checked_with_the_overrides_in_effect_and_as_they_expir
     assert!(err.contains("override of `limits.max`") && err.contains("limits.min 15 > limits.max 10"), "{err}");
     let (code, out, err) = typed(&env, &["set", "app", "limits.min=15", "--for", "1m"]).await;
     assert_eq!(code, 0, "{out}{err}");
+    // Shortening limits.max's override (10 m) to before limits.min's (1 m) ends makes a new state,
+    // limits.min 15 over the own limits.max 10: refused (found by a review).
+    let (code, out, err) = typed(&env, &["set", "app", "limits.max=20", "--for", "30s"]).await;
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("override of `limits.max`") && err.contains("limits.min 15 > limits.max 10"), "{err}");
 }

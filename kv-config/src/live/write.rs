@@ -245,7 +245,8 @@ impl<T: KvConfig> LiveConfig<T> {
     /// each expired key holds its own bucket value (or its default) again. `raw` is the config
     /// the write leaves while every override lasts; `new_override`, when the write sets one (its
     /// key and expiry), takes its place in that order, and only the states it is part of are
-    /// checked (what follows its expiry does not depend on it). Overrides that are already gone
+    /// checked, and those up to where an override it replaces would have expired (what follows
+    /// does not depend on the write). Overrides that are already gone
     /// ([`Snapshot::lapsed`](super::Snapshot)) count as expired in every state, unless
     /// `changes(key)` says the write itself sets that key.
     pub(super) fn check_after_expiry(
@@ -262,7 +263,13 @@ impl<T: KvConfig> LiveConfig<T> {
         timeline.extend(new_override.map(|(k, expires)| (expires, k)));
         timeline.sort_unstable();
         let last = match replaced {
-            Some(key) => timeline.iter().position(|(_, k)| *k == key).unwrap_or(timeline.len()),
+            Some(key) => {
+                let new = timeline.iter().position(|(_, k)| *k == key).unwrap_or(timeline.len());
+                // Replacing an override that would have outlasted others: the states between its
+                // new expiry and its old one are new too.
+                let old = base.overridden.get(key).map_or(0, |o| timeline.iter().filter(|(e, k)| *k != key && (*e, *k) < (o.expires, key)).count());
+                new.max(old)
+            }
             None => timeline.len(),
         };
         let own = |k: &str| base.underlying.get(k).or_else(|| base.lapsed.get(k).and_then(|(_, v)| v.as_ref())).cloned();
