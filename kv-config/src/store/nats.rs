@@ -598,7 +598,7 @@ impl Bucket for NatsBucket {
                 messages: info.state.messages,
                 bytes: info.state.bytes,
                 last_revision: info.state.last_sequence,
-                created: SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(incarnation_of(&info))),
+                created: SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(incarnation_of(info))),
             })
         }
         .await;
