@@ -205,6 +205,10 @@ async fn an_expired_overrides_value_is_never_written_as_the_keys_own() {
     assert!(err.to_string().contains("min 50 > max 10"), "{err}");
     assert_eq!(bucket.info().await.unwrap().last_revision, before, "nothing written");
     assert_eq!(bucket.get("max").await.unwrap().unwrap(), "10", "the own value is untouched");
+    // Clearing the override that is gone cannot bring the own value into effect: it says so.
+    let err = cfg.clear_override("max").await.unwrap_err();
+    assert!(matches!(&err, Error::NotInEffect { key, .. } if key == "__kvconfig.override.max"), "{err}");
+    assert!(err.to_string().contains("min 50 > max 10"), "{err}");
     // Setting `max` itself is a change of the own value like any other, and makes the state valid.
     let snap = cfg.update(|c| c.max = 60).await.expect("an explicit own max");
     assert_eq!((snap.min, snap.max), (50, 60));

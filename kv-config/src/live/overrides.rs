@@ -115,7 +115,10 @@ impl<T: KvConfig> LiveConfig<T> {
     }
 
     /// Ends the override of `key` before its TTL does: the key's own value is back. Does nothing
-    /// (and returns the current snapshot) when no override of `key` is in effect.
+    /// (and returns the current snapshot) when no override of `key` is in effect. When the state
+    /// with the key's own value back is refused, the last good snapshot (with the override's
+    /// value) stays and [`Error::NotInEffect`] says why; also when the override is gone already
+    /// but its value stayed in effect that way.
     pub async fn clear_override(&self, key: &str) -> Result<Arc<Snapshot<T>>> {
         let shared = &self.shared;
         shared.check_known(key)?;
@@ -124,6 +127,10 @@ impl<T: KvConfig> LiveConfig<T> {
         loop {
             attempt += 1;
             let base = self.get_arc();
+            if let Some((o, _)) = base.lapsed.get(key) {
+                // Gone already, but its value stays in effect: the state without it is refused.
+                return Err(Error::NotInEffect { bucket: shared.source.bucket.clone(), key: full, revision: o.revision, reason: self.refusal(key) });
+            }
             if !base.overridden.contains_key(key) {
                 return Ok(base);
             }
@@ -155,20 +162,25 @@ impl<T: KvConfig> LiveConfig<T> {
         let in_effect = snapshot.overridden.get(key).map(|o| o.revision);
         let ok = match ours {
             Some(ours) => in_effect.is_some_and(|r| r >= ours),
-            None => in_effect.is_none(),
+            // Gone, and its value no longer in effect either.
+            None => in_effect.is_none() && !snapshot.lapsed.contains_key(key),
         };
         if ok {
             return Ok(snapshot);
         }
         let full = format!("{}{OVERRIDE_PREFIX}{key}", shared.source.prefix);
-        let reason = {
-            let st = shared.state();
-            st.status.rejected.iter().find(|e| e.key == full).or(st.status.rejected.first()).map_or_else(
-                || "another writer changed it at the same moment".to_string(),
-                ToString::to_string,
-            )
-        };
-        Err(Error::NotInEffect { bucket: shared.source.bucket.clone(), key: full, revision, reason })
+        Err(Error::NotInEffect { bucket: shared.source.bucket.clone(), key: full, revision, reason: self.refusal(key) })
+    }
+
+    /// Why the state after a change of the override of `key` is not in effect: the refusal of
+    /// the override key, or the first refusal.
+    fn refusal(&self, key: &str) -> String {
+        let full = format!("{}{OVERRIDE_PREFIX}{key}", self.shared.source.prefix);
+        let st = self.shared.state();
+        st.status.rejected.iter().find(|e| e.key == full).or(st.status.rejected.first()).map_or_else(
+            || "another writer changed it at the same moment".to_string(),
+            ToString::to_string,
+        )
     }
 }
 
