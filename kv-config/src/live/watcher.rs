@@ -334,35 +334,20 @@ async fn restart(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, old: Watc
             Ok(Ok(w)) => {
                 // The bucket may have been deleted and created again since it was last checked:
                 // a watch from `from` in the new one would skip its first entries and lay the
-                // rest over the old state. Asked after the watch is made (nothing of it is read
-                // yet): the incarnation seen now is the one the watch was made on, or a later one.
-                let known = weak.upgrade().and_then(|h| h.state().incarnation);
-                if let Some(known) = known {
-                    match tokio::time::timeout(heartbeat, bucket.probe(pattern, u64::MAX)).await {
-                        Ok(Ok(p)) if p.incarnation == known => {}
-                        Ok(Ok(_)) => {
-                            drop(w);
-                            return match reload(weak, bucket).await {
-                                Some(w) => w,
-                                // The next check sees the new incarnation and tries again.
-                                None => Watch::new(0, futures_util::stream::pending()),
-                            };
-                        }
-                        Ok(Err(e)) => {
-                            if let Some(h) = weak.upgrade() {
-                                let reason = if *e.kind() == StoreErrorKind::NotFound { StaleReason::BucketMissing } else { StaleReason::NoResponse };
-                                h.mark_stale(reason, Some(e.to_string()));
-                            }
-                            tokio::time::sleep(heartbeat).await;
-                            continue;
-                        }
-                        Err(_) => {
-                            if let Some(h) = weak.upgrade() {
-                                h.mark_stale(StaleReason::NoResponse, Some(format!("bucket `{}`: no answer to a probe after re-creating the watch", bucket.name())));
-                            }
-                            tokio::time::sleep(heartbeat).await;
-                            continue;
-                        }
+                // rest over the old state.
+                match replaced_since(weak, bucket, pattern, heartbeat).await {
+                    Some(false) => {}
+                    Some(true) => {
+                        drop(w);
+                        return match reload(weak, bucket).await {
+                            Some(w) => w,
+                            // The next check sees the new incarnation and tries again.
+                            None => Watch::new(0, futures_util::stream::pending()),
+                        };
+                    }
+                    None => {
+                        tokio::time::sleep(heartbeat).await;
+                        continue;
                     }
                 }
                 if let Some(h) = weak.upgrade() {
@@ -373,7 +358,7 @@ async fn restart(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, old: Watc
             }
             Ok(Err(e)) => {
                 if let Some(h) = weak.upgrade() {
-                    let reason = if *e.kind() == StoreErrorKind::NotFound { StaleReason::BucketMissing } else { StaleReason::NoResponse };
+                    let reason = stale_reason(&e);
                     h.mark_stale(reason, Some(e.to_string()));
                     if reason == StaleReason::BucketMissing {
                         return Watch::new(0, futures_util::stream::pending());
@@ -387,6 +372,32 @@ async fn restart(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, old: Watc
             }
         }
         tokio::time::sleep(heartbeat).await;
+    }
+}
+
+/// Whether the bucket is another incarnation than the hub's (deleted and created again): asked
+/// after a watch is made and before anything of it is read, so the incarnation seen now is the one
+/// the watch was made on, or a later one. `Some(false)` when the hub knows no incarnation; `None`
+/// when the server did not answer (the hub is marked stale).
+async fn replaced_since(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: Duration) -> Option<bool> {
+    let Some(known) = weak.upgrade().and_then(|h| h.state().incarnation) else { return Some(false) };
+    let error = match tokio::time::timeout(heartbeat, bucket.probe(pattern, u64::MAX)).await {
+        Ok(Ok(p)) => return Some(p.incarnation != known),
+        Ok(Err(e)) => (stale_reason(&e), e.to_string()),
+        Err(_) => (StaleReason::NoResponse, format!("bucket `{}`: no answer to a probe after re-creating the watch", bucket.name())),
+    };
+    if let Some(h) = weak.upgrade() {
+        h.mark_stale(error.0, Some(error.1));
+    }
+    None
+}
+
+/// What a failed request to the bucket makes the handles: a missing bucket, or no answer.
+fn stale_reason(e: &StoreError) -> StaleReason {
+    if *e.kind() == StoreErrorKind::NotFound {
+        StaleReason::BucketMissing
+    } else {
+        StaleReason::NoResponse
     }
 }
 
