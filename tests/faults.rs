@@ -931,3 +931,96 @@ async fn a_store_watch_outlives_its_consumer_and_a_server_restart() {
     let e = next(&mut watch, Duration::from_secs(8)).await;
     assert_eq!((e.revision, &e.value[..]), (4, &b"3"[..]), "the next write, not a replay");
 }
+
+/// Probes of a [`Tapped`] bucket fail while `fail` names their pattern (`*`: every probe);
+/// bumping `end` ends every watch made so far; `watches` counts the watches made.
+#[derive(Debug, Clone)]
+struct Unanswered {
+    fail: Arc<std::sync::Mutex<Option<String>>>,
+    watches: Arc<AtomicU32>,
+    end: Arc<tokio::sync::watch::Sender<u32>>,
+}
+
+impl Unanswered {
+    fn new() -> Self {
+        Unanswered { fail: Arc::default(), watches: Arc::default(), end: Arc::new(tokio::sync::watch::Sender::new(0)) }
+    }
+
+    fn fail(&self, pattern: Option<&str>) {
+        *self.fail.lock().unwrap() = pattern.map(str::to_string);
+    }
+}
+
+impl Hooks for Unanswered {
+    type PerBucket = ();
+    const SHARED_WATCHES: bool = false;
+
+    fn watch(&self, _: &(), inner: Watch) -> Watch {
+        self.watches.fetch_add(1, Ordering::SeqCst);
+        let initial = inner.initial_pending();
+        let mut end = self.end.subscribe();
+        Watch::new(initial, inner.take_until(async move { end.changed().await.ok() }))
+    }
+
+    fn probe_result(&self, _: &(), pattern: &str, result: kv_config::store::StoreResult<Probe>) -> kv_config::store::StoreResult<Probe> {
+        match self.fail.lock().unwrap().as_deref() {
+            Some(p) if p == "*" || p == pattern => {
+                Err(kv_config::store::StoreError::new(StoreErrorKind::Timeout).bucket("cfg").detail("probe dropped by the test"))
+            }
+            _ => result,
+        }
+    }
+}
+
+/// A watch ends (as on a failover) and its replacement is made, but the server answers no probe,
+/// so the watcher cannot tell whether the bucket is still the incarnation it knows. The new watch
+/// is kept, unread, and asked about again a heartbeat later: before, it was dropped and another
+/// made for every unanswered probe, each leaving a consumer on the server when its delete was lost
+/// too. Meanwhile the handle says it is stale and keeps its snapshot; once probes are answered the
+/// kept watch delivers.
+#[tokio::test]
+async fn a_new_watch_is_kept_while_the_server_does_not_answer_whether_the_bucket_is_the_same() {
+    let (server, store) = server().await;
+    let hooks = Unanswered::new();
+    let heartbeat = Duration::from_millis(200);
+    let cfg = LiveConfig::<Cfg>::builder(Tapped::new(&store, hooks.clone()), "cfg").create_if_missing().heartbeat(heartbeat).start().await.unwrap();
+    assert_eq!(hooks.watches.load(Ordering::SeqCst), 1);
+    hooks.fail(Some("*"));
+    hooks.end.send_modify(|n| *n += 1);
+    eventually("stale while the new watch is unconfirmed", Duration::from_secs(5), || cfg.status().stale.is_some()).await;
+    tokio::time::sleep(heartbeat * 8).await;
+    assert_eq!(hooks.watches.load(Ordering::SeqCst), 2, "one new watch, kept while its check goes unanswered");
+    assert!(cfg.status().stale.is_some(), "{:?}", cfg.status());
+    assert_eq!(cfg.get().workers, 6);
+    hooks.fail(None);
+    raw(&server).await.put("workers", "9".into()).await.unwrap();
+    eventually("the kept watch delivers", Duration::from_secs(5), || cfg.get().workers == 9 && cfg.status().is_healthy()).await;
+    assert_eq!(hooks.watches.load(Ordering::SeqCst), 2, "the kept watch, no other");
+}
+
+/// The bucket is deleted and created again, and the server answers every probe but the reload's
+/// (of the whole bucket): the reload would not know which incarnation it read, and the hub could
+/// then not tell the next replacement from its own bucket. So no reload is made without it: the
+/// handle says it is stale and keeps its last good snapshot until the server answers, then
+/// reloads the new bucket. Before, it reloaded with no incarnation and said it was healthy.
+#[tokio::test]
+async fn a_replaced_bucket_is_reloaded_only_with_its_incarnation_known() {
+    let (_server, store) = server().await;
+    let hooks = Unanswered::new();
+    let heartbeat = Duration::from_millis(200);
+    let builder = LiveConfig::<Cfg>::builder(Tapped::new(&store, hooks.clone()), "cfg").prefix("app.").create_if_missing();
+    let cfg = builder.heartbeat(heartbeat).start().await.unwrap();
+    hooks.fail(Some(">"));
+    store.delete_bucket("cfg").await.unwrap();
+    let bucket = store.create_bucket(&BucketConfig::new("cfg")).await.unwrap();
+    bucket.put("app.workers", "9".into()).await.unwrap();
+    eventually("the replacement noticed", Duration::from_secs(5), || cfg.status().stale.is_some() || cfg.get().workers == 9).await;
+    let until = Instant::now() + heartbeat * 10;
+    while Instant::now() < until {
+        let status = cfg.status();
+        assert!(status.stale.is_some() && cfg.get().workers == 6, "reloaded without knowing the incarnation: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hooks.fail(None);
+    eventually("reloaded", Duration::from_secs(5), || cfg.get().workers == 9 && cfg.status().is_healthy()).await;
+}

@@ -29,6 +29,12 @@ pub trait Hooks: Clone + Debug + Send + Sync + 'static {
         let _ = bucket;
         probe
     }
+    /// What a bucket handle's probe of `pattern` returns, given the server's answer or error
+    /// (by default: [`Hooks::probe`] of an answer).
+    fn probe_result(&self, bucket: &Self::PerBucket, pattern: &str, result: StoreResult<Probe>) -> StoreResult<Probe> {
+        let _ = pattern;
+        result.map(|p| self.probe(bucket, p))
+    }
 }
 
 /// A [`NatsStore`] whose buckets pass watches and probes through `hooks`.
@@ -111,7 +117,7 @@ impl<H: Hooks> Bucket for TappedBucket<H> {
         self.inner.opened_incarnation()
     }
     async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
-        Ok(self.hooks.probe(&self.state, self.inner.probe(pattern, after).await?))
+        self.hooks.probe_result(&self.state, pattern, self.inner.probe(pattern, after).await)
     }
     async fn write(&self, op: WriteOp) -> StoreResult<u64> {
         self.inner.write(op).await

@@ -596,7 +596,8 @@ impl Hub {
 
     /// Reads the bucket again from scratch (it was replaced) and gives every member its new view.
     /// The watch that read it is returned, still open.
-    pub(super) async fn reload(&self, incarnation: Option<u64>) -> Result<Watch> {
+    pub(super) async fn reload(&self, incarnation: u64) -> Result<Watch> {
+        let incarnation = Some(incarnation);
         let mut latest = Latest::default();
         let watch = scan(&*self.bucket, &self.pattern, None, self.load_timeout, &mut latest).await?;
         let views: Vec<(Arc<dyn Member>, View)> = {

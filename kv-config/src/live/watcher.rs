@@ -334,20 +334,21 @@ async fn restart(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, old: Watc
             Ok(Ok(w)) => {
                 // The bucket may have been deleted and created again since it was last checked:
                 // a watch from `from` in the new one would skip its first entries and lay the
-                // rest over the old state.
-                match replaced_since(weak, bucket, pattern, heartbeat).await {
-                    Some(false) => {}
-                    Some(true) => {
-                        drop(w);
-                        return match reload(weak, bucket).await {
-                            Some(w) => w,
-                            // The next check sees the new incarnation and tries again.
-                            None => Watch::new(0, futures_util::stream::pending()),
-                        };
-                    }
-                    None => {
-                        tokio::time::sleep(heartbeat).await;
-                        continue;
+                // rest over the old state. Until the server answers, the new watch is kept
+                // (unread) and asked about again: making another one per unanswered question
+                // would leave a consumer behind on the server each time.
+                loop {
+                    match replaced_since(weak, bucket, pattern, heartbeat).await {
+                        Some(false) => break,
+                        Some(true) => {
+                            drop(w);
+                            return match reload(weak, bucket).await {
+                                Some(w) => w,
+                                // The next check sees the new incarnation and tries again.
+                                None => Watch::new(0, futures_util::stream::pending()),
+                            };
+                        }
+                        None => tokio::time::sleep(heartbeat).await,
                     }
                 }
                 if let Some(h) = weak.upgrade() {
@@ -404,7 +405,15 @@ fn stale_reason(e: &StoreError) -> StaleReason {
 /// The bucket was replaced: read it again from scratch (its revisions start again at 1) and
 /// give every handle its new view. `None` when it cannot be read yet; the next check tries again.
 async fn reload(weak: &Weak<Hub>, bucket: &dyn Bucket) -> Option<Watch> {
-    let incarnation = bucket.probe(">", u64::MAX).await.ok().map(|p| p.incarnation);
+    // The incarnation read before the bucket: a reload without it would leave the hub unable to
+    // tell the next replacement (any incarnation would pass as its own), so none is made.
+    let incarnation = match bucket.probe(">", u64::MAX).await {
+        Ok(p) => p.incarnation,
+        Err(e) => {
+            weak.upgrade()?.mark_stale(stale_reason(&e), Some(e.to_string()));
+            return None;
+        }
+    };
     let hub = weak.upgrade()?;
     match hub.reload(incarnation).await {
         Ok(watch) => {

@@ -162,6 +162,12 @@ pub(super) struct Source {
     /// For errors: the bucket and the watched pattern.
     pub(super) bucket: String,
     pub(super) pattern: String,
+    /// The creation time of the stream incarnation the watch began in (nanoseconds since the
+    /// Unix epoch), once known: from the open that made the watch, or from the first check of a
+    /// re-made consumer ([`Source::check_same`]). A stream's creation time is stored with it and
+    /// survives restarts and leader changes, so equality identifies the incarnation without
+    /// comparing two clocks.
+    pub(super) incarnation: std::sync::OnceLock<u64>,
 }
 
 impl Source {
@@ -191,18 +197,30 @@ impl Source {
         Ok((Ordered::new(self.client.clone(), subscriber, connects), consumer.cached_info().clone()))
     }
 
-    /// After making a consumer to go on with a watch that began on the stream incarnation whose
-    /// first consumer the server created at `born` (nanoseconds since the Unix epoch): an error
-    /// of kind `NotFound` if the stream now under the bucket's name was created after that (the
+    /// After making a consumer to go on with a watch that began on a stream incarnation: an
+    /// error of kind `NotFound` if the stream now under the bucket's name is another one (the
     /// bucket was deleted and created again meanwhile), and the new consumer is deleted. Going on
     /// from the last delivered revision + 1 in another incarnation would skip its first entries
-    /// and lay the rest over the old bucket's state. Checked after the consumer is made: a
-    /// stream seen to be the old one then was the old one when the consumer was made. When the
-    /// stream cannot be read, the consumer is deleted too and the error returned.
+    /// and lay the rest over the old bucket's state. The incarnation is the stream's creation
+    /// time, compared for equality once [`Source::incarnation`] is known. Before that (a watch
+    /// made without an open), the stream must be older than the watch's first consumer, created
+    /// by the server at `born` (nanoseconds since the Unix epoch), and is then recorded. Checked
+    /// after the consumer is made: a stream seen to be the old one then was the old one when the
+    /// consumer was made. When the stream cannot be read, the consumer is deleted too and the
+    /// error returned.
     pub(super) async fn check_same(&self, born: u64, consumer: &str) -> StoreResult<()> {
         let err = |e: &(dyn std::error::Error + 'static)| classify(e).bucket(self.bucket.clone()).key(self.pattern.clone());
+        let same = |created: u64| match self.incarnation.get() {
+            Some(known) => created == *known,
+            None if created <= born => {
+                // Checks run one at a time per watch; were two to race, the first value stays.
+                let _ = self.incarnation.set(created);
+                self.incarnation.get() == Some(&created)
+            }
+            None => false,
+        };
         let replaced = match self.js.get_stream(&self.stream).await {
-            Ok(stream) if stream.cached_info().created.unix_timestamp_nanos().max(0) as u64 <= born => return Ok(()),
+            Ok(stream) if same(stream.cached_info().created.unix_timestamp_nanos().max(0) as u64) => return Ok(()),
             Ok(_) => crate::store::StoreError::new(crate::store::StoreErrorKind::NotFound)
                 .bucket(self.bucket.clone())
                 .key(self.pattern.clone())
