@@ -507,13 +507,13 @@ impl Ctx {
 
     /// Every problem of the current state, by relative key (`(whole config)` for a
     /// struct-level check at the top): wrong types, missing required values, and in typed mode
-    /// what the type's validators refuse.
+    /// what the type's validators refuse. Each message is [clipped](crate::clip::clip).
     pub fn problems(&self, cur: &Current) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         if let Some(schema) = &cur.schema {
             let values: BTreeMap<String, Vec<u8>> = cur.live().into_iter().map(|(k, v)| (k, v.to_vec())).collect();
             for (k, msg) in schema.check_values(&values) {
-                out.entry(k).or_insert(msg);
+                out.entry(k).or_insert_with(|| crate::clip::clip(&msg));
             }
         }
         if let Mode::Typed(t) = &self.mode {
@@ -527,7 +527,7 @@ impl Ctx {
                 for e in err.errors() {
                     let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
                     let key = if rel.is_empty() { "(whole config)".to_string() } else { rel.to_string() };
-                    out.entry(key).or_insert_with(|| e.problem.to_string());
+                    out.entry(key).or_insert_with(|| crate::clip::clip(&e.problem.to_string()));
                 }
             }
         }
@@ -828,22 +828,10 @@ pub fn parse_input(field: Option<&FieldSchema>, text: &str) -> Result<Bytes, Str
             if field.is_some_and(|f| f.secret) {
                 Err(format!("the value (redacted) is not JSON; expected {ty}"))
             } else {
-                Err(format!("`{}` is not JSON ({e}); expected {ty}", bound(text, 60)))
+                Err(format!("`{}` is not JSON ({e}); expected {ty}", crate::clip::clip_to(text, 60)))
             }
         }
     }
-}
-
-/// Cuts text for messages.
-pub fn bound(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// A point in the bucket's past.
@@ -938,8 +926,15 @@ pub fn time_precise(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
-/// A JSON value on one line, for tables.
+/// A JSON value on one line, for tables and messages: bounded by
+/// [`clip_value`](crate::clip::clip_value) (see [`crate::clip`] for what is and is not bounded).
 pub fn compact(v: &Value) -> String {
+    crate::clip::clip_value(&compact_whole(v))
+}
+
+/// A JSON value on one line, whole: for `kvc get` (the operator asked for this one value) and
+/// the document `kvc edit` opens.
+pub fn compact_whole(v: &Value) -> String {
     match v {
         Value::String(s) if s == REDACTED => REDACTED.to_string(),
         v => serde_json::to_string(v).unwrap_or_default(),

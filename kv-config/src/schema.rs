@@ -78,7 +78,8 @@ fn kind_of(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("string {s:?}"),
+        // A huge value must not make a huge message.
+        Value::String(s) => format!("string {}", crate::redact::quoted(s, 60)),
         Value::Array(_) => "array".into(),
         Value::Object(_) => "object".into(),
     }
