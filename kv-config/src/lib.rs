@@ -153,6 +153,7 @@ pub mod json_schema;
 mod lease;
 mod live;
 mod load;
+pub mod overrides;
 mod redact;
 mod schema;
 pub mod store;
