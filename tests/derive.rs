@@ -100,7 +100,7 @@ fn schema_lists_every_leaf_with_type_doc_default_and_secret() {
     assert_eq!(level.default, Some(serde_json::json!("info")));
     let pw = schema.field("db-password").unwrap();
     assert!(pw.secret && pw.required && pw.default.is_none());
-    assert_eq!(schema.field("tags").unwrap().ty, TypeDesc::Array { items: Box::new(TypeDesc::String) });
+    assert_eq!(schema.field("tags").unwrap().ty, TypeDesc::Array { items: Box::new(TypeDesc::String { format: None }) });
     let timeout = schema.field("timeout_ms").unwrap();
     assert!(!timeout.required);
     assert!(matches!(timeout.ty, TypeDesc::Optional { .. }));
@@ -246,7 +246,7 @@ fn map_fields_publish_one_pattern_per_entry_leaf() {
     assert_eq!(keys, ["flags.*", "tenants.*.limit", "tenants.*.name", "quotas.*", "labels", "tokens.*"]);
     let flags = schema.field("flags.*").unwrap();
     assert_eq!((flags.ty.clone(), flags.required, flags.doc.as_str()), (TypeDesc::Bool, false, "Feature flags by name."));
-    assert_eq!(schema.field("labels").unwrap().ty, TypeDesc::Object { values: Box::new(TypeDesc::String) });
+    assert_eq!(schema.field("labels").unwrap().ty, TypeDesc::Object { values: Box::new(TypeDesc::String { format: None }) });
     assert!(schema.field("tokens.*").unwrap().secret);
     assert_eq!(schema.field_for("tenants.acme.limit").unwrap().key, "tenants.*.limit");
     assert!(schema.field_for("tenants.acme").is_none());

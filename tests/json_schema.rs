@@ -223,7 +223,7 @@ fn map_schema() -> Schema {
             field("flags.*", TypeDesc::Bool, false),
             field("tenants.*.limit", TypeDesc::Integer { min: 0, max: 100 }, true),
             FieldSchema { default: Some(json!("free")), ..field("tenants.*.plan", plan, false) },
-            field("owner", TypeDesc::String, true),
+            field("owner", TypeDesc::String { format: None }, true),
         ],
         cross_checks: false,
     }
@@ -410,5 +410,42 @@ fn derived_map_fields_are_additional_properties() {
         serde_json::json!({"tenants": {"acme": {"limit": -1}}}),
     ] {
         assert!(!errors(&v, &bad).is_empty(), "{bad} should be refused");
+    }
+}
+
+/// Fields whose serde form is a string the Rust type parses.
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Net {
+    #[kv(default = ',')]
+    separator: char,
+    bind: std::net::IpAddr,
+    v4: Option<std::net::Ipv4Addr>,
+    listen: std::net::SocketAddr,
+}
+
+#[test]
+fn string_formats_validate_like_the_rust_types_parse() {
+    let js = Net::json_schema();
+    let v = jsonschema::options().should_validate_formats(true).build(&js).expect("compiles");
+    assert!(jsonschema::draft202012::meta::validate(&js).is_ok());
+    let doc = |sep: &str, bind: &str, v4: Value, listen: &str| json!({ "separator": sep, "bind": bind, "v4": v4, "listen": listen });
+    for good in [doc("é", "10.0.0.1", json!(null), "10.0.0.1:80"), doc(",", "::1", json!("127.0.0.1"), "[::1]:8080")] {
+        assert_eq!(errors(&v, &good), Vec::<String>::new(), "{good}");
+        let flat: RawValues = good.as_object().unwrap().iter().map(|(k, x)| (k.clone(), RawValue { value: x.to_string().into(), revision: 1, created: None })).collect();
+        assert!(Net::decode(&flat, &Source::new("b", "")).is_ok(), "{good}");
+    }
+    for (bad, path) in [
+        (doc("ab", "10.0.0.1", json!(null), "10.0.0.1:80"), "/separator"),
+        (doc("", "10.0.0.1", json!(null), "10.0.0.1:80"), "/separator"),
+        (doc(",", "300.1.2.3", json!(null), "10.0.0.1:80"), "/bind"),
+        (doc(",", "10.0.0.1", json!("::1"), "10.0.0.1:80"), "/v4"),
+        (doc(",", "10.0.0.1", json!(null), "10.0.0.1"), "/listen"),
+    ] {
+        let errs = errors(&v, &bad);
+        assert!(errs.len() == 1 && errs[0].starts_with(path), "{bad}: {errs:?}");
+        let schema = Net::schema();
+        let key = &path[1..];
+        let raw = bad[key].to_string();
+        assert!(schema.field(key).unwrap().ty.parse(raw.as_bytes()).is_err(), "kv-config accepts {raw} for {key}");
     }
 }

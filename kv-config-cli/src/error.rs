@@ -58,8 +58,10 @@ pub enum CliError {
     Other(String),
 }
 
+/// The refusals for the message, each reason [clipped](crate::clip::clip): a reason may quote a
+/// huge value.
 fn list(problems: &[Refusal]) -> String {
-    problems.iter().map(|p| format!("key `{}`: {}", p.key, p.reason)).collect::<Vec<_>>().join("; ")
+    problems.iter().map(|p| format!("key `{}`: {}", p.key, crate::clip::clip(&p.reason))).collect::<Vec<_>>().join("; ")
 }
 
 impl CliError {

@@ -50,6 +50,10 @@
 //! | `schema` | the JSON Schema document itself (`--kv`: kv-config's schema, `{"name", "version", "fields", "cross_checks"}`) |
 //! | `export` | `{"kvc_export": 1, "bucket", "prefix", "filter", "revision", "exported_at", "values": {"key": {"value", "revision", "redacted"?}}}` |
 //!
+//! Human output is bounded: a value in a table cell or a watch line, and a problem or error
+//! text, is cut to a few hundred bytes with `… (N bytes in all)` (see [`clip`]); `kvc get` and
+//! the values of `--json` output stay whole.
+//!
 //! Errors are never JSON: one line on stderr (`kvc: error: bucket `b`, key `k`: ...`) and the
 //! exit code.
 //!
@@ -57,6 +61,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod clip;
 pub mod commands;
 pub mod connect;
 pub mod error;

@@ -424,19 +424,18 @@ impl Ctx {
     /// changes, the live overrides on top), then the states as the overrides expire one after the
     /// other, soonest first, each expired key holding its own value again. For own values
     /// (`overrides_until == None`) that goes until every override has expired; for new overrides
-    /// it stops before they expire (what follows does not depend on them). Returns the problems
-    /// of the first state refused that concern a changed key.
+    /// it stops before they expire (what follows does not depend on them), but goes on up to
+    /// where an override they replace would have expired: the states of
+    /// [`expiry_states`](kv_config::overrides::expiry_states). Returns the problems of the first
+    /// state refused that concern a changed key.
     fn typed_check(&self, t: &Typed, cur: &Current, changes: &[Change], overrides_until: Option<SystemTime>) -> Vec<Refusal> {
         let raw = |e: &Entry| RawValue { value: e.value.clone(), revision: e.revision, created: Some(e.created) };
         let mut own: RawValues = cur.entries.iter().filter(|(_, e)| e.is_put()).map(|(k, e)| (k.clone(), raw(e))).collect();
-        let mut timeline: Vec<(Option<SystemTime>, String, RawValue)> = cur
-            .overrides
-            .iter()
-            .filter(|(_, e)| e.is_put())
-            .map(|(k, e)| (crate::overrides::expires(e), k.clone(), raw(e)))
-            .collect();
-        // Overrides the changes replace, with their old expiry.
-        let mut replaced: Vec<(Option<SystemTime>, String)> = Vec::new();
+        // The overrides in effect and what the changes set, by key (at most one value each).
+        let mut layer: BTreeMap<&str, RawValue> = cur.overrides.iter().filter(|(_, e)| e.is_put()).map(|(k, e)| (k.as_str(), raw(e))).collect();
+        let in_effect: Vec<(&str, Option<SystemTime>)> =
+            cur.overrides.iter().filter(|(_, e)| e.is_put()).map(|(k, e)| (k.as_str(), crate::overrides::expires(e))).collect();
+        let mut new: Vec<(&str, Option<SystemTime>)> = Vec::new();
         for c in changes {
             let value = c.new.as_ref().map(|v| RawValue { value: v.clone(), revision: 0, created: None });
             match (overrides_until, value) {
@@ -447,40 +446,25 @@ impl Ctx {
                     own.remove(&c.key);
                 }
                 (Some(until), Some(v)) => {
-                    if let Some(at) = timeline.iter().position(|(_, k, _)| *k == c.key) {
-                        replaced.push((timeline[at].0, c.key.clone()));
-                        timeline.remove(at);
+                    layer.insert(c.key.as_str(), v);
+                    if !new.iter().any(|(k, _)| *k == c.key) {
+                        new.push((c.key.as_str(), Some(until)));
                     }
-                    timeline.push((Some(until), c.key.clone(), v));
                 }
                 // An override needs a value; writing it fails before anything is sent.
                 (Some(_), None) => {}
             }
         }
-        timeline.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let last = match overrides_until {
-            Some(_) => {
-                let new = timeline.iter().position(|(_, k, _)| changes.iter().any(|c| c.key == *k)).unwrap_or(timeline.len());
-                // An override replaced would have outlasted the others that expire before its
-                // old expiry: those states are new too.
-                let old = replaced
-                    .iter()
-                    .map(|(e, key)| timeline.iter().filter(|(x, k, _)| !changes.iter().any(|c| c.key == *k) && (*x, k) < (*e, key)).count())
-                    .max()
-                    .unwrap_or(0);
-                new.max(old)
-            }
-            None => timeline.len(),
-        };
         let source = Source::new(cur.name(), self.prefix.clone());
         let changed: BTreeSet<&str> = changes.iter().map(|c| c.key.as_str()).collect();
-        for n in 0..=last {
+        // The same states kv-config's own writes check (`LiveConfig::set_for` and `update`).
+        for expired in kv_config::overrides::expiry_states(&in_effect, &new) {
             let mut state = own.clone();
-            for (_, k, v) in &timeline[n..] {
-                state.insert(k.clone(), v.clone());
+            for (k, v) in layer.iter().filter(|(k, _)| !expired.contains(*k)) {
+                state.insert((*k).to_string(), v.clone());
             }
             let Err(err) = (t.check)(&state, &source) else { continue };
-            let expired: Vec<String> = timeline[..n].iter().map(|(_, k, _)| format!("`{k}`")).collect();
+            let expired: Vec<String> = expired.iter().map(|k| format!("`{k}`")).collect();
             let mut out = Vec::new();
             for e in err.errors() {
                 let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
@@ -507,13 +491,13 @@ impl Ctx {
 
     /// Every problem of the current state, by relative key (`(whole config)` for a
     /// struct-level check at the top): wrong types, missing required values, and in typed mode
-    /// what the type's validators refuse.
+    /// what the type's validators refuse. Each message is [clipped](crate::clip::clip).
     pub fn problems(&self, cur: &Current) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         if let Some(schema) = &cur.schema {
             let values: BTreeMap<String, Vec<u8>> = cur.live().into_iter().map(|(k, v)| (k, v.to_vec())).collect();
             for (k, msg) in schema.check_values(&values) {
-                out.entry(k).or_insert(msg);
+                out.entry(k).or_insert_with(|| crate::clip::clip(&msg));
             }
         }
         if let Mode::Typed(t) = &self.mode {
@@ -527,7 +511,7 @@ impl Ctx {
                 for e in err.errors() {
                     let rel = e.key.strip_prefix(self.prefix.as_str()).unwrap_or(&e.key);
                     let key = if rel.is_empty() { "(whole config)".to_string() } else { rel.to_string() };
-                    out.entry(key).or_insert_with(|| e.problem.to_string());
+                    out.entry(key).or_insert_with(|| crate::clip::clip(&e.problem.to_string()));
                 }
             }
         }
@@ -828,22 +812,10 @@ pub fn parse_input(field: Option<&FieldSchema>, text: &str) -> Result<Bytes, Str
             if field.is_some_and(|f| f.secret) {
                 Err(format!("the value (redacted) is not JSON; expected {ty}"))
             } else {
-                Err(format!("`{}` is not JSON ({e}); expected {ty}", bound(text, 60)))
+                Err(format!("`{}` is not JSON ({e}); expected {ty}", crate::clip::clip_to(text, 60)))
             }
         }
     }
-}
-
-/// Cuts text for messages.
-pub fn bound(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// A point in the bucket's past.
@@ -938,8 +910,15 @@ pub fn time_precise(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
-/// A JSON value on one line, for tables.
+/// A JSON value on one line, for tables and messages: bounded by
+/// [`clip_value`](crate::clip::clip_value) (see [`crate::clip`] for what is and is not bounded).
 pub fn compact(v: &Value) -> String {
+    crate::clip::clip_value(&compact_whole(v))
+}
+
+/// A JSON value on one line, whole: for `kvc get` (the operator asked for this one value) and
+/// the document `kvc edit` opens.
+pub fn compact_whole(v: &Value) -> String {
     match v {
         Value::String(s) if s == REDACTED => REDACTED.to_string(),
         v => serde_json::to_string(v).unwrap_or_default(),

@@ -135,9 +135,10 @@ impl Printer {
         let _ = self.out.flush();
     }
 
-    /// A note for the operator on stderr (never on stdout, so `--json` stays parseable).
+    /// A note for the operator on stderr (never on stdout, so `--json` stays parseable), cut to
+    /// [`MAX_MESSAGE`](crate::clip::MAX_MESSAGE) bytes.
     pub fn note(&mut self, text: &str) {
-        let _ = writeln!(self.err, "{text}");
+        let _ = writeln!(self.err, "{}", crate::clip::clip_to(text, crate::clip::MAX_MESSAGE));
         let _ = self.err.flush();
     }
 
@@ -154,8 +155,9 @@ impl Printer {
         let _ = self.err.flush();
     }
 
-    /// An error line on stderr.
+    /// An error line on stderr, cut to [`MAX_MESSAGE`](crate::clip::MAX_MESSAGE) bytes.
     pub fn error(&mut self, text: &str) {
+        let text = crate::clip::clip_to(text, crate::clip::MAX_MESSAGE);
         let line = if self.color { format!("\x1b[31merror\x1b[0m: {text}") } else { format!("error: {text}") };
         let _ = writeln!(self.err, "kvc: {line}");
         let _ = self.err.flush();

@@ -25,11 +25,6 @@ pub fn expires(e: &Entry) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
 }
 
-/// A TTL the server accepts: whole seconds, at least one (rounded up), as kv-config writes it.
-pub fn whole_seconds(ttl: Duration) -> Duration {
-    Duration::from_secs((ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1))
-}
-
 /// `12m left`, `expiring`, or `TTL unknown` for an override written without the header.
 pub fn time_left(e: &Entry) -> String {
     match expires(e).map(|t| t.duration_since(SystemTime::now())) {
@@ -49,7 +44,7 @@ impl Ctx {
     /// up), in one batch with the guard bump when the config needs one, each checked against the
     /// override's revision in `cur`. The changes must have been validated.
     pub async fn commit_overrides(&self, cur: &Current, changes: &[Change], ttl: Duration, reason: Option<&str>) -> CliResult<u64> {
-        let ttl = whole_seconds(ttl);
+        let ttl = kv_config::overrides::whole_seconds(ttl);
         let until = SystemTime::now() + ttl;
         let millis = until.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let mut ops = Vec::new();

@@ -12,6 +12,10 @@
 //! | `Integer { min, max }` | `{"type": "integer", "minimum": min, "maximum": max}` |
 //! | `Float` | `{"type": "number"}` |
 //! | `String` | `{"type": "string"}` |
+//! | `String` of format `char` | `{"type": "string", "minLength": 1, "maxLength": 1}` |
+//! | `String` of format `ipv4` / `ipv6` | `{"type": "string", "format": "ipv4"}` / `"ipv6"` |
+//! | `String` of format `ip` | `{"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}` |
+//! | `String` of format `socket-addr` | `{"type": "string", "pattern": ...}` (an IPv4 address or a bracketed IPv6 one, `:`, a port) |
 //! | `Enum { variants }` | `{"type": "string", "enum": variants}` |
 //! | `Array { items }` | `{"type": "array", "items": ...}` |
 //! | `Object { values }` | `{"type": "object", "additionalProperties": ...}` |
@@ -28,12 +32,14 @@
 //! entry name that is one NATS key token.
 //!
 //! Differences from kv-config's own checks: JSON Schema's `integer` also admits `1.0`, which
-//! kv-config refuses; validators (`#[kv(validate = ...)]`) are Rust code and are not in the
+//! kv-config refuses; `format` is only an annotation unless the validator asserts formats, and
+//! the socket address pattern is looser than Rust's parser (kv-config and `kvc` parse every
+//! address with std's `FromStr`); validators (`#[kv(validate = ...)]`) are Rust code and are not in the
 //! schema.
 
 use serde_json::{json, Map, Value};
 
-use crate::schema::{FieldSchema, Schema, TypeDesc};
+use crate::schema::{FieldSchema, Schema, StringFormat, TypeDesc};
 
 /// The key (relative to the config's prefix) the JSON Schema is published under, next to
 /// [`SCHEMA_KEY`](crate::SCHEMA_KEY), by [`LiveConfig::publish_schema`](crate::LiveConfig::publish_schema).
@@ -183,12 +189,28 @@ fn type_schema(ty: &TypeDesc) -> Value {
         TypeDesc::Bool => json!({ "type": "boolean" }),
         TypeDesc::Integer { min, max } => json!({ "type": "integer", "minimum": min, "maximum": max }),
         TypeDesc::Float => json!({ "type": "number" }),
-        TypeDesc::String => json!({ "type": "string" }),
+        TypeDesc::String { format } => string_schema(*format),
         TypeDesc::Enum { variants } => json!({ "type": "string", "enum": variants }),
         TypeDesc::Array { items } => json!({ "type": "array", "items": type_schema(items) }),
         TypeDesc::Object { values } => json!({ "type": "object", "additionalProperties": type_schema(values) }),
         TypeDesc::Optional { inner } => nullable(type_schema(inner)),
         TypeDesc::Any => json!({}),
+    }
+}
+
+/// An IPv4 address, or a bracketed IPv6 address (with an optional zone), then `:` and a port: the
+/// shape of a Rust `SocketAddr`, checked loosely (kv-config parses it exactly).
+const SOCKET_ADDR_PATTERN: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+(%[0-9A-Za-z]+)?\]):[0-9]{1,5}$";
+
+/// The JSON Schema of a string of this format.
+fn string_schema(format: Option<StringFormat>) -> Value {
+    match format {
+        None | Some(StringFormat::Unknown) => json!({ "type": "string" }),
+        Some(StringFormat::Char) => json!({ "type": "string", "minLength": 1, "maxLength": 1 }),
+        Some(StringFormat::Ipv4) => json!({ "type": "string", "format": "ipv4" }),
+        Some(StringFormat::Ipv6) => json!({ "type": "string", "format": "ipv6" }),
+        Some(StringFormat::Ip) => json!({ "type": "string", "anyOf": [{ "format": "ipv4" }, { "format": "ipv6" }] }),
+        Some(StringFormat::SocketAddr) => json!({ "type": "string", "pattern": SOCKET_ADDR_PATTERN }),
     }
 }
 
@@ -252,9 +274,9 @@ mod tests {
     #[test]
     fn dotted_keys_become_nested_objects_with_required_lists() {
         let s = schema(vec![
-            field("name", TypeDesc::String, true),
+            field("name", TypeDesc::String { format: None }, true),
             field("server.port", TypeDesc::Integer { min: 0, max: 65535 }, false),
-            field("server.tls.cert", TypeDesc::String, true),
+            field("server.tls.cert", TypeDesc::String { format: None }, true),
             field("limits.max", TypeDesc::Float, false),
         ]);
         let js = of(&s);
@@ -275,7 +297,7 @@ mod tests {
         let mut port = field("port", TypeDesc::Integer { min: 0, max: 65535 }, false);
         port.doc = "Port to listen on.".into();
         port.default = Some(json!(8080));
-        let mut token = field("token", TypeDesc::String, false);
+        let mut token = field("token", TypeDesc::String { format: None }, false);
         token.secret = true;
         token.default = Some(json!("must not leak"));
         let js = of(&schema(vec![port, token]));
@@ -304,7 +326,7 @@ mod tests {
             ),
             (TypeDesc::Optional { inner: Box::new(TypeDesc::Any) }, json!({})),
             (
-                TypeDesc::Array { items: Box::new(TypeDesc::String) },
+                TypeDesc::Array { items: Box::new(TypeDesc::String { format: None }) },
                 json!({ "type": "array", "items": { "type": "string" } }),
             ),
             (
@@ -324,7 +346,7 @@ mod tests {
         let s = schema(vec![
             flags,
             field("tenants.*.limit", TypeDesc::Integer { min: 0, max: 100 }, true),
-            field("tenants.*.plan", TypeDesc::String, false),
+            field("tenants.*.plan", TypeDesc::String { format: None }, false),
         ]);
         let js = of(&s);
         assert!(js.get("required").is_none(), "maps are never required: {js}");
@@ -348,8 +370,28 @@ mod tests {
 
     #[test]
     fn a_key_under_a_leaf_keeps_the_leaf() {
-        let js = of(&schema(vec![field("a", TypeDesc::Bool, true), field("a.b", TypeDesc::String, true)]));
+        let js = of(&schema(vec![field("a", TypeDesc::Bool, true), field("a.b", TypeDesc::String { format: None }, true)]));
         assert_eq!(js["properties"]["a"], json!({ "type": "boolean" }));
         assert_eq!(js["required"], json!(["a"]));
+    }
+
+    #[test]
+    fn string_formats_say_what_the_rust_type_accepts() {
+        let ty = |format| TypeDesc::Optional { inner: Box::new(TypeDesc::String { format: Some(format) }) };
+        let js = of(&schema(vec![
+            field("sep", TypeDesc::String { format: Some(StringFormat::Char) }, true),
+            field("v4", TypeDesc::String { format: Some(StringFormat::Ipv4) }, true),
+            field("v6", ty(StringFormat::Ipv6), false),
+            field("ip", TypeDesc::String { format: Some(StringFormat::Ip) }, true),
+            field("listen", TypeDesc::String { format: Some(StringFormat::SocketAddr) }, true),
+            field("later", TypeDesc::String { format: Some(StringFormat::Unknown) }, true),
+        ]));
+        let p = &js["properties"];
+        assert_eq!(p["sep"], json!({ "type": "string", "minLength": 1, "maxLength": 1 }));
+        assert_eq!(p["v4"], json!({ "type": "string", "format": "ipv4" }));
+        assert_eq!(p["v6"], json!({ "type": ["string", "null"], "format": "ipv6" }));
+        assert_eq!(p["ip"], json!({ "type": "string", "anyOf": [{ "format": "ipv4" }, { "format": "ipv6" }] }));
+        assert_eq!(p["listen"]["pattern"], SOCKET_ADDR_PATTERN);
+        assert_eq!(p["later"], json!({ "type": "string" }));
     }
 }

@@ -153,6 +153,7 @@ pub mod json_schema;
 mod lease;
 mod live;
 mod load;
+pub mod overrides;
 mod redact;
 mod schema;
 pub mod store;
@@ -166,7 +167,7 @@ pub use kv_config_derive::{KvConfig, KvValue};
 pub use lease::{Lease, LeaseError, LostReason};
 pub use live::{ActiveOverride, Builder, CacheProblem, Change, LiveConfig, OnInvalid, Provenance, Snapshot, Stale, StaleReason, Status, Subscription};
 pub use load::{load, Loaded};
-pub use schema::{key_matches, FieldSchema, KvType, Schema, SchemaLookup, TypeDesc};
+pub use schema::{key_matches, FieldSchema, KvType, Schema, SchemaLookup, StringFormat, TypeDesc};
 pub use view::{EXPIRES_HEADER, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHEMA_KEY};
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]

@@ -16,6 +16,19 @@ pub(crate) fn bound(text: &str, max: usize) -> String {
     format!("{}… ({} bytes in all)", &text[..end], text.len())
 }
 
+/// `text` as a quoted string (`"abc"`), at most `max` bytes of it (cut on a character boundary)
+/// followed by `… (N bytes in all)` outside the quotes when it is longer.
+pub(crate) fn quoted(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return format!("{text:?}");
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes in all)", &text[..end], text.len())
+}
+
 /// Replaces every occurrence of each secret in `text` with `<redacted>` (secrets shorter than
 /// three bytes are left alone: they would match everywhere and reveal little).
 pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
@@ -39,6 +52,12 @@ mod tests {
         let cut = bound(&long, 5);
         assert!(cut.starts_with("éé…"), "{cut}");
         assert!(cut.ends_with("(200 bytes in all)"), "{cut}");
+    }
+
+    #[test]
+    fn quoted_cuts_long_text_outside_the_quotes() {
+        assert_eq!(quoted("a\"b", 10), "\"a\\\"b\"");
+        assert_eq!(quoted(&"x".repeat(1000), 3), "\"xxx\"… (1000 bytes in all)");
     }
 
     #[test]

@@ -31,8 +31,26 @@ pub enum TypeDesc {
     },
     /// Any number.
     Float,
-    /// A string.
-    String,
+    /// A string; `format`, when present, says which strings the Rust type accepts (`char`,
+    /// the `std::net` address types). Published as `{"type": "string"}`, with `"format": ...`
+    /// only when there is one, so readers that predate `format` still read it (as any string).
+    ///
+    /// ```
+    /// use kv_config::{KvType, StringFormat, TypeDesc};
+    /// let ip = <std::net::IpAddr as KvType>::describe();
+    /// assert_eq!(ip, TypeDesc::String { format: Some(StringFormat::Ip) });
+    /// assert_eq!(serde_json::to_value(&ip).unwrap(), serde_json::json!({"type": "string", "format": "ip"}));
+    /// assert!(ip.check(&serde_json::json!("10.0.0.1")).is_ok());
+    /// assert_eq!(ip.check(&serde_json::json!("300.1.2.3")).unwrap_err(), "expected IP address, found string \"300.1.2.3\"");
+    /// // A plain string, as published before `format` existed.
+    /// let plain: TypeDesc = serde_json::from_value(serde_json::json!({"type": "string"})).unwrap();
+    /// assert_eq!(plain, TypeDesc::String { format: None });
+    /// ```
+    String {
+        /// What the string must parse as; `None` for any string.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<StringFormat>,
+    },
     /// One of these strings (a Rust enum of unit variants).
     Enum {
         /// The allowed names.
@@ -63,7 +81,8 @@ impl fmt::Display for TypeDesc {
             TypeDesc::Bool => f.write_str("bool"),
             TypeDesc::Integer { min, max } => write!(f, "integer in {min}..={max}"),
             TypeDesc::Float => f.write_str("number"),
-            TypeDesc::String => f.write_str("string"),
+            TypeDesc::String { format: None } => f.write_str("string"),
+            TypeDesc::String { format: Some(format) } => write!(f, "{format}"),
             TypeDesc::Enum { variants } => write!(f, "one of {}", variants.join(", ")),
             TypeDesc::Array { items } => write!(f, "array of {items}"),
             TypeDesc::Object { values } => write!(f, "object of {values}"),
@@ -73,12 +92,71 @@ impl fmt::Display for TypeDesc {
     }
 }
 
+/// Which strings a [`TypeDesc::String`] accepts: what the Rust types whose serde form is a string
+/// parse (with their `FromStr`, as serde does for them). Serialized as kebab-case names.
+///
+/// ```
+/// use kv_config::StringFormat;
+/// assert!(StringFormat::Char.accepts("é"));
+/// assert!(!StringFormat::Char.accepts("abc"));
+/// assert!(StringFormat::SocketAddr.accepts("[::1]:8080"));
+/// assert!(!StringFormat::Ipv4.accepts("::1"));
+/// assert_eq!(serde_json::to_value(StringFormat::SocketAddr).unwrap(), "socket-addr");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StringFormat {
+    /// Exactly one character (one Unicode scalar value): `char`.
+    Char,
+    /// An IPv4 address (`10.0.0.1`): `Ipv4Addr`.
+    Ipv4,
+    /// An IPv6 address (`::1`): `Ipv6Addr`.
+    Ipv6,
+    /// An IPv4 or IPv6 address: `IpAddr`.
+    Ip,
+    /// An IP address and a port (`10.0.0.1:80`, `[::1]:80`): `SocketAddr`.
+    SocketAddr,
+    /// A format this version of kv-config does not know (published by a newer one): checked as
+    /// any string.
+    #[serde(other)]
+    Unknown,
+}
+
+impl StringFormat {
+    /// `true` when `s` parses as this format (always for [`Unknown`](Self::Unknown)).
+    pub fn accepts(self, s: &str) -> bool {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+        match self {
+            StringFormat::Char => s.chars().count() == 1,
+            StringFormat::Ipv4 => s.parse::<Ipv4Addr>().is_ok(),
+            StringFormat::Ipv6 => s.parse::<Ipv6Addr>().is_ok(),
+            StringFormat::Ip => s.parse::<IpAddr>().is_ok(),
+            StringFormat::SocketAddr => s.parse::<SocketAddr>().is_ok(),
+            StringFormat::Unknown => true,
+        }
+    }
+}
+
+impl fmt::Display for StringFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StringFormat::Char => "string of one character",
+            StringFormat::Ipv4 => "IPv4 address",
+            StringFormat::Ipv6 => "IPv6 address",
+            StringFormat::Ip => "IP address",
+            StringFormat::SocketAddr => "socket address (ip:port)",
+            StringFormat::Unknown => "string",
+        })
+    }
+}
+
 fn kind_of(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("string {s:?}"),
+        // A huge value must not make a huge message.
+        Value::String(s) => format!("string {}", crate::redact::quoted(s, 60)),
         Value::Array(_) => "array".into(),
         Value::Object(_) => "object".into(),
     }
@@ -98,7 +176,7 @@ impl TypeDesc {
                 _ => false,
             },
             (TypeDesc::Float, Value::Number(_)) => true,
-            (TypeDesc::String, Value::String(_)) => true,
+            (TypeDesc::String { format }, Value::String(s)) => format.as_ref().map_or(true, |f| f.accepts(s)),
             (TypeDesc::Enum { variants }, Value::String(s)) => variants.iter().any(|x| x == s),
             (TypeDesc::Array { items }, Value::Array(a)) => {
                 return a.iter().try_for_each(|x| items.check(x)).map_err(|e| format!("in array: {e}"))
@@ -118,7 +196,7 @@ impl TypeDesc {
     /// `true` when a value that is not JSON may be read as a bare string (`nats kv put k debug`).
     pub fn is_string_like(&self) -> bool {
         match self {
-            TypeDesc::String | TypeDesc::Enum { .. } | TypeDesc::Any => true,
+            TypeDesc::String { .. } | TypeDesc::Enum { .. } | TypeDesc::Any => true,
             TypeDesc::Optional { inner } => inner.is_string_like(),
             _ => false,
         }
@@ -482,7 +560,12 @@ macro_rules! simple {
 }
 simple!(TypeDesc::Bool => bool);
 simple!(TypeDesc::Float => f32, f64);
-simple!(TypeDesc::String => String, char, std::path::PathBuf, std::net::IpAddr, std::net::SocketAddr, std::net::Ipv4Addr, std::net::Ipv6Addr);
+simple!(TypeDesc::String { format: None } => String, std::path::PathBuf);
+simple!(TypeDesc::String { format: Some(StringFormat::Char) } => char);
+simple!(TypeDesc::String { format: Some(StringFormat::Ipv4) } => std::net::Ipv4Addr);
+simple!(TypeDesc::String { format: Some(StringFormat::Ipv6) } => std::net::Ipv6Addr);
+simple!(TypeDesc::String { format: Some(StringFormat::Ip) } => std::net::IpAddr);
+simple!(TypeDesc::String { format: Some(StringFormat::SocketAddr) } => std::net::SocketAddr);
 simple!(TypeDesc::Any => Value);
 
 impl<T: KvType> KvType for Option<T> {
@@ -523,5 +606,50 @@ impl<T: KvType + ?Sized> KvType for Box<T> {
 impl<T: KvType + ?Sized> KvType for std::sync::Arc<T> {
     fn describe() -> TypeDesc {
         T::describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn std_string_types_publish_what_they_parse() {
+        let cases: [(TypeDesc, Value, &str, &str); 6] = [
+            (<char as KvType>::describe(), json!({"type": "string", "format": "char"}), "é", "abc"),
+            (<std::net::Ipv4Addr as KvType>::describe(), json!({"type": "string", "format": "ipv4"}), "10.0.0.1", "300.1.2.3"),
+            (<std::net::Ipv6Addr as KvType>::describe(), json!({"type": "string", "format": "ipv6"}), "::1", "10.0.0.1"),
+            (<std::net::IpAddr as KvType>::describe(), json!({"type": "string", "format": "ip"}), "::1", "not-an-ip"),
+            (<std::net::SocketAddr as KvType>::describe(), json!({"type": "string", "format": "socket-addr"}), "[::1]:80", "10.0.0.1"),
+            (<std::path::PathBuf as KvType>::describe(), json!({"type": "string"}), "/etc", ""),
+        ];
+        for (ty, published, good, bad) in cases {
+            assert_eq!(serde_json::to_value(&ty).unwrap(), published);
+            assert_eq!(serde_json::from_value::<TypeDesc>(published).unwrap(), ty);
+            assert!(ty.check(&json!(good)).is_ok(), "{ty}: {good}");
+            assert!(ty.parse(good.as_bytes()).is_ok(), "{ty}: bare {good}");
+            if !bad.is_empty() {
+                assert_eq!(ty.check(&json!(bad)).unwrap_err(), format!("expected {ty}, found string {bad:?}"));
+            }
+        }
+        assert_eq!(<char as KvType>::describe().to_string(), "string of one character");
+    }
+
+    #[test]
+    fn formats_are_compatible_both_ways() {
+        // A reader that predates `format` (a unit `String` variant) reads the new schema.
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Old {
+            String,
+            Optional { inner: Box<Old> },
+        }
+        let new = serde_json::to_value(<Option<std::net::IpAddr> as KvType>::describe()).unwrap();
+        assert_eq!(serde_json::from_value::<Old>(new).unwrap(), Old::Optional { inner: Box::new(Old::String) });
+        // A format from a newer writer is read as any string.
+        let later: TypeDesc = serde_json::from_value(json!({"type": "string", "format": "uuid"})).unwrap();
+        assert_eq!(later, TypeDesc::String { format: Some(StringFormat::Unknown) });
+        assert!(later.check(&json!("anything")).is_ok());
     }
 }

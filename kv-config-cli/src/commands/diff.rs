@@ -3,6 +3,7 @@
 //!
 //! JSON: `{"bucket", "prefix", "against", "changes": [{"key", "old", "new"}]}` where `old` is
 //! the other state and `new` the current one (`null` = absent). The exit code is 0 either way.
+//! Table cells are bounded (see [`crate::clip`]); `--json` values are whole.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

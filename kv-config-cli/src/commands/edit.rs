@@ -374,7 +374,7 @@ fn render(
                 }
             }
             Some((v, None)) => {
-                doc.push_str(&format!("# {} = {}   (not expressible in TOML; use `kvc set`)\n", toml_string(key), compact(v)));
+                doc.push_str(&format!("# {} = {}   (not expressible in TOML; use `kvc set`)\n", toml_string(key), crate::ops::compact_whole(v)));
             }
             None => match commented_default.and_then(toml_inline) {
                 Some(text) => doc.push_str(&format!("#{} = {text}\n", toml_string(key))),

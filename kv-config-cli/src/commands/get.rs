@@ -1,13 +1,14 @@
 //! `kvc get BUCKET KEY [--revision N]`: one key's value.
 //!
 //! JSON: `{"bucket", "key", "value", "revision", "created", "operation", "author", "reason"}`
-//! (`value` is `null` for a delete or purge marker; secrets are `"<redacted>"`).
+//! (`value` is `null` for a delete or purge marker; secrets are `"<redacted>"`). The value is
+//! shown whole, in the table too: the operator asked for it (unlike `show`, see [`crate::clip`]).
 
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{CliError, CliResult};
-use crate::ops::{self, compact, header, Ctx};
+use crate::ops::{self, compact_whole, header, Ctx};
 use crate::output::{Block, Report, Text};
 
 /// Arguments of `kvc get`.
@@ -71,7 +72,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     };
     let rows = vec![
         ("key", got.key.clone()),
-        ("value", got.value.as_ref().map_or("-".into(), compact)),
+        ("value", got.value.as_ref().map_or("-".into(), compact_whole)),
         ("revision", got.revision.to_string()),
         ("created", ops::time(entry.created)),
         ("operation", got.operation.clone()),

@@ -1,11 +1,13 @@
 //! `kvc history BUCKET KEY`: every retained revision with time, operation, author and reason.
 //!
 //! JSON: `{"bucket", "key", "revisions": [{"revision", "created", "operation", "value",
-//! "author", "reason"}]}` (oldest first; `value` is `null` for markers).
+//! "author", "reason"}]}` (oldest first; `value` is `null` for markers). Table cells are
+//! bounded (see [`crate::clip`]); `--json` is whole.
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::clip::clip_value;
 use crate::error::{CliError, CliResult};
 use crate::ops::{self, compact, header, Ctx};
 use crate::output::{Block, Report, Text, Tone};
@@ -69,8 +71,8 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
                     Text::plain(ops::age(e.created)),
                     Text::plain(r.operation.clone()),
                     r.value.as_ref().map_or(Text::toned("-", Tone::Dim), |v| Text::plain(compact(v))),
-                    Text::plain(r.author.clone().unwrap_or_else(|| "-".into())),
-                    Text::plain(r.reason.clone().unwrap_or_else(|| "-".into())),
+                    Text::plain(r.author.as_deref().map_or_else(|| "-".into(), clip_value)),
+                    Text::plain(r.reason.as_deref().map_or_else(|| "-".into(), clip_value)),
                 ]
             })
             .collect(),

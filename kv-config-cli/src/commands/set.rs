@@ -88,7 +88,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         }
         return Ok(ctx.apply(&cur, changes, args.dry_run, args.write.reason.as_deref()).await?.report());
     };
-    let ttl = crate::overrides::whole_seconds(ttl);
+    let ttl = kv_config::overrides::whole_seconds(ttl);
     ctx.check_overrides(&cur, &changes, std::time::SystemTime::now() + ttl)?;
     let mut rows = ctx.change_rows(&cur, &changes);
     for row in &mut rows {

@@ -6,6 +6,9 @@
 //! `state` is `set`, `default`, `missing`, `invalid` (with `reason`) or `unknown` (not in the
 //! schema); `value` is `null` when the key has no value; secrets are `"<redacted>"`. A key with an
 //! expiring override in effect also has `"override": {"value", "revision", "expires"}`.
+//!
+//! Bounded output (see [`crate::clip`]): table cells (values, defaults, overrides, reasons) and
+//! the `reason` of `--json` are cut to a few hundred bytes; the `value`s of `--json` are whole.
 
 use serde::Serialize;
 use serde_json::Value;

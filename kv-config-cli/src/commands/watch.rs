@@ -3,13 +3,15 @@
 //!
 //! JSON: one object per line: `{"revision", "created", "operation", "key", "value", "author",
 //! "reason", "problem"}` (`value` is `null` for deletes; `problem` says why a value does not fit
-//! the schema).
+//! the schema). Lines are bounded (see [`crate::clip`]): values, headers and problems are cut
+//! to a few hundred bytes; in `--json` only `problem` is, values stay whole.
 
 use futures_util::StreamExt;
 use kv_config::store::WatchStart;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::clip::{clip, clip_value};
 use crate::error::CliResult;
 use crate::ops::{self, compact, header, Ctx};
 use crate::output::{Text, Tone};
@@ -83,7 +85,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<()> {
         let field = ops::field_of(schema.as_ref(), &key);
         let secret = field.is_some_and(|f| f.secret);
         let problem = match (field, e.is_put(), &schema) {
-            (Some(f), true, _) => f.ty.parse(&e.value).err().map(|m| if secret { format!("invalid value (redacted); expected {}", f.ty) } else { m }),
+            (Some(f), true, _) => f.ty.parse(&e.value).err().map(|m| if secret { format!("invalid value (redacted); expected {}", f.ty) } else { clip(&m) }),
             (None, true, Some(_)) => Some("unknown key: not in the schema".into()),
             _ => None,
         };
@@ -101,7 +103,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<()> {
         if let Some(v) = &event.value {
             line.push_str(&format!(" = {}", compact(v)));
         }
-        match (&event.author, &event.reason) {
+        match (event.author.as_deref().map(clip_value), event.reason.as_deref().map(clip_value)) {
             (Some(a), Some(r)) => line.push_str(&format!("  (by {a}: {r})")),
             (Some(a), None) => line.push_str(&format!("  (by {a})")),
             (None, Some(r)) => line.push_str(&format!("  ({r})")),

@@ -15,13 +15,9 @@ use super::write::to_raw;
 use super::{LiveConfig, Snapshot};
 use crate::config::{KvConfig, RawValue};
 use crate::error::{Error, Result};
+use crate::overrides::whole_seconds;
 use crate::store::{WriteOp, AUTHOR_HEADER};
 use crate::view::{EXPIRES_HEADER, GUARD_KEY, OVERRIDE_PREFIX};
-
-/// A TTL the server accepts: whole seconds, at least one (rounded up).
-fn whole_seconds(ttl: Duration) -> Duration {
-    Duration::from_secs((ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1))
-}
 
 impl<T: KvConfig> LiveConfig<T> {
     /// Overrides `key` (relative to the prefix) with `value` for `ttl` (whole seconds, rounded

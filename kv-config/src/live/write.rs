@@ -246,7 +246,8 @@ impl<T: KvConfig> LiveConfig<T> {
     /// the write leaves while every override lasts; `new_override`, when the write sets one (its
     /// key and expiry), takes its place in that order, and only the states it is part of are
     /// checked, and those up to where an override it replaces would have expired (what follows
-    /// does not depend on the write). Overrides that are already gone
+    /// does not depend on the write): the states of
+    /// [`expiry_states`](crate::overrides::expiry_states). Overrides that are already gone
     /// ([`Snapshot::lapsed`](super::Snapshot)) count as expired in every state, unless
     /// `changes(key)` says the write itself sets that key.
     pub(super) fn check_after_expiry(
@@ -258,23 +259,11 @@ impl<T: KvConfig> LiveConfig<T> {
     ) -> Result<()> {
         let replaced = new_override.map(|(k, _)| k);
         let gone: Vec<&str> = base.lapsed.keys().map(String::as_str).filter(|k| Some(*k) != replaced && !changes(k)).collect();
-        let mut timeline: Vec<(Option<std::time::SystemTime>, &str)> =
-            base.overridden.iter().filter(|(k, _)| Some(k.as_str()) != replaced).map(|(k, o)| (o.expires, k.as_str())).collect();
-        timeline.extend(new_override.map(|(k, expires)| (expires, k)));
-        timeline.sort_unstable();
-        let last = match replaced {
-            Some(key) => {
-                let new = timeline.iter().position(|(_, k)| *k == key).unwrap_or(timeline.len());
-                // Replacing an override that would have outlasted others: the states between its
-                // new expiry and its old one are new too.
-                let old = base.overridden.get(key).map_or(0, |o| timeline.iter().filter(|(e, k)| *k != key && (*e, *k) < (o.expires, key)).count());
-                new.max(old)
-            }
-            None => timeline.len(),
-        };
+        let in_effect: Vec<(&str, Option<std::time::SystemTime>)> = base.overridden.iter().map(|(k, o)| (k.as_str(), o.expires)).collect();
+        let new: Vec<(&str, Option<std::time::SystemTime>)> = new_override.into_iter().collect();
         let own = |k: &str| base.underlying.get(k).or_else(|| base.lapsed.get(k).and_then(|(_, v)| v.as_ref())).cloned();
-        for n in 0..=last {
-            let expired: Vec<&str> = gone.iter().copied().chain(timeline[..n].iter().map(|(_, k)| *k)).collect();
+        for timeline in crate::overrides::expiry_states(&in_effect, &new) {
+            let expired: Vec<&str> = gone.iter().copied().chain(timeline).collect();
             // With nothing expired this is the state the caller validated.
             if expired.is_empty() {
                 continue;
