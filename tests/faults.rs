@@ -723,16 +723,27 @@ async fn delete_consumers(server: &NatsServer, bucket: &str) -> usize {
 #[tokio::test]
 async fn a_watch_consumer_deleted_by_another_client_is_replaced_at_once() {
     let (server, store) = server().await;
-    let cfg = builder(&store).heartbeat(Duration::from_secs(30)).start().await.unwrap();
+    // The first handle creates the bucket (its watch learns the bucket's incarnation when its
+    // first consumer is re-made); the second, on a connection of its own, opens the existing
+    // bucket and its watch at once (the incarnation comes from the open).
+    let created = builder(&store).heartbeat(Duration::from_secs(30)).start().await.unwrap();
+    let other = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+    let opened = LiveConfig::<Cfg>::builder(other, "cfg").heartbeat(Duration::from_secs(30)).start().await.unwrap();
     let writer = raw(&server).await;
     writer.put("workers", "7".into()).await.unwrap();
-    eventually("the first change", Duration::from_secs(2), || cfg.get().workers == 7).await;
-    assert_eq!(delete_consumers(&server, "cfg").await, 1, "one consumer: the handle's watch");
+    eventually("the first change", Duration::from_secs(2), || created.get().workers == 7 && opened.get().workers == 7).await;
+    assert_eq!(delete_consumers(&server, "cfg").await, 2, "one consumer per handle's watch");
     let deleted = Instant::now();
     writer.put("workers", "8".into()).await.unwrap();
-    let took = eventually("a change after the deletion", Duration::from_secs(6), || cfg.get().workers == 8).await;
+    let took = eventually("a change after the deletion", Duration::from_secs(6), || created.get().workers == 8 && opened.get().workers == 8).await;
     writer.put("workers", "9".into()).await.unwrap();
-    eventually("the next change", Duration::from_secs(2), || cfg.get().workers == 9 && cfg.status().is_current()).await;
+    for cfg in [&created, &opened] {
+        eventually("the next change", Duration::from_secs(2), || cfg.get().workers == 9 && cfg.status().is_current()).await;
+        // The watch made a new consumer in the same bucket: no error, and no new watch (a watch
+        // that took its own bucket for another would have ended and been made again).
+        let status = cfg.status();
+        assert!(status.watch_restarts == 0 && status.last_error.is_none() && status.reloads == 0, "{status:?}");
+    }
     eprintln!("figure: a change written right after the watch's consumer was deleted arrived {took:?} later ({:?} since the deletion)", deleted.elapsed());
 }
 

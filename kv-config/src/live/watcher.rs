@@ -339,7 +339,13 @@ async fn restart(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, old: Watc
                 // would leave a consumer behind on the server each time.
                 loop {
                     match replaced_since(weak, bucket, pattern, heartbeat).await {
-                        Some(false) => break,
+                        Some(false) => {
+                            // Asked after the watch was made: it is of the hub's incarnation.
+                            if let Some(incarnation) = weak.upgrade().and_then(|h| h.state().incarnation) {
+                                w.began_in(incarnation);
+                            }
+                            break;
+                        }
                         Some(true) => {
                             drop(w);
                             return match reload(weak, bucket).await {
@@ -406,17 +412,21 @@ fn stale_reason(e: &StoreError) -> StaleReason {
 /// give every handle its new view. `None` when it cannot be read yet; the next check tries again.
 async fn reload(weak: &Weak<Hub>, bucket: &dyn Bucket) -> Option<Watch> {
     // The incarnation read before the bucket: a reload without it would leave the hub unable to
-    // tell the next replacement (any incarnation would pass as its own), so none is made.
+    // tell the next replacement (any incarnation would pass as its own), so none is made. As when
+    // the read fails (below), the handles are marked as having lost their bucket: that is what
+    // makes the next check that gets an answer reload, even for a hub that knows no incarnation.
     let incarnation = match bucket.probe(">", u64::MAX).await {
         Ok(p) => p.incarnation,
         Err(e) => {
-            weak.upgrade()?.mark_stale(stale_reason(&e), Some(e.to_string()));
+            weak.upgrade()?.mark_stale(StaleReason::BucketMissing, Some(e.to_string()));
             return None;
         }
     };
     let hub = weak.upgrade()?;
     match hub.reload(incarnation).await {
         Ok(watch) => {
+            // Read after the probe: of that incarnation, or of a later one the next check reloads.
+            watch.began_in(incarnation);
             tracing::warn!(bucket = bucket.name(), "the bucket was replaced; reloaded the config from it");
             Some(watch)
         }

@@ -359,12 +359,31 @@ pub struct Watch {
     inner: Pin<Box<dyn Stream<Item = StoreResult<Entry>> + Send>>,
     /// Lets go of what the store holds for the watch (see [`on_end`](Self::on_end)).
     end: Option<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>,
+    /// Tells the store which bucket incarnation the watch began in ([`began_in`](Self::began_in)).
+    incarnation: Option<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl Watch {
     /// Wraps a stream; `initial` is how many entries were pending when the watch started.
     pub fn new(initial: u64, inner: impl Stream<Item = StoreResult<Entry>> + Send + 'static) -> Self {
-        Watch { initial, inner: Box::pin(inner), end: None }
+        Watch { initial, inner: Box::pin(inner), end: None, incarnation: None }
+    }
+
+    /// Lets [`began_in`](Self::began_in) reach the store's watch (for [`NatsStore`]: the
+    /// incarnation a re-made consumer must be in).
+    pub(crate) fn on_incarnation(mut self, set: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.incarnation = Some(Box::new(set));
+        self
+    }
+
+    /// Tells the store that the watch began in bucket incarnation `incarnation` ([`Probe::incarnation`]),
+    /// as confirmed by its caller: a store that makes new consumers inside a watch then keeps
+    /// them in that incarnation by comparing for equality. Only the first call counts. Without
+    /// it, a [`NatsStore`] watch learns its incarnation when it first makes a new consumer.
+    pub(crate) fn began_in(&self, incarnation: u64) {
+        if let Some(set) = &self.incarnation {
+            set(incarnation);
+        }
     }
 
     /// Runs `end` once the watch is over, after its stream is dropped: awaited by

@@ -371,8 +371,8 @@ impl Store for NatsStore {
             let incarnation = incarnation_of(kv.stream.cached_info());
             let bucket = self.wrap(kv);
             match watch {
-                Ok((watch, start)) if usual && start.created >= incarnation => {
-                    start.began_in(incarnation);
+                Ok((watch, consumer_created)) if usual && consumer_created >= incarnation => {
+                    watch.began_in(incarnation);
                     Ok((bucket, watch))
                 }
                 Err(e) if usual => Err(e),
@@ -1004,8 +1004,11 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> StoreError {
 /// A watch of the keys matching `pattern` in bucket `name` (its subjects start with `prefix`):
 /// an ordered push consumer on the stream named `stream`, read as [`Entry`]s through a plain
 /// subscription, and a new one from the last delivery + 1 whenever one ends ([`ordered`]). Also
-/// returns when the server created the first consumer ([`OrderedStart`]). The consumer is deleted when the watch ends ([`Watch::on_end`]); the
-/// server would otherwise keep it 30 s after every load, re-created watch or dropped handle.
+/// returns when the server created the first consumer, in nanoseconds since the Unix epoch
+/// (comparable with [`incarnation_of`]). The consumer is deleted when the watch ends
+/// ([`Watch::on_end`]); the server would otherwise keep it 30 s after every load, re-created
+/// watch or dropped handle. [`Watch::began_in`] sets the incarnation its re-made consumers must
+/// be in ([`ordered::Source::check_same`]).
 async fn ordered_watch(
     client: &async_nats::Client,
     js: &jetstream::Context,
@@ -1014,7 +1017,7 @@ async fn ordered_watch(
     prefix: &str,
     pattern: &str,
     start: WatchStart,
-) -> StoreResult<(Watch, OrderedStart)> {
+) -> StoreResult<(Watch, u64)> {
     use jetstream::consumer::DeliverPolicy;
     let deliver_policy = match start {
         WatchStart::LatestPerKey => DeliverPolicy::LastPerSubject,
@@ -1069,21 +1072,9 @@ async fn ordered_watch(
         let name = consumer_name.lock().map(|n| n.clone()).unwrap_or_default();
         deleter.delete(&name).await;
     };
-    Ok((Watch::new(initial, entries).on_end(end), OrderedStart { created, source }))
-}
-
-/// What [`ordered_watch`] tells beside the watch.
-struct OrderedStart {
-    /// When the server created the first consumer, in nanoseconds since the Unix epoch
-    /// (comparable with [`incarnation_of`]).
-    created: u64,
-    source: Arc<ordered::Source>,
-}
-
-impl OrderedStart {
-    /// The watch began in the stream incarnation `incarnation`: its re-made consumers must be in
-    /// that one ([`ordered::Source::check_same`]).
-    fn began_in(&self, incarnation: u64) {
-        let _ = self.source.incarnation.set(incarnation);
-    }
+    let labels = source.clone();
+    let watch = Watch::new(initial, entries).on_end(end).on_incarnation(move |incarnation| {
+        let _ = labels.incarnation.set(incarnation);
+    });
+    Ok((watch, created))
 }

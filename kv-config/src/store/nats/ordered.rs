@@ -163,7 +163,8 @@ pub(super) struct Source {
     pub(super) bucket: String,
     pub(super) pattern: String,
     /// The creation time of the stream incarnation the watch began in (nanoseconds since the
-    /// Unix epoch), once known: from the open that made the watch, or from the first check of a
+    /// Unix epoch), once known: as its caller confirmed it ([`Watch::began_in`](crate::store::Watch):
+    /// the open sent with the watch, the live handle's watcher), or from the first check of a
     /// re-made consumer ([`Source::check_same`]). A stream's creation time is stored with it and
     /// survives restarts and leader changes, so equality identifies the incarnation without
     /// comparing two clocks.
