@@ -3,6 +3,8 @@
 //! the server is back (resuming after the cached revision when it can), and never trusts a
 //! corrupt or foreign file.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -117,6 +119,21 @@ async fn server_down_at_boot_starts_from_the_cache_then_resumes_after_the_cached
     assert_eq!(b.get().revision(), changed);
     b.update(|c| c.port = 9100).await.expect("writes work once connected");
     assert_eq!(b.get().port, 9100);
+    // The watch the handle made on reaching the server goes on in the same bucket when its
+    // consumer is re-made (after three silent seconds): no error, no new watch, no reload. The
+    // change is written once the new consumer exists, so the handle's own check (a quarter
+    // second here) never finds it undelivered and re-creates the watch itself.
+    let before = b.status();
+    assert_eq!(common::delete_consumers(&server, "cfg").await, 1, "the handle's watch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::consumers(&server, "cfg").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no new consumer within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    raw(&server).await.put("greeting", "\"again\"".into()).await.expect("put");
+    eventually("a change after the consumer was deleted", Duration::from_secs(10), || b.get().greeting == "again").await;
+    let status = b.status();
+    assert!(status.watch_restarts == before.watch_restarts && status.reloads == 0 && status.last_error == before.last_error, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

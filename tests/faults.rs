@@ -13,7 +13,7 @@ use kv_config::{Error, KvConfig, LiveConfig, StaleReason};
 use kv_config_testing::{eventually, NatsServer};
 
 mod common;
-use common::{Hooks, Tapped};
+use common::{delete_consumers, Hooks, Tapped};
 use serde::{Deserialize, Serialize};
 
 static SECOND_LOOK: AtomicU32 = AtomicU32::new(0);
@@ -701,19 +701,6 @@ async fn d8_a_batch_partly_stored_for_over_a_heartbeat_is_reported_and_held_back
     assert_eq!((t.a, t.b, t.c), (1, 1, 1));
     eventually("healthy again", Duration::from_secs(3), || handle.status().is_healthy()).await;
     eprintln!("figure: a batch partly stored reported after {noticed:?} (heartbeat {heartbeat:?})");
-}
-
-/// Deletes every consumer on the bucket's stream (what an operator cleaning up, or a tool that
-/// deletes "stray" consumers, does to a running service); returns how many it deleted.
-async fn delete_consumers(server: &NatsServer, bucket: &str) -> usize {
-    use futures_util::TryStreamExt;
-    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
-    let stream = js.get_stream(format!("KV_{bucket}")).await.expect("stream");
-    let names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
-    for name in &names {
-        stream.delete_consumer(name).await.expect("delete consumer");
-    }
-    names.len()
 }
 
 /// The watch's consumer deleted on the server by another client. The server tells a push

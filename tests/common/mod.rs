@@ -126,3 +126,23 @@ impl<H: Hooks> Bucket for TappedBucket<H> {
         self.inner.write_atomic(ops).await
     }
 }
+
+/// The names of the consumers on the bucket's stream.
+pub async fn consumers(server: &kv_config_testing::NatsServer, bucket: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    let stream = js.get_stream(format!("KV_{bucket}")).await.expect("stream");
+    stream.consumer_names().try_collect().await.expect("consumer names")
+}
+
+/// Deletes every consumer on the bucket's stream (what an operator cleaning up, or a tool that
+/// deletes "stray" consumers, does to a running service); returns how many it deleted.
+pub async fn delete_consumers(server: &kv_config_testing::NatsServer, bucket: &str) -> usize {
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    let stream = js.get_stream(format!("KV_{bucket}")).await.expect("stream");
+    let names = consumers(server, bucket).await;
+    for name in &names {
+        stream.delete_consumer(name).await.expect("delete consumer");
+    }
+    names.len()
+}
