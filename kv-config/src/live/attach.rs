@@ -29,10 +29,6 @@ pub(super) async fn run<T: KvConfig>(weak: Weak<Shared<T>>, lazy: Arc<LazyBucket
             let Some(shared) = weak.upgrade() else { return };
             let hub = {
                 let st = shared.state();
-                // The incarnation the probe saw before the watch was made (as in `Hub::spawn`).
-                if let Some(incarnation) = st.incarnation {
-                    watch.began_in(incarnation);
-                }
                 Hub::dedicated(bucket.clone(), &prefix, heartbeat, shared.options.load_timeout, st.view.seen, st.incarnation)
             };
             let member: Arc<dyn Member> = shared.clone();

@@ -380,11 +380,6 @@ impl Hub {
 
     /// Runs the watcher task on `watch`; it ends when the hub is dropped.
     pub(super) fn spawn(self: &Arc<Self>, watch: Watch) {
-        // The incarnation the hub learned before the watch was made: the watch's is that one, or
-        // a later one the first check then reloads from (so the label errs only towards a reload).
-        if let Some(incarnation) = self.state().incarnation {
-            watch.began_in(incarnation);
-        }
         let task = tokio::spawn(super::watcher::run(Arc::downgrade(self), watch, self.bucket.clone()));
         *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
     }

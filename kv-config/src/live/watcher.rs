@@ -64,7 +64,13 @@ const BUSY_CHECK_EVERY: u32 = 4;
 /// The watcher task. Holds only a weak reference while it waits, so dropping the hub (with the
 /// last handle on it) ends it.
 pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucket>) {
-    let Some((heartbeat, pattern)) = weak.upgrade().map(|h| (h.heartbeat, h.pattern.clone())) else { return };
+    let Some((heartbeat, pattern, incarnation)) = weak.upgrade().map(|h| (h.heartbeat, h.pattern.clone(), h.state().incarnation)) else { return };
+    // The incarnation the hub learned (by the open, or a cache start's probe) before the watch was
+    // made: the watch's is that one, or a later one the first check reloads from, so the label
+    // errs only towards a reload.
+    if let Some(incarnation) = incarnation {
+        watch.began_in(incarnation);
+    }
     let mut waiting = Waiting::Quiet;
     let mut last_check = Instant::now();
     loop {
