@@ -154,7 +154,7 @@ mod lease;
 mod live;
 mod load;
 pub mod overrides;
-mod redact;
+pub mod redact;
 mod schema;
 pub mod store;
 mod values;
