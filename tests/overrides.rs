@@ -216,6 +216,40 @@ async fn an_expired_overrides_value_is_never_written_as_the_keys_own() {
     assert!(cfg.status().rejected.is_empty(), "{:?}", cfg.status());
 }
 
+/// The same across a bucket's replacement: a handle runs on an override of `max`; the bucket is
+/// deleted and made again (a restore from backup, a wiped store) without the override, with a
+/// state its struct check refuses. The handle keeps its last good config, whose `max` is the old
+/// bucket's override value: that value is still no own value of `max`, and a write that keeps
+/// `max` must not store it as one (before, the reload forgot where the value came from, and the
+/// next `update` wrote the incident knob into the new bucket for good).
+#[tokio::test]
+async fn an_override_value_carried_over_a_bucket_replacement_is_never_written_as_the_keys_own() {
+    let (_server, store) = server().await;
+    let cfg = handle(&store).await;
+    cfg.update(|c| c.min = 5).await.unwrap();
+    cfg.set_for("max", 100, Duration::from_secs(60)).await.unwrap();
+    let reloads = cfg.status().reloads;
+    // The bucket is replaced: own `min` 50, no `max` (default 10), no override: min > max.
+    store.delete_bucket("cfg").await.unwrap();
+    let bucket = store.create_bucket(&BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1))).await.unwrap();
+    bucket.put("min", "50".into()).await.unwrap();
+    eventually("the replaced bucket read", Duration::from_secs(10), || cfg.status().reloads > reloads && !cfg.status().rejected.is_empty()).await;
+    assert_eq!((cfg.get().min, cfg.get().max), (5, 100), "the last good config stays");
+    assert!(
+        matches!(cfg.get().source("max"), Some(Provenance::Override { .. })),
+        "max is still the old override's value: {:?}",
+        cfg.get().source("max")
+    );
+    // A write of another field keeps `max` as it is in effect: it must not write 100 as `max`'s
+    // own value. With `max` back to its own value (the default 10), `min` 5 (the handle's, written
+    // back) is valid, so the write goes through and `max` is left alone.
+    let snap = cfg.update(|c| c.workers = 4).await.expect("valid with max's own value");
+    assert_eq!(bucket.get("max").await.unwrap(), None, "the override's value was not written as max's own");
+    assert_eq!((snap.min, snap.max, snap.workers), (5, 10, 4), "the bucket's own state is in effect");
+    assert!(matches!(snap.source("max"), Some(Provenance::Default)), "{:?}", snap.source("max"));
+    assert!(cfg.status().rejected.is_empty(), "{:?}", cfg.status());
+}
+
 #[tokio::test]
 async fn a_garbage_override_is_refused_and_named() {
     let (server, store) = server().await;

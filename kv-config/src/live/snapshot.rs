@@ -200,13 +200,18 @@ impl<T> Snapshot<T> {
     /// an override `previous` had in effect (or had lapsed) but `view` no longer holds. They are
     /// not bucket values to repair: a write that stored them would turn an expired override into
     /// the key's own value.
+    ///
+    /// Also across a reload (`previous` of an older epoch: the bucket was replaced, or the handle
+    /// started from its cache file): the old override's value, carried over, is no more the key's
+    /// own in the new bucket than it was in the old one. Revisions of two incarnations can be
+    /// equal, so a value counts as carried over only when the view does not hold that very value
+    /// (revision and time stored) as the key's own.
     pub(super) fn note_lapsed<U>(&mut self, previous: &Snapshot<U>, view: &View) {
-        if previous.epoch != self.epoch {
-            return;
-        }
         let carried = previous.overridden.iter().chain(previous.lapsed.iter().map(|(k, (o, _))| (k, o)));
         for (key, o) in carried {
-            if self.overridden.contains_key(key) || self.values.get(key).map(|v| v.revision) != Some(o.revision) {
+            let in_effect = self.values.get(key).is_some_and(|v| v.revision == o.revision && v.created == o.created);
+            let own = view.values.get(key).is_some_and(|v| v.revision == o.revision && v.created == o.created);
+            if self.overridden.contains_key(key) || !in_effect || own {
                 continue;
             }
             self.repair.remove(key);
