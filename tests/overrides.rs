@@ -379,6 +379,59 @@ async fn a_cache_holds_own_values_and_the_override_returns_with_the_server() {
     assert_eq!(offline.status().resumed_from, None, "a cache taken under an override is loaded in full");
 }
 
+/// A lapsed override's value (the override is gone, the state without it refused, so its value
+/// stayed in effect) is saved in the cache file with where it came from: a handle started from
+/// the cache while the server is down says the value is an override's, and once the server is
+/// back and the key's own value is still refused, a write that keeps the key does not store the
+/// override's value as the key's own (before, the cache made it the key's own value, and the
+/// first `update` after the server came back wrote it into the bucket for good).
+#[tokio::test]
+async fn a_lapsed_override_read_back_from_the_cache_is_never_written_as_the_keys_own() {
+    let (mut server, _) = server().await;
+    let dir = tempfile::Builder::new().prefix("kvc-lapsed-cache-").tempdir().unwrap();
+    let path = dir.path().join("app.cache");
+    let store = NatsStore::connect(server.url(), async_nats::ConnectOptions::new().retry_on_initial_connect()).await.unwrap();
+    let builder = || {
+        LiveConfig::<Cfg>::builder(store.clone(), "cfg")
+            .heartbeat(Duration::from_millis(250))
+            .cache_file(&path)
+            .cache_wait(Duration::from_millis(500))
+    };
+    let cfg = builder().create_with(BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1))).start().await.unwrap();
+    let bucket = store.open_bucket("cfg").await.unwrap();
+    cfg.set_for("max", 100, Duration::from_secs(1)).await.unwrap();
+    // Another client writes max's own value, one its validator refuses, while the override lives.
+    bucket.put("max", "5000".into()).await.unwrap();
+    eventually("max's own value refused once the override is gone", Duration::from_secs(5), || !cfg.status().rejected.is_empty()).await;
+    assert_eq!(cfg.get().max, 100, "max's lapsed override value stays in effect");
+    // A change of another key makes a new snapshot, which the cache file saves.
+    bucket.put("workers", "3".into()).await.unwrap();
+    eventually("workers in effect", Duration::from_secs(3), || cfg.get().workers == 3).await;
+    let revision = cfg.get().revision();
+    eventually("cache saved", Duration::from_secs(5), || cfg.status().cache_revision >= Some(revision)).await;
+    drop(cfg);
+    server.stop();
+
+    let offline = builder().start().await.unwrap();
+    assert_eq!((offline.get().max, offline.get().workers), (100, 3), "the last good config, from the cache");
+    assert!(
+        matches!(offline.get().source("max"), Some(Provenance::Override { .. })),
+        "the cache remembers max's value is an override's: {:?}",
+        offline.get().source("max")
+    );
+    server.restart().await;
+    eventually("the bucket read again, max's own value still refused", Duration::from_secs(15), || {
+        let status = offline.status();
+        status.from_cache.is_none() && status.connected && !status.rejected.is_empty()
+    })
+    .await;
+    assert_eq!(offline.get().max, 100);
+    let err = offline.update(|c| c.workers = 4).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidAfterExpiry { keys, .. } if keys == "`max`"), "{err}");
+    assert!(err.to_string().contains("5000 is above 1000"), "{err}");
+    assert_eq!(bucket.get("max").await.unwrap().unwrap(), "5000", "max's own value is untouched");
+}
+
 #[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
 struct Limits {
     limits: std::collections::BTreeMap<String, u32>,

@@ -518,6 +518,8 @@ impl<T: KvConfig> Builder<T> {
         let view = cached.view;
         let mut snapshot = Snapshot::new(decoded.config, decoded.values, &view, false, 0);
         snapshot.from_cache = Some(saved);
+        // A lapsed override's value is in effect, not the key's own: writes must not store it.
+        snapshot.lapsed = cached.lapsed;
         let status = Status {
             bucket: source.bucket.clone(),
             connected: false,

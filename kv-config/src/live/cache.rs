@@ -15,14 +15,17 @@
 //! values as `text`, anything else as `hex`), the delete markers, the secret keys left out, and
 //! whether a watch may resume from the revision + 1 (`resumable`: nothing left out, no expiring
 //! override in effect (overrides are not cached; their keys' own values are), and nothing
-//! refused). The checksum catches a flipped bit or a truncated file: FNV-1a changes on any single
+//! refused). A lapsed override (gone, but its value kept in effect because the state without it
+//! is refused) is the one override value in `values`: `lapsed` says so, with the override's
+//! revision, time, expiry and the key's own value, so a handle started from the file never takes
+//! it for the key's own value (a write would store it as one). The checksum catches a flipped bit or a truncated file: FNV-1a changes on any single
 //! changed byte, and a cut file also fails to parse. A file is written whole to a temporary file
 //! in the same directory, fsynced, renamed over the old one and the directory fsynced, so a crash
 //! leaves either the old file or the new one.
 //!
 //! [`Builder::cache_file`]: super::Builder::cache_file
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Shared, Snapshot};
+use super::{ActiveOverride, Shared, Snapshot};
 use crate::config::{KvConfig, RawValue, RawValues};
 use crate::schema::Schema;
 use crate::values::{Lookup, Resolved};
@@ -92,6 +95,18 @@ struct CachedValue {
     hex: Option<String>,
 }
 
+/// A lapsed override in the file (see the module docs): the override and the key's own value.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedLapsed {
+    revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_unix_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    own: Option<CachedValue>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Body {
     #[serde(rename = "type")]
@@ -107,6 +122,9 @@ struct Body {
     omitted: Vec<String>,
     values: BTreeMap<String, CachedValue>,
     markers: BTreeMap<String, u64>,
+    /// Absent in files of kv-config before 2026-11-28 (read as none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    lapsed: BTreeMap<String, CachedLapsed>,
 }
 
 /// A cache file that passed every check: the state to start from.
@@ -117,6 +135,8 @@ pub(super) struct Cached {
     pub(super) resumable: bool,
     pub(super) omitted: Vec<String>,
     pub(super) view: View,
+    /// The lapsed overrides whose values `view` holds ([`Snapshot::lapsed`](super::Snapshot)).
+    pub(super) lapsed: HashMap<String, (ActiveOverride, Option<RawValue>)>,
 }
 
 /// What a cache file must match.
@@ -174,6 +194,30 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok())).collect()
 }
 
+fn unix_ns(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|c| c.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64)
+}
+
+/// A value as the file holds it: UTF-8 as `text`, anything else as `hex`.
+fn cached_value(v: &RawValue) -> CachedValue {
+    let (text, hex) = match std::str::from_utf8(&v.value) {
+        Ok(s) => (Some(s.to_string()), None),
+        Err(_) => (None, Some(hex(&v.value))),
+    };
+    CachedValue { revision: v.revision, created_unix_ns: unix_ns(v.created), text, hex }
+}
+
+/// A value read back from the file.
+fn raw_value(k: &str, v: CachedValue) -> Result<RawValue, CacheProblem> {
+    let value = match (v.text, v.hex) {
+        (Some(t), None) => Bytes::from(t.into_bytes()),
+        (None, Some(h)) => Bytes::from(unhex(&h).ok_or_else(|| CacheProblem::Corrupt(format!("bad hex value for key `{k}`")))?),
+        _ => return Err(CacheProblem::Corrupt(format!("key `{k}` has no value"))),
+    };
+    let created = v.created_unix_ns.map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
+    Ok(RawValue { value, revision: v.revision, created })
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -198,14 +242,24 @@ pub(super) fn encode<T>(id: &Identity, snapshot: &Snapshot<T>, values_of: &dyn L
             omitted.push(k.to_string());
             continue;
         }
-        let (text, hex) = match std::str::from_utf8(&v.value) {
-            Ok(s) => (Some(s.to_string()), None),
-            Err(_) => (None, Some(hex(&v.value))),
-        };
-        let created_unix_ns = v.created.and_then(|c| c.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64);
-        values.insert(k.to_string(), CachedValue { revision: v.revision, created_unix_ns, text, hex });
+        values.insert(k.to_string(), cached_value(v));
     }
     omitted.sort();
+    // Only of values the file holds (a secret's is left out with it).
+    let lapsed = snapshot
+        .lapsed
+        .iter()
+        .filter(|(k, _)| values.contains_key(k.as_str()))
+        .map(|(k, (o, own))| {
+            let lapsed = CachedLapsed {
+                revision: o.revision,
+                created_unix_ns: unix_ns(o.created),
+                expires_unix_ms: o.expires.map(unix_ms),
+                own: own.as_ref().map(cached_value),
+            };
+            (k.clone(), lapsed)
+        })
+        .collect();
     let body = Body {
         type_name: id.type_name.clone(),
         schema: id.schema.clone(),
@@ -226,6 +280,7 @@ pub(super) fn encode<T>(id: &Identity, snapshot: &Snapshot<T>, values_of: &dyn L
             .filter(|(k, _)| !snapshot.underlying.contains_key(*k))
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
+        lapsed,
     };
     // Serializing strings, integers and maps cannot fail.
     let json = serde_json::to_vec(&body).unwrap_or_default();
@@ -274,13 +329,25 @@ fn decode(id: &Identity, bytes: &[u8]) -> Result<Cached, CacheProblem> {
     }
     let mut values = RawValues::with_capacity(body.values.len());
     for (k, v) in body.values {
-        let value = match (v.text, v.hex) {
-            (Some(t), None) => Bytes::from(t.into_bytes()),
-            (None, Some(h)) => Bytes::from(unhex(&h).ok_or_else(|| CacheProblem::Corrupt(format!("bad hex value for key `{k}`")))?),
-            _ => return Err(CacheProblem::Corrupt(format!("key `{k}` has no value"))),
+        let value = raw_value(&k, v)?;
+        values.insert(k, value);
+    }
+    let mut lapsed = HashMap::with_capacity(body.lapsed.len());
+    for (k, l) in body.lapsed {
+        let created = l.created_unix_ns.map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
+        // The value in effect must be the override's, as when the file was written.
+        if !values.get(&k).is_some_and(|v| v.revision == l.revision && v.created == created) {
+            return Err(CacheProblem::Corrupt(format!("the lapsed override of key `{k}` is not the value it holds")));
+        }
+        let own = l.own.map(|v| raw_value(&k, v)).transpose()?;
+        let o = ActiveOverride {
+            key: k.clone(),
+            revision: l.revision,
+            created,
+            expires: l.expires_unix_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+            underlying: own.as_ref().map(|v| v.revision),
         };
-        let created = v.created_unix_ns.map(|ns| UNIX_EPOCH + Duration::from_nanos(ns));
-        values.insert(k, RawValue { value, revision: v.revision, created });
+        lapsed.insert(k, (o, own));
     }
     let mut view = View::default();
     view.values = values.into();
@@ -293,6 +360,7 @@ fn decode(id: &Identity, bytes: &[u8]) -> Result<Cached, CacheProblem> {
         resumable: body.resumable,
         omitted: body.omitted,
         view,
+        lapsed,
     })
 }
 
@@ -411,6 +479,28 @@ mod tests {
         with.secrets = true;
         let c = decode(&with, &encode(&with, &snapshot(), &snapshot().values, None, false, SystemTime::now())).expect("valid");
         assert!(c.resumable && c.view.values.contains_key("token"));
+    }
+
+    #[test]
+    fn a_lapsed_override_round_trips_and_a_secrets_is_left_out_with_its_value() {
+        let lapsed = |key: &str, revision: u64, own: Option<RawValue>| {
+            let o = ActiveOverride { key: key.into(), revision, created: None, expires: Some(UNIX_EPOCH + Duration::from_millis(5000)), underlying: own.as_ref().map(|v| v.revision) };
+            (key.to_string(), (o, own))
+        };
+        let mut snap = snapshot();
+        let own = RawValue { value: Bytes::from_static(b"9000"), revision: 8, created: None };
+        snap.lapsed = [lapsed("port", 3, Some(own.clone())), lapsed("token", 5, None)].into_iter().collect();
+        let bytes = encode(&id(), &snap, &snap.values, None, true, SystemTime::now());
+        let c = decode(&id(), &bytes).expect("valid");
+        assert_eq!(c.lapsed.len(), 1, "the secret's lapsed override is left out with its value");
+        let (o, back) = &c.lapsed["port"];
+        assert_eq!((o.revision, o.expires, o.underlying), (3, Some(UNIX_EPOCH + Duration::from_millis(5000)), Some(8)));
+        assert_eq!(back.as_ref(), Some(&own));
+        assert!(!c.resumable);
+        // A lapsed override that does not name the value held is a damaged file.
+        snap.lapsed = [lapsed("port", 4, None)].into_iter().collect();
+        let err = decode(&id(), &encode(&id(), &snap, &snap.values, None, true, SystemTime::now())).unwrap_err();
+        assert_eq!(err.to_string(), "the file is corrupt: the lapsed override of key `port` is not the value it holds");
     }
 
     #[test]
