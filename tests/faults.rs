@@ -1022,3 +1022,69 @@ async fn a_replaced_bucket_is_reloaded_only_with_its_incarnation_known() {
     hooks.fail(None);
     eventually("reloaded", Duration::from_secs(5), || cfg.get().workers == 9 && cfg.status().is_healthy()).await;
 }
+
+#[derive(KvConfig, Clone, PartialEq, Serialize, Deserialize)]
+struct Aged {
+    #[kv(default = 10)]
+    max: u32,
+    #[kv(default)]
+    workers: u32,
+}
+
+/// A value the server removes without a marker (the bucket's maximum age; a purge of the whole
+/// stream, as `nats stream purge` does) reaches no watch: a handle that kept it would run on a
+/// value the bucket no longer holds, and say it is healthy, while a fresh handle reads the
+/// default. Once a probe sees the bucket's first stored revision pass a value the handle holds,
+/// the handle reads the bucket again. Found by a probe (before: `max` stayed 50, healthy, for
+/// good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_the_server_removes_without_a_marker_are_not_kept() {
+    let (server, store) = server().await;
+    let bucket = store.create_bucket(&BucketConfig::new("aged").history(5).max_age(Duration::from_secs(2))).await.unwrap();
+    bucket.put("max", "50".into()).await.unwrap();
+    let start = |dedicated: bool| {
+        let b = LiveConfig::<Aged>::builder(store.clone(), "aged").heartbeat(Duration::from_millis(250));
+        if dedicated { b.dedicated_watch() } else { b }
+    };
+    let (shared, own) = (start(false).start().await.unwrap(), start(true).start().await.unwrap());
+    // A second shared handle makes the hub keep a map of the bucket, which must not keep it either.
+    let joined = start(false).start().await.unwrap();
+    for h in [&shared, &own, &joined] {
+        assert_eq!(h.get().max, 50);
+    }
+    let t = Instant::now();
+    while bucket.get("max").await.unwrap().is_some() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the server never aged the value out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone = t.elapsed();
+    eventually("every handle back on the default", Duration::from_secs(5), || {
+        [&shared, &own, &joined].iter().all(|h| h.get().max == 10)
+    })
+    .await;
+    println!("figure: aged-out value left the handles {:?} after the server removed it", t.elapsed() - gone);
+    for h in [&shared, &own, &joined] {
+        let status = h.status();
+        assert!(status.is_healthy(), "{status:?}");
+        assert!(status.reloads >= 1, "{status:?}");
+    }
+    // A handle started now agrees, and a later value is applied as usual.
+    let fresh = start(true).start().await.unwrap();
+    assert_eq!(fresh.get().max, 10);
+    shared.update(|c| c.workers = 3).await.unwrap();
+    eventually("the write reaches every handle", Duration::from_secs(3), || {
+        [&shared, &own, &joined, &fresh].iter().all(|h| h.get().workers == 3)
+    })
+    .await;
+
+    // A purge of the whole stream removes every value at once, again without a marker.
+    let purged = store.create_bucket(&BucketConfig::new("purged").history(5)).await.unwrap();
+    purged.put("max", "70".into()).await.unwrap();
+    purged.put("workers", "7".into()).await.unwrap();
+    let h = LiveConfig::<Aged>::builder(store.clone(), "purged").heartbeat(Duration::from_millis(250)).start().await.unwrap();
+    assert_eq!((h.get().max, h.get().workers), (70, 7));
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    js.get_stream("KV_purged").await.unwrap().purge().await.unwrap();
+    eventually("the purged values gone from the handle", Duration::from_secs(5), || h.get().max == 10 && h.get().workers == 0).await;
+    assert!(h.status().is_healthy(), "{:?}", h.status());
+}

@@ -94,6 +94,12 @@ impl<T: KvConfig> Member for Shared<T> {
     fn drop_override(&self, key: &str, revision: u64, latest: Option<u64>) {
         self.state().view.drop_override(key, revision, latest);
     }
+
+    fn oldest(&self) -> Option<u64> {
+        let st = self.state();
+        let values = st.view.values.iter().map(|(_, v)| v.revision);
+        values.chain(st.view.overrides.values().map(|o| o.value.revision)).min()
+    }
 }
 
 impl<T: KvConfig> Shared<T> {

@@ -54,6 +54,8 @@ pub(super) trait Member: Send + Sync {
     fn overrides_due(&self, vanished: bool) -> Vec<(String, u64)>;
     /// The server no longer holds the override of `key` at `revision`.
     fn drop_override(&self, key: &str, revision: u64, latest: Option<u64>);
+    /// The lowest revision of a value or override the member's view holds (`None`: none).
+    fn oldest(&self) -> Option<u64>;
 }
 
 struct Slot {
@@ -84,6 +86,9 @@ pub(super) struct HubState {
     pub(super) incarnation: Option<u64>,
     /// Consecutive probes that reported a last revision below `seen`.
     pub(super) behind_probes: u32,
+    /// The bucket's first revision at the last check that every value held is still stored
+    /// ([`Hub::oldest_held`]); the check is made again only when it moves.
+    pub(super) first_checked: u64,
     /// Why the watch may be behind; `None` while the server answers.
     pub(super) stale: Option<StaleReason>,
     /// How many times the bucket was read again from scratch ([`Hub::reload`]).
@@ -101,6 +106,7 @@ impl HubState {
             seen,
             incarnation,
             behind_probes: 0,
+            first_checked: 0,
             stale: None,
             reloads: 0,
         }
@@ -642,6 +648,16 @@ impl Hub {
     }
 
     /// Overrides of every member that may have expired unseen, with their full keys.
+    /// The lowest revision of any value or override this hub or its handles hold (`None`: none).
+    /// A bucket whose first stored revision is past it no longer holds that entry: it was removed
+    /// by the bucket's maximum age or a purge of the stream, neither of which leaves a marker for
+    /// the watch to deliver.
+    pub(super) fn oldest_held(&self) -> Option<u64> {
+        let st = self.state();
+        let map = st.map.iter().flat_map(|m| m.values()).filter(|k| k.operation == Operation::Put).map(|k| k.revision).min();
+        st.members.iter().filter_map(|s| s.member.upgrade()).filter_map(|m| m.oldest()).chain(map).min()
+    }
+
     pub(super) fn overrides_due(&self, vanished: bool) -> Vec<(Arc<dyn Member>, String, String, u64)> {
         let st = self.state();
         let mut due = Vec::new();

@@ -245,6 +245,14 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 return Check::Replaced;
             }
             hub.state().incarnation = Some(now);
+            if aged_out(&hub, probe.first_revision) {
+                tracing::warn!(
+                    bucket = bucket.name(),
+                    first_revision = probe.first_revision,
+                    "the bucket no longer holds some values in effect (removed by its maximum age or a purge of its stream, which the watch is not told of); reading it again"
+                );
+                return Check::Replaced;
+            }
             if batch {
                 // Asked again with nothing delivered since: keep when the question began.
                 let mut look = match waiting {
@@ -306,6 +314,21 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
             }
         }
     }
+}
+
+/// Whether the bucket's first stored revision, `first`, has passed a value or override the hub
+/// or its handles hold: the server removed it without a marker (the bucket's maximum age, a purge
+/// of its stream), so the config in effect holds a value the bucket no longer has. Looked at only
+/// when `first` moved since the last look: values delivered since are newer than it was then.
+fn aged_out(hub: &Hub, first: u64) -> bool {
+    {
+        let mut st = hub.state();
+        if first <= st.first_checked {
+            return false;
+        }
+        st.first_checked = first;
+    }
+    hub.oldest_held().is_some_and(|oldest| oldest < first)
 }
 
 /// Overrides past their expiry whose expiry marker never arrived: the server writes the marker
@@ -433,7 +456,7 @@ async fn reload(weak: &Weak<Hub>, bucket: &dyn Bucket) -> Option<Watch> {
         Ok(watch) => {
             // Read after the probe: of that incarnation, or of a later one the next check reloads.
             watch.began_in(incarnation);
-            tracing::warn!(bucket = bucket.name(), "the bucket was replaced; reloaded the config from it");
+            tracing::warn!(bucket = bucket.name(), "the bucket was read again from scratch (replaced, or entries removed without a marker)");
             Some(watch)
         }
         Err(e) => {
