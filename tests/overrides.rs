@@ -4,10 +4,33 @@
 
 use std::time::{Duration, SystemTime};
 
-use kv_config::store::{BucketConfig, NatsStore, Store};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kv_config::store::{BucketConfig, NatsStore, Probe, Store, StoreError, StoreErrorKind, StoreResult};
 use kv_config::{Error, KvConfig, LiveConfig, Provenance};
 use kv_config_testing::NatsServer;
 use serde::{Deserialize, Serialize};
+
+mod common;
+use common::{Hooks, Tapped};
+
+/// Buckets whose probes get no answer while the gate is closed (and which announce nothing):
+/// the handle cannot look at the server until the test has set a bucket up.
+#[derive(Clone, Debug, Default)]
+struct Gate(Arc<AtomicBool>);
+
+impl Hooks for Gate {
+    type PerBucket = ();
+    const SHARED_WATCHES: bool = true;
+    fn probe_result(&self, _: &(), _: &str, result: StoreResult<Probe>) -> StoreResult<Probe> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(StoreError::new(StoreErrorKind::Timeout).bucket("cfg").detail("probe held back by the test"))
+        } else {
+            result
+        }
+    }
+}
 
 fn check_max(v: &u32) -> Result<(), String> {
     if *v > 1000 {
@@ -225,14 +248,24 @@ async fn an_expired_overrides_value_is_never_written_as_the_keys_own() {
 #[tokio::test]
 async fn an_override_value_carried_over_a_bucket_replacement_is_never_written_as_the_keys_own() {
     let (_server, store) = server().await;
-    let cfg = handle(&store).await;
+    let gate = Gate::default();
+    let bucket_config = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
+    let cfg = LiveConfig::<Cfg>::builder(Tapped::new(&store, gate.clone()), "cfg")
+        .create_with(bucket_config.clone())
+        .heartbeat(Duration::from_millis(250))
+        .start()
+        .await
+        .unwrap();
     cfg.update(|c| c.min = 5).await.unwrap();
     cfg.set_for("max", 100, Duration::from_secs(60)).await.unwrap();
     let reloads = cfg.status().reloads;
-    // The bucket is replaced: own `min` 50, no `max` (default 10), no override: min > max.
+    // The bucket is replaced: own `min` 50, no `max` (default 10), no override: min > max. The
+    // handle is kept from the server until the new bucket holds that (its empty state is valid).
+    gate.0.store(true, Ordering::SeqCst);
     store.delete_bucket("cfg").await.unwrap();
-    let bucket = store.create_bucket(&BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1))).await.unwrap();
+    let bucket = store.create_bucket(&bucket_config).await.unwrap();
     bucket.put("min", "50".into()).await.unwrap();
+    gate.0.store(false, Ordering::SeqCst);
     eventually("the replaced bucket read", Duration::from_secs(10), || cfg.status().reloads > reloads && !cfg.status().rejected.is_empty()).await;
     assert_eq!((cfg.get().min, cfg.get().max), (5, 100), "the last good config stays");
     assert!(

@@ -2,7 +2,9 @@
 //!
 //! [`Tapped`]: the real NATS store with hooks on what its buckets' watches deliver and what their
 //! probes answer, for tests of a slow link or a server that stores a batch message by message.
-//! Everything else (writes, reads, the server's answers otherwise) is the real server's.
+//! Everything else (writes, reads, the server's answers otherwise) is the real server's, except
+//! that its buckets make no announcements (`Bucket::announcements`): only probes tell them of a
+//! deleted or re-created bucket, as for a client not allowed to read the stream's advisories.
 #![allow(dead_code)]
 
 use std::fmt::Debug;

@@ -3,8 +3,9 @@
 //! into the config the last change retired (a spare, once no reader holds it) or else into a copy
 //! of the config in effect: its cost is the change's, not the config's. A large burst, a refused
 //! value or a reloaded bucket takes the whole decode with per-key fallback. A handle's own lone
-//! write is applied here too, on its commit, when nothing else can lie before it
-//! ([`Shared::apply_own`]); the watch's delivery of it then only stamps the server's time.
+//! write is applied here too, by the writer once the watch delivered it, when nothing else can
+//! lie before it ([`Shared::apply_own`]); the watcher's handling of that delivery then at most
+//! stamps the server's time.
 
 use std::borrow::Cow;
 use std::sync::{Arc, MutexGuard, PoisonError};
@@ -103,8 +104,9 @@ impl<T: KvConfig> Member for Shared<T> {
 }
 
 impl<T: KvConfig> Shared<T> {
-    /// This handle's own single write, committed at `entry.revision` in `epoch`, applied at once
-    /// instead of when the watch brings it back, if the snapshot holds every revision before it
+    /// This handle's own single write, committed at `entry.revision` in `epoch` and delivered by
+    /// the watch, applied by the writer without waiting for the watcher to finish its burst, if
+    /// the snapshot holds every revision before it
     /// (the last burst applied ended at `revision - 1`, and nothing was delivered since): then no
     /// other write can lie between, and the bucket's state at `revision` is the snapshot's plus
     /// this entry. The watch's delivery of it later only fills in the server's timestamp.

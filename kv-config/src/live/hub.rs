@@ -122,6 +122,10 @@ pub(super) struct Hub {
     state: Mutex<HubState>,
     /// `seen` after each caught-up burst, for a handle waiting for its own seeded defaults.
     seen_tx: watch::Sender<u64>,
+    /// The highest revision the watch delivered, as each entry arrives, with the incarnation the
+    /// hub was in (bumped by a reload): for a writer proving its write went to the watched bucket
+    /// ([`Hub::delivered`]).
+    delivered_tx: watch::Sender<(u64, u64)>,
     task: Mutex<Option<AbortHandle>>,
 }
 
@@ -273,6 +277,7 @@ impl Hub {
             load_timeout,
             state: Mutex::new(state),
             seen_tx: watch::channel(seen).0,
+            delivered_tx: watch::channel((0, seen)).0,
             task: Mutex::new(None),
         })
     }
@@ -464,6 +469,18 @@ impl Hub {
         matches!(reached, Ok(true))
     }
 
+    /// Waits until the watch delivered `revision` (or a later one) of the bucket it watches, within
+    /// `wait`; `false` on timeout or when the hub read a replaced bucket meanwhile. A watch's
+    /// consumer is bound to the stream it was made on, and a stream once deleted never comes back,
+    /// so a handle's own write that its watch delivers went to the bucket the handle watches, not
+    /// to one created under the same name since (whose revisions start again at 1).
+    pub(super) async fn delivered(&self, revision: u64, wait: Duration) -> bool {
+        let mut rx = self.delivered_tx.subscribe();
+        let reloads = rx.borrow().0;
+        let reached = tokio::time::timeout(wait, rx.wait_for(|(r, seen)| *r != reloads || *seen >= revision)).await;
+        matches!(reached, Ok(Ok(d)) if d.0 == reloads)
+    }
+
     /// Whether the shared map holds a value (not a delete marker) for the full key `key`.
     pub(super) fn holds(&self, key: &str) -> bool {
         self.state().map.as_ref().is_some_and(|m| m.get(key).is_some_and(|e| e.operation == Operation::Put))
@@ -500,6 +517,8 @@ impl Hub {
         let (targets, was_stale) = {
             let mut st = self.state();
             st.seen = st.seen.max(entry.revision);
+            let seen = st.seen;
+            self.delivered_tx.send_if_modified(|d| std::mem::replace(&mut d.1, seen) != seen);
             st.open_batch = entry.batch_continues;
             st.burst_since.get_or_insert_with(Instant::now);
             if st.map.is_some() {
@@ -634,6 +653,7 @@ impl Hub {
             m.replace(view, incarnation);
         }
         self.seen_tx.send_replace(latest.seen);
+        self.delivered_tx.send_modify(|d| *d = (d.0 + 1, latest.seen));
         Ok(watch)
     }
 

@@ -83,6 +83,7 @@ impl<T: KvConfig> LiveConfig<T> {
                 ops = ops.into_iter().map(|op| op.header(AUTHOR_HEADER, author.clone())).collect();
             }
             let n = ops.len() as u64;
+            shared.check_bucket_present()?;
             let result = if ops.len() == 1 { shared.bucket.write(ops.remove(0)).await } else { shared.bucket.write_atomic(ops).await };
             match result {
                 Ok(last) => {
@@ -135,6 +136,7 @@ impl<T: KvConfig> LiveConfig<T> {
             if let Some(author) = &shared.options.author {
                 op = op.header(AUTHOR_HEADER, author.clone());
             }
+            shared.check_bucket_present()?;
             match shared.bucket.write(op).await {
                 Ok(rev) => return self.confirm_override(base.epoch, rev, key, None).await,
                 // Replaced or expired meanwhile: look again.

@@ -22,7 +22,8 @@ use futures_util::{FutureExt, StreamExt};
 use super::hub::Hub;
 use super::StaleReason;
 use crate::feed::{batch_rest, BatchRest, CatchUp, BATCH_SETTLE, PENDING_SETTLE};
-use crate::store::{Bucket, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
+use crate::store::{Announcement, Bucket, Probe, StoreError, StoreErrorKind, Watch, WatchStart};
+use futures_util::stream::BoxStream;
 
 /// What the loop waits for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
     if let Some(incarnation) = incarnation {
         watch.began_in(incarnation);
     }
+    // The server's announcements about the bucket (NATS: its stream's advisories), where it makes
+    // them: a deleted or re-created bucket is then acted on at once, not a heartbeat later.
+    let mut announced = bucket.announcements().await;
     let mut waiting = Waiting::Quiet;
     let mut last_check = Instant::now();
     loop {
@@ -82,12 +86,32 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
         };
         // A panic inside the client's stream (seen when a closed client's ordered consumer is
         // polled again) ends this watch, not the watcher: a new one is made below.
+        let mut news = None;
         let item = if wait.is_zero() {
             Err(())
         } else {
-            tokio::time::timeout(wait, std::panic::AssertUnwindSafe(watch.next()).catch_unwind()).await.map_err(|_| ())
+            let next = tokio::time::timeout(wait, std::panic::AssertUnwindSafe(watch.next()).catch_unwind());
+            tokio::select! {
+                item = next => item.map_err(|_| ()),
+                a = next_announcement(&mut announced) => {
+                    news = Some(a);
+                    Err(())
+                }
+            }
         };
         let Some(hub) = weak.upgrade() else { return };
+        if let Some(news) = news {
+            tracing::debug!(bucket = bucket.name(), ?news, "the server announced a change of the bucket; checking it now");
+            if news == Announcement::Deleted {
+                // From now on no write of a handle goes out until the bucket is read again: one
+                // re-created under the same name could take it at the same revision.
+                hub.mark_stale(StaleReason::BucketMissing, Some(format!("bucket `{}` was deleted (announced by the server)", bucket.name())));
+            }
+            drop(hub);
+            last_check = Instant::now();
+            (watch, waiting) = checked(&weak, &bucket, &pattern, heartbeat, waiting, watch).await;
+            continue;
+        }
         match item {
             Ok(Ok(Some(Ok(entry)))) => {
                 waiting = match (hub.on_entry(&entry), waiting) {
@@ -139,6 +163,17 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
             }
         }
     }
+}
+
+/// The next announcement about the bucket; never, when its server makes none (or stopped).
+async fn next_announcement(announced: &mut Option<BoxStream<'static, Announcement>>) -> Announcement {
+    if let Some(stream) = announced {
+        if let Some(a) = stream.next().await {
+            return a;
+        }
+    }
+    *announced = None;
+    std::future::pending().await
 }
 
 /// Runs a [`check`] and acts on it: a new watch when the old one stalled, a reload when the

@@ -1,8 +1,11 @@
 //! The write path: validate, diff against the bucket (not only against the config in effect),
 //! compare-and-swap every written key in one atomic batch, retry conflicts after the next commit or a short random pause,
-//! and return `Ok` only once this handle's snapshot holds the write: at once for a lone write
-//! when the snapshot held every revision before it ([`Shared::apply_own`]), else when the watch
-//! brings it back.
+//! and return `Ok` only once this handle's snapshot holds the write and its watch delivered it
+//! (which proves the write went to the bucket the handle watches, not to one created under the
+//! same name since): a lone write is applied by the writer as soon as the watch delivers it, when
+//! the snapshot held every revision before it ([`Shared::apply_own`]), else once the watcher
+//! applied it. No write goes out while the handle knows its bucket was deleted and has not read it
+//! again ([`Shared::check_bucket_present`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +83,26 @@ impl<T: KvConfig> Shared<T> {
             () = tokio::time::sleep(Duration::from_nanos(fastrand::u64(0..=RETRY_PAUSE.as_nanos() as u64))) => {}
             _ = self.wait_applied(epoch, applied.max(target).saturating_add(1)) => {}
         }
+    }
+
+    /// Refuses a write while this handle knows its bucket is gone (deleted, as the server announced
+    /// or a probe found) and has not read it again: one created again under the same name starts
+    /// its revisions at 1, and could take a write checked against the old bucket's revisions.
+    pub(super) fn check_bucket_present(&self) -> Result<()> {
+        let st = self.state();
+        if st.status.stale.as_ref().is_some_and(|s| s.reason == super::StaleReason::BucketMissing) {
+            return Err(Error::Store(crate::store::StoreError::new(StoreErrorKind::NotFound).bucket(self.source.bucket.clone()).detail(
+                "the bucket was deleted (it may have been created again); this handle writes again once it has read the bucket anew",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until the watch delivered `revision` in this epoch ([`Hub::delivered`](super::hub::Hub)),
+    /// within the write timeout; `false` on timeout or when the bucket was replaced meanwhile.
+    pub(super) async fn delivered(&self, epoch: u64, revision: u64) -> bool {
+        let Some(hub) = self.hub.get() else { return false };
+        hub.delivered(revision, self.options.write_timeout).await && self.state().epoch == epoch
     }
 
     /// Waits until the watcher has applied `revision` of this epoch; `false` on timeout or when
@@ -307,6 +330,7 @@ impl<T: KvConfig> LiveConfig<T> {
                 }
                 return Ok(base);
             }
+            shared.check_bucket_present()?;
             let written: Vec<(String, bool)> =
                 ops.iter().map(|op| (op.key.clone(), matches!(op.kind, WriteKind::Put(_)))).collect();
             let own = own_entry(&ops);
@@ -318,7 +342,15 @@ impl<T: KvConfig> LiveConfig<T> {
             match result {
                 Ok(revision) => {
                     if let Some(mut entry) = own {
+                        // A write is checked against revisions alone, and a bucket deleted and
+                        // created again meanwhile (revisions from 1 again) can take it at the
+                        // same revision: only the watch's delivery proves it went to the bucket
+                        // this handle watches. Once delivered it is applied here, without waiting
+                        // for the watcher to finish its burst.
                         entry.revision = revision;
+                        if !shared.delivered(base.epoch, revision).await {
+                            return Err(Error::NotObserved { bucket: shared.source.bucket.clone(), revision });
+                        }
                         shared.apply_own(base.epoch, &entry);
                     }
                     return self.confirm(base.epoch, revision, &written).await;

@@ -501,6 +501,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// What a server announced about a bucket ([`Bucket::announcements`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Announcement {
+    /// The bucket was deleted (it may be created again under the same name, with revisions
+    /// starting again at 1).
+    Deleted,
+    /// Something else changed: the bucket was created or its configuration updated, or its
+    /// stream has a new leader in a cluster. Worth a look at the server.
+    Changed,
+}
+
 /// One Key/Value bucket.
 ///
 /// Writes return the new revision. Keys follow the NATS rules (`[-/_=.a-zA-Z0-9]`, no empty
@@ -538,6 +550,25 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// answer to the open, so a start asks the server one question fewer; the default (`None`)
     /// makes the start [`probe`](Self::probe) instead.
     fn opened_incarnation(&self) -> Option<u64> {
+        None
+    }
+
+    /// What the server announces about the bucket as it happens, for stores whose server does:
+    /// a watcher then acts at once instead of at its next heartbeat's [`probe`](Self::probe). A
+    /// [`NatsStore`] bucket reads the JetStream advisories of its stream
+    /// (`$JS.EVENT.ADVISORY.STREAM.*.KV_<bucket>`: deleted, created, updated, a new leader); a
+    /// client without permission to subscribe to them gets none, and probes alone tell. The
+    /// default (`None`): no announcements.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), kv_config::store::StoreError> {
+    /// use kv_config::store::{BucketConfig, MemoryStore, Store};
+    /// let bucket = MemoryStore::new().create_bucket(&BucketConfig::new("app")).await?;
+    /// assert!(bucket.announcements().await.is_none(), "an in-memory bucket announces nothing");
+    /// # Ok(()) }
+    /// ```
+    async fn announcements(&self) -> Option<futures_util::stream::BoxStream<'static, Announcement>> {
         None
     }
 

@@ -689,6 +689,24 @@ impl Bucket for NatsBucket {
         Some(incarnation_of(self.kv.stream.cached_info()))
     }
 
+    async fn announcements(&self) -> Option<futures_util::stream::BoxStream<'static, crate::store::Announcement>> {
+        use futures_util::StreamExt;
+        let subject = format!("$JS.EVENT.ADVISORY.STREAM.*.KV_{}", self.name);
+        match self.client.subscribe(subject).await {
+            Ok(sub) => Some(
+                sub.map(|m| match m.subject.split('.').nth(4) {
+                    Some("DELETED") => crate::store::Announcement::Deleted,
+                    _ => crate::store::Announcement::Changed,
+                })
+                .boxed(),
+            ),
+            Err(e) => {
+                tracing::debug!(bucket = %self.name, error = %e, "no subscription to the stream's advisories; probes alone tell of a replaced bucket");
+                None
+            }
+        }
+    }
+
     async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
         let started = Instant::now();
         let result: StoreResult<Probe> = async {
