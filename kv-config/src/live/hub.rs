@@ -126,6 +126,9 @@ pub(super) struct Hub {
     /// hub was in (bumped by a reload): for a writer proving its write went to the watched bucket
     /// ([`Hub::delivered`]).
     delivered_tx: watch::Sender<(u64, u64)>,
+    /// Whether the watcher hears the server's announcements about the bucket (a deletion is then
+    /// known within milliseconds): see [`Hub::announced`].
+    announced: std::sync::atomic::AtomicBool,
     task: Mutex<Option<AbortHandle>>,
 }
 
@@ -278,6 +281,7 @@ impl Hub {
             state: Mutex::new(state),
             seen_tx: watch::channel(seen).0,
             delivered_tx: watch::channel((0, seen)).0,
+            announced: std::sync::atomic::AtomicBool::new(false),
             task: Mutex::new(None),
         })
     }
@@ -467,6 +471,17 @@ impl Hub {
         let mut rx = self.seen_tx.subscribe();
         let reached = tokio::time::timeout(wait, async { rx.wait_for(|s| *s >= revision).await.is_ok() }).await;
         matches!(reached, Ok(true))
+    }
+
+    /// Whether the server announces the bucket's deletion to this hub's watcher. A writer then
+    /// knows of a deletion within the time the announcement takes (milliseconds) and needs no
+    /// proof from the watch that its write went to the bucket it watches ([`Hub::delivered`]).
+    pub(super) fn announced(&self) -> bool {
+        self.announced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(super) fn set_announced(&self, on: bool) {
+        self.announced.store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// Waits until the watch delivered `revision` (or a later one) of the bucket it watches, within

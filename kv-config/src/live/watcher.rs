@@ -75,6 +75,10 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
     // The server's announcements about the bucket (NATS: its stream's advisories), where it makes
     // them: a deleted or re-created bucket is then acted on at once, not a heartbeat later.
     let mut announced = bucket.announcements().await;
+    match weak.upgrade() {
+        Some(hub) => hub.set_announced(announced.is_some()),
+        None => return,
+    }
     let mut waiting = Waiting::Quiet;
     let mut last_check = Instant::now();
     loop {
@@ -100,6 +104,9 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
             }
         };
         let Some(hub) = weak.upgrade() else { return };
+        if announced.is_none() {
+            hub.set_announced(false);
+        }
         if let Some(news) = news {
             tracing::debug!(bucket = bucket.name(), ?news, "the server announced a change of the bucket; checking it now");
             if news == Announcement::Deleted {

@@ -1,11 +1,13 @@
 //! The write path: validate, diff against the bucket (not only against the config in effect),
 //! compare-and-swap every written key in one atomic batch, retry conflicts after the next commit or a short random pause,
-//! and return `Ok` only once this handle's snapshot holds the write and its watch delivered it
-//! (which proves the write went to the bucket the handle watches, not to one created under the
-//! same name since): a lone write is applied by the writer as soon as the watch delivers it, when
-//! the snapshot held every revision before it ([`Shared::apply_own`]), else once the watcher
-//! applied it. No write goes out while the handle knows its bucket was deleted and has not read it
-//! again ([`Shared::check_bucket_present`]).
+//! and return `Ok` only once this handle's snapshot holds the write. No write goes out while the
+//! handle knows its bucket was deleted and has not read it again ([`Shared::check_bucket_present`]):
+//! one created again under the same name starts its revisions at 1 and could take a write checked
+//! against the old one's. A lone write, when the snapshot held every revision before it, is
+//! applied by the writer ([`Shared::apply_own`]): on its commit where the server announces
+//! deletions to the watcher (so the handle knows of one within milliseconds), else once the watch
+//! delivered it, which proves it went to the bucket the handle watches. Any other write returns
+//! once the watcher applied it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,6 +98,11 @@ impl<T: KvConfig> Shared<T> {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the server announces the bucket's deletion to this handle's watcher.
+    pub(super) fn announced(&self) -> bool {
+        self.hub.get().is_some_and(|h| h.announced())
     }
 
     /// Waits until the watch delivered `revision` in this epoch ([`Hub::delivered`](super::hub::Hub)),
@@ -344,11 +351,13 @@ impl<T: KvConfig> LiveConfig<T> {
                     if let Some(mut entry) = own {
                         // A write is checked against revisions alone, and a bucket deleted and
                         // created again meanwhile (revisions from 1 again) can take it at the
-                        // same revision: only the watch's delivery proves it went to the bucket
-                        // this handle watches. Once delivered it is applied here, without waiting
-                        // for the watcher to finish its burst.
+                        // same revision. Where the server announces deletions, the handle knows
+                        // of one within milliseconds (and writes nothing until it has read the
+                        // bucket again), so the write is applied on its commit. Elsewhere only
+                        // the watch's delivery proves it went to the bucket this handle watches:
+                        // it is applied once delivered, without waiting for the watcher's burst.
                         entry.revision = revision;
-                        if !shared.delivered(base.epoch, revision).await {
+                        if !shared.announced() && !shared.delivered(base.epoch, revision).await {
                             return Err(Error::NotObserved { bucket: shared.source.bucket.clone(), revision });
                         }
                         shared.apply_own(base.epoch, &entry);

@@ -131,6 +131,12 @@ impl PermissionLog {
         }
     }
 
+    /// Whether a violation reported since `since` names `subject` (quoted, as nats-server writes it).
+    fn names_since(&self, subject: &str, since: Instant) -> bool {
+        let quoted = format!("\"{subject}\"");
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(at, m)| *at >= since && m.contains(&quoted))
+    }
+
     /// Turns a timeout-like error into `PermissionDenied` if a violation was reported since `started`.
     fn refine(&self, err: StoreError, started: Instant) -> StoreError {
         if !matches!(err.kind(), StoreErrorKind::Timeout | StoreErrorKind::JetStreamNotEnabled | StoreErrorKind::Other) {
@@ -692,7 +698,14 @@ impl Bucket for NatsBucket {
     async fn announcements(&self) -> Option<futures_util::stream::BoxStream<'static, crate::store::Announcement>> {
         use futures_util::StreamExt;
         let subject = format!("$JS.EVENT.ADVISORY.STREAM.*.KV_{}", self.name);
-        match self.client.subscribe(subject).await {
+        let since = Instant::now();
+        match self.client.subscribe(subject.clone()).await {
+            // A subscription the server refuses is refused asynchronously: a round trip later
+            // (the flush) the store's permission log has it, if the store keeps one.
+            Ok(_) if matches!(tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await, Ok(Ok(()))) && self.perms.names_since(&subject, since) => {
+                tracing::debug!(bucket = %self.name, "not allowed to read the stream's advisories; probes alone tell of a replaced bucket");
+                None
+            }
             Ok(sub) => Some(
                 sub.map(|m| match m.subject.split('.').nth(4) {
                     Some("DELETED") => crate::store::Announcement::Deleted,
