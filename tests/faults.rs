@@ -1201,3 +1201,28 @@ async fn a_deleted_and_recreated_bucket_is_known_at_once_and_no_write_goes_out_m
     assert_eq!(new.get("a").await.unwrap().unwrap(), "5");
     eventually("the other handle has it", Duration::from_secs(2), || own.get().a == 5).await;
 }
+
+/// A typed write of a config with a struct-level check is an atomic batch whose last message (the
+/// commit) is kv-config's guard key. When the server freezes (SIGSTOP) mid-write, the error must
+/// name the key the caller changed, not the guard key it never wrote, and list the batch's keys;
+/// and it comes within the store's write deadline. Found by a probe (before: only
+/// `__kvconfig.guard` was named).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_typed_write_names_the_key_the_caller_changed() {
+    let mut server = NatsServer::start().await;
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let store = NatsStore::new(client).with_write_deadline(Duration::from_secs(2));
+    let cfg = LiveConfig::<Cfg>::builder(store, "cfg").create_if_missing().start().await.unwrap();
+    cfg.update(|c| c.max = 60).await.unwrap();
+    server.pause();
+    let t = Instant::now();
+    let err = cfg.update(|c| c.max = 70).await.expect_err("a frozen server answers nothing");
+    let took = t.elapsed();
+    server.resume();
+    let text = err.to_string();
+    assert!(text.contains("bucket `cfg`, key `max`"), "{text}");
+    assert!(text.contains("`max`, `__kvconfig.guard`"), "{text}");
+    assert!(took < Duration::from_secs(5), "bounded by the write deadline: {took:?}");
+    assert!(matches!(&err, Error::Store(e) if matches!(e.kind(), StoreErrorKind::OutcomeUnknown | StoreErrorKind::Timeout)), "{err}");
+    println!("figure: unanswered typed write failed after {took:?}: {text}");
+}

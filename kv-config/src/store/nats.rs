@@ -245,8 +245,10 @@ impl NatsStore {
         Ok(NatsStore::new(client).with_permission_log(perms))
     }
 
-    /// How long a write keeps resending (deduplicated) or looking up its outcome while the
-    /// server does not answer, before it reports [`StoreErrorKind::OutcomeUnknown`] (default 10 s).
+    /// How long a write (a lone one or an atomic batch) keeps resending (deduplicated) or looking
+    /// up its outcome while the server does not answer, before it reports
+    /// [`StoreErrorKind::OutcomeUnknown`] (default 10 s). A batch's error names its first key the
+    /// caller wrote (not kv-config's guard key) and lists every key of the batch.
     pub fn with_write_deadline(mut self, deadline: Duration) -> Self {
         self.write_deadline = deadline;
         self
@@ -802,7 +804,9 @@ impl Bucket for NatsBucket {
                     continue;
                 }
                 headers.insert(async_nats::header::NATS_BATCH_COMMIT, async_nats::header::NATS_BATCH_COMMIT_FINAL);
-                let ack = tokio::time::timeout(ATTEMPT_TIMEOUT * 2, async {
+                // Within the write deadline, like the resends of a lone write.
+                let wait = (ATTEMPT_TIMEOUT * 2).min((started + self.write_deadline).saturating_duration_since(Instant::now()));
+                let ack = tokio::time::timeout(wait, async {
                     self.js.publish_with_headers(subjects[i].clone(), headers, Self::payload(op)).await?.await
                 })
                 .await;
@@ -830,8 +834,27 @@ impl Bucket for NatsBucket {
             r = send => r,
             (i, msg) = denied => Err(StoreError::new(StoreErrorKind::PermissionDenied).bucket(self.name.clone()).key(ops[i].key.clone()).detail(msg)),
         };
-        result.map_err(|e| self.perms.refine(e, started))
+        result.map_err(|e| named_batch(self.perms.refine(e, started), &ops))
     }
+}
+
+/// An unanswered batch's error names its commit, the last message: for a typed write that is
+/// kv-config's guard key, which the caller never wrote. Name the batch's first key the caller
+/// wrote instead, and list every key of the batch in the detail.
+fn named_batch(err: StoreError, ops: &[WriteOp]) -> StoreError {
+    let (Some(last), true) = (ops.last(), ops.len() > 1) else { return err };
+    if err.key_name() != Some(last.key.as_str()) || !matches!(err.kind(), StoreErrorKind::OutcomeUnknown | StoreErrorKind::Timeout) {
+        return err;
+    }
+    let own = |k: &&&str| !k.split('.').any(|t| t == crate::view::RESERVED_PREFIX.trim_end_matches('.'));
+    let keys: Vec<&str> = ops.iter().map(|op| op.key.as_str()).collect();
+    let first = keys.iter().find(own).unwrap_or(&keys[0]).to_string();
+    let listed = crate::redact::bound(&keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "), 600);
+    let detail = match err.detail_text() {
+        Some(d) => format!("{d}; the atomic batch writes {listed}"),
+        None => format!("the atomic batch writes {listed}"),
+    };
+    err.key(first).detail(detail)
 }
 
 /// How long one publish waits for its acknowledgement before it is resent.
@@ -884,9 +907,13 @@ impl NatsBucket {
         let mut pause = Duration::from_millis(100);
         let mut empty_looks = 0;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.unresolved(err, &commit.key));
+            }
             // The leader's answer (STREAM.MSG.GET), not a direct get a lagging replica may serve.
             let look = tokio::time::timeout(
-                ATTEMPT_TIMEOUT,
+                ATTEMPT_TIMEOUT.min(left),
                 self.kv.stream.raw_message_builder().sequence(expected + 1).next_by_subject(subject.clone()).send(),
             )
             .await;
