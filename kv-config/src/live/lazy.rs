@@ -111,6 +111,11 @@ impl Bucket for LazyBucket {
         self.get()?.probe(pattern, after).await
     }
 
+    async fn announcements(&self) -> Option<futures_util::stream::BoxStream<'static, crate::store::Announcement>> {
+        // The watcher asks once it runs, after the bucket was reached.
+        self.get().ok()?.announcements().await
+    }
+
     async fn write(&self, op: WriteOp) -> StoreResult<u64> {
         self.get()?.write(op).await
     }
