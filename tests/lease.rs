@@ -246,6 +246,104 @@ async fn an_unreachable_server_past_the_ttl_is_a_loss() {
     assert!(matches!(a.refresh().await, Err(LeaseError::Lost { reason: LostReason::TtlElapsed { .. }, .. })));
 }
 
+/// Deletes bucket `name` and creates it again (per-key TTLs on) from another connection: what an
+/// operator's reset, or a service re-creating a lost bucket with `create_if_missing`, does. The
+/// new bucket's revisions start again at 1.
+async fn replace_bucket(server: &NatsServer, name: &str) -> Arc<dyn Bucket> {
+    let client = async_nats::connect(server.url()).await.expect("connect to test server");
+    let store = NatsStore::new(client);
+    store.delete_bucket(name).await.expect("delete bucket");
+    store.create_bucket(&BucketConfig::new(name).key_ttl(Duration::from_secs(1))).await.expect("create bucket again")
+}
+
+/// node-a holds `job` at revision 1; the bucket is replaced and node-b acquires `job` in the new
+/// one, also at revision 1. node-a's refresh must not write over node-b's lease.
+#[tokio::test]
+async fn a_refresh_after_the_bucket_was_replaced_is_lost_and_leaves_the_new_holder_alone() {
+    let server = NatsServer::start().await;
+    let a_bucket = bucket(&server, "locks").await;
+    let a = Lease::acquire_as(a_bucket, "job", Duration::from_secs(30), "node-a").await.unwrap();
+    let b_bucket = replace_bucket(&server, "locks").await;
+    let b = Lease::acquire_as(b_bucket.clone(), "job", Duration::from_secs(30), "node-b").await.unwrap();
+    assert_eq!(b.revision(), a.revision(), "precondition: both hold the same revision number");
+
+    let err = a.refresh().await.expect_err("node-a refreshed a lease in a bucket that no longer exists");
+    assert!(matches!(err, LeaseError::Lost { reason: LostReason::BucketReplaced { after_write: false }, .. }), "{err:?}");
+    assert!(err.to_string().contains("deleted and created again"), "{err}");
+    let reason = lost_within(&a, TTL).await;
+    assert!(matches!(reason, LostReason::BucketReplaced { .. }), "{reason:?}");
+    assert!(reason.to_string().contains("deleted and created again"), "{reason}");
+
+    let entry = b_bucket.entry("job").await.unwrap().unwrap();
+    assert_eq!((entry.operation, entry.revision), (Operation::Put, b.revision()), "node-b's lease was touched");
+    assert!(String::from_utf8_lossy(&entry.value).contains("node-b"));
+    assert!(b.lost_reason().is_none(), "{:?}", b.lost_reason());
+    b.refresh().await.unwrap();
+}
+
+/// Same for `release`: node-a's release must leave node-b's key alone and say it did not release.
+#[tokio::test]
+async fn a_release_after_the_bucket_was_replaced_leaves_the_new_holders_key_alone() {
+    let server = NatsServer::start().await;
+    let a_bucket = bucket(&server, "locks").await;
+    let a = Lease::acquire_as(a_bucket, "job", Duration::from_secs(30), "node-a").await.unwrap();
+    let a_lost = a.lost();
+    let b_bucket = replace_bucket(&server, "locks").await;
+    let b = Lease::acquire_as(b_bucket.clone(), "job", Duration::from_secs(30), "node-b").await.unwrap();
+    assert_eq!(b.revision(), a.revision(), "precondition: both hold the same revision number");
+
+    let err = a.release().await.expect_err("node-a's release reported success in a bucket that no longer exists");
+    match &err {
+        LeaseError::Lost { bucket, key, reason: LostReason::BucketReplaced { after_write: false }, .. } => {
+            assert_eq!((bucket.as_str(), key.as_str()), ("locks", "job"))
+        }
+        other => panic!("expected Lost(BucketReplaced), got {other:?}"),
+    }
+    assert!(err.to_string().contains("deleted and created again"), "{err}");
+    let reason = timeout(TTL, a_lost).await.expect("lost() never resolved");
+    assert!(reason.to_string().contains("deleted and created again"), "{reason}");
+
+    let entry = b_bucket.entry("job").await.unwrap().unwrap();
+    assert_eq!((entry.operation, entry.revision), (Operation::Put, b.revision()), "node-b's lease was touched");
+    assert!(b.lost_reason().is_none(), "{:?}", b.lost_reason());
+    b.refresh().await.unwrap();
+}
+
+/// A holder that does not refresh still learns that its bucket was replaced: the key's watch
+/// ends with the old bucket, and the new watch finds another incarnation. Long before the TTL.
+#[tokio::test]
+async fn a_holder_learns_its_bucket_was_replaced_without_refreshing() {
+    let server = NatsServer::start().await;
+    let a_bucket = bucket(&server, "locks").await;
+    let a = Lease::acquire_as(a_bucket, "job", Duration::from_secs(60), "node-a").await.unwrap();
+    let b_bucket = replace_bucket(&server, "locks").await;
+    let replaced = Instant::now();
+    let b = Lease::acquire_as(b_bucket.clone(), "job", Duration::from_secs(60), "node-b").await.unwrap();
+    let reason = lost_within(&a, Duration::from_secs(15)).await;
+    eprintln!("node-a learned {:?} after the replacement: {reason}", replaced.elapsed());
+    assert!(matches!(reason, LostReason::BucketReplaced { after_write: false }), "{reason:?}");
+    let entry = b_bucket.entry("job").await.unwrap().unwrap();
+    assert_eq!((entry.operation, entry.revision), (Operation::Put, b.revision()));
+    assert!(b.lost_reason().is_none(), "{:?}", b.lost_reason());
+}
+
+/// No false alarm: a lease acquired through a handle opened before the bucket was replaced lives
+/// in the new bucket, where it refreshes and releases as usual.
+#[tokio::test]
+async fn a_lease_acquired_through_a_handle_older_than_the_bucket_holds() {
+    let server = NatsServer::start().await;
+    let old_handle = bucket(&server, "locks").await;
+    let new_bucket = replace_bucket(&server, "locks").await;
+    let a = Lease::acquire_as(old_handle, "job", Duration::from_secs(30), "node-a").await.unwrap();
+    let entry = new_bucket.entry("job").await.unwrap().unwrap();
+    assert_eq!((entry.operation, entry.revision), (Operation::Put, a.revision()));
+    let refreshed = a.refresh().await.unwrap();
+    assert_eq!(new_bucket.entry("job").await.unwrap().unwrap().revision, refreshed);
+    assert!(a.lost_reason().is_none(), "{:?}", a.lost_reason());
+    a.release().await.unwrap();
+    assert_eq!(new_bucket.entry("job").await.unwrap().unwrap().operation, Operation::Delete);
+}
+
 /// A lease holder in another OS process (this test binary, running `lease_holder_process`).
 struct HolderProcess {
     child: Child,
