@@ -687,7 +687,22 @@ impl Hub {
     /// A bucket whose first stored revision is past it no longer holds that entry: it was removed
     /// by the bucket's maximum age or a purge of the stream, neither of which leaves a marker for
     /// the watch to deliver.
-    pub(super) fn oldest_held(&self) -> Option<u64> {
+    /// Whether a value or override held here is older than `first`, the bucket's first stored
+    /// revision when its last was `last` (see the watcher's `aged_out`). `false` while that
+    /// cannot be told: the watch has not delivered up to `last`, or a burst is still being
+    /// folded into the map; and when `first` did not move since the last look.
+    pub(super) fn holds_removed(&self, first: u64, last: u64) -> bool {
+        {
+            let mut st = self.state();
+            if first <= st.first_checked || last > st.seen || !st.pending.is_empty() || st.open_batch {
+                return false;
+            }
+            st.first_checked = first;
+        }
+        self.oldest_held().is_some_and(|oldest| oldest < first)
+    }
+
+    fn oldest_held(&self) -> Option<u64> {
         let st = self.state();
         let map = st.map.iter().flat_map(|m| m.values()).filter(|k| k.operation == Operation::Put).map(|k| k.revision).min();
         st.members.iter().filter_map(|s| s.member.upgrade()).filter_map(|m| m.oldest()).chain(map).min()

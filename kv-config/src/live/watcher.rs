@@ -75,12 +75,18 @@ pub(super) async fn run(weak: Weak<Hub>, mut watch: Watch, bucket: Arc<dyn Bucke
     // The server's announcements about the bucket (NATS: its stream's advisories), where it makes
     // them: a deleted or re-created bucket is then acted on at once, not a heartbeat later.
     let mut announced = bucket.announcements().await;
-    match weak.upgrade() {
-        Some(hub) => hub.set_announced(announced.is_some()),
-        None => return,
-    }
     let mut waiting = Waiting::Quiet;
     let mut last_check = Instant::now();
+    if announced.is_some() {
+        // Announcements reach this watcher from now on (the server had the subscription when
+        // `announcements` returned); one look at the server covers the time before. Writers
+        // count on them only after it.
+        (watch, waiting) = checked(&weak, &bucket, &pattern, heartbeat, waiting, watch).await;
+        match weak.upgrade() {
+            Some(hub) => hub.set_announced(true),
+            None => return,
+        }
+    }
     loop {
         let wait = match waiting {
             Waiting::Quiet | Waiting::Announced { .. } => heartbeat,
@@ -287,7 +293,7 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 return Check::Replaced;
             }
             hub.state().incarnation = Some(now);
-            if aged_out(&hub, probe.first_revision) {
+            if aged_out(&hub, &probe) {
                 tracing::warn!(
                     bucket = bucket.name(),
                     first_revision = probe.first_revision,
@@ -358,19 +364,14 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
     }
 }
 
-/// Whether the bucket's first stored revision, `first`, has passed a value or override the hub
-/// or its handles hold: the server removed it without a marker (the bucket's maximum age, a purge
-/// of its stream), so the config in effect holds a value the bucket no longer has. Looked at only
-/// when `first` moved since the last look: values delivered since are newer than it was then.
-fn aged_out(hub: &Hub, first: u64) -> bool {
-    {
-        let mut st = hub.state();
-        if first <= st.first_checked {
-            return false;
-        }
-        st.first_checked = first;
-    }
-    hub.oldest_held().is_some_and(|oldest| oldest < first)
+/// Whether the bucket's first stored revision has passed a value or override the hub or its
+/// handles hold: the server removed it without a marker (the bucket's maximum age, a purge of its
+/// stream), so the config in effect holds a value the bucket no longer has. Only when the watch
+/// had delivered everything the probe saw: a key's newer revision still in flight also removes
+/// the older one from a bucket of short history, and is no removal. Looked at only when the first
+/// revision moved since the last look: values delivered since are newer than it was then.
+fn aged_out(hub: &Hub, probe: &Probe) -> bool {
+    hub.holds_removed(probe.first_revision, probe.last_revision)
 }
 
 /// Overrides past their expiry whose expiry marker never arrived: the server writes the marker
