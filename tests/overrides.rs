@@ -380,21 +380,28 @@ async fn an_override_survives_a_server_restart_and_still_expires() {
     eventually("healthy again", Duration::from_secs(10), || cfg.status().is_healthy()).await;
 }
 
+/// A temporary directory (removed when dropped), a cache file's path in it, and a store whose
+/// client keeps trying to connect (the tests stop the server).
+async fn cache_setup(server: &NatsServer, prefix: &str) -> (tempfile::TempDir, std::path::PathBuf, NatsStore) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let path = dir.path().join("app.cache");
+    let store = NatsStore::connect(server.url(), async_nats::ConnectOptions::new().retry_on_initial_connect()).await.unwrap();
+    (dir, path, store)
+}
+
+/// A handle on bucket `cfg` that keeps its cache file at `path` and waits 500 ms for the server.
+fn with_cache(store: &NatsStore, path: &std::path::Path) -> kv_config::Builder<Cfg> {
+    LiveConfig::<Cfg>::builder(store.clone(), "cfg").heartbeat(Duration::from_millis(250)).cache_file(path).cache_wait(Duration::from_millis(500))
+}
+
 /// The cache file holds the keys' own values, not overrides (which the server expires): a handle
 /// started from the cache while the server is down runs on the own value, and once the server
 /// is back it loads the bucket in full and picks the live override up.
 #[tokio::test]
 async fn a_cache_holds_own_values_and_the_override_returns_with_the_server() {
     let (mut server, _) = server().await;
-    let dir = tempfile::Builder::new().prefix("kvc-override-cache-").tempdir().unwrap();
-    let path = dir.path().join("app.cache");
-    let store = NatsStore::connect(server.url(), async_nats::ConnectOptions::new().retry_on_initial_connect()).await.unwrap();
-    let builder = || {
-        LiveConfig::<Cfg>::builder(store.clone(), "cfg")
-            .heartbeat(Duration::from_millis(250))
-            .cache_file(&path)
-            .cache_wait(Duration::from_millis(500))
-    };
+    let (_dir, path, store) = cache_setup(&server, "kvc-override-cache-").await;
+    let builder = || with_cache(&store, &path);
     let bucket = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
     let cfg = builder().create_with(bucket).start().await.unwrap();
     cfg.update(|c| c.workers = 2).await.unwrap();
@@ -421,15 +428,8 @@ async fn a_cache_holds_own_values_and_the_override_returns_with_the_server() {
 #[tokio::test]
 async fn a_lapsed_override_read_back_from_the_cache_is_never_written_as_the_keys_own() {
     let (mut server, _) = server().await;
-    let dir = tempfile::Builder::new().prefix("kvc-lapsed-cache-").tempdir().unwrap();
-    let path = dir.path().join("app.cache");
-    let store = NatsStore::connect(server.url(), async_nats::ConnectOptions::new().retry_on_initial_connect()).await.unwrap();
-    let builder = || {
-        LiveConfig::<Cfg>::builder(store.clone(), "cfg")
-            .heartbeat(Duration::from_millis(250))
-            .cache_file(&path)
-            .cache_wait(Duration::from_millis(500))
-    };
+    let (_dir, path, store) = cache_setup(&server, "kvc-lapsed-cache-").await;
+    let builder = || with_cache(&store, &path);
     let cfg = builder().create_with(BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1))).start().await.unwrap();
     let bucket = store.open_bucket("cfg").await.unwrap();
     cfg.set_for("max", 100, Duration::from_secs(1)).await.unwrap();
