@@ -8,7 +8,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
 /// Exit code: the command line is wrong (also clap's own usage errors).
 pub const EXIT_USAGE: i32 = 2;
-/// Exit code: a revision check failed or something already exists: someone else changed it.
+/// Exit code: a revision check failed, something already exists, or the bucket was deleted and
+/// created again since it was read: someone else changed it.
 pub const EXIT_CONFLICT: i32 = 3;
 /// Exit code: a value was refused by validation (type, schema, validator, unknown key).
 pub const EXIT_REFUSED: i32 = 4;
@@ -33,6 +34,16 @@ pub enum CliError {
     /// A concurrent change: a revision check failed.
     #[error("{0}")]
     Conflict(String),
+    /// The bucket was deleted and created again since the config was read (or exported): its
+    /// revisions started again at 1, so they no longer identify the values read. Nothing was
+    /// written. Exit 3 like any conflict, but kept apart from [`CliError::Conflict`]: `kvc edit`
+    /// reopens its document on a conflict, and must not reopen it on another bucket.
+    #[error("{0}")]
+    Replaced(String),
+    /// A write was sent, but the bucket was deleted and created again around it (seen right
+    /// after the write): it may have gone to the new bucket. Exit 1: the outcome is unknown.
+    #[error("{0}")]
+    ReplacedAroundWrite(String),
     /// Validation refused one or more values; nothing was written.
     #[error("bucket `{bucket}`: refused, nothing written: {}", list(.problems))]
     Refused {
@@ -69,7 +80,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
-            CliError::Conflict(_) => EXIT_CONFLICT,
+            CliError::Conflict(_) | CliError::Replaced(_) => EXIT_CONFLICT,
             CliError::Refused { .. } => EXIT_REFUSED,
             CliError::NotFound(_) => EXIT_NOT_FOUND,
             CliError::Store(e) => match e.kind() {
@@ -79,7 +90,7 @@ impl CliError {
                 StoreErrorKind::InvalidBucketName => EXIT_USAGE,
                 _ => EXIT_ERROR,
             },
-            CliError::Cancelled(_) | CliError::Io(_) | CliError::Other(_) => EXIT_ERROR,
+            CliError::Cancelled(_) | CliError::Io(_) | CliError::Other(_) | CliError::ReplacedAroundWrite(_) => EXIT_ERROR,
         }
     }
 

@@ -25,11 +25,11 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | ok |
-//! | 1 | error (connection, permission, server, cancelled) |
+//! | 1 | error (connection, permission, server, cancelled; a write whose outcome is unknown, e.g. the bucket was deleted and created again around it) |
 //! | 2 | usage (bad flags or arguments) |
-//! | 3 | conflict: someone changed a key since it was read, or it already exists |
+//! | 3 | conflict: someone changed a key since it was read, it already exists, or the bucket was deleted and created again since it was read (or exported); nothing written |
 //! | 4 | refused by validation (wrong type, unknown key, validator); nothing written |
-//! | 5 | not found (bucket, key, revision) |
+//! | 5 | not found (bucket, key, revision; a past state the bucket no longer or never held) |
 //!
 //! # JSON output (stable)
 //!
@@ -48,7 +48,7 @@
 //! | `history` | `{"bucket", "key", "revisions": [{"revision", "created", "operation", "value", "author", "reason"}]}` |
 //! | `watch` | one object per line: `{"revision", "created", "operation", "key", "value", "author", "reason", "problem"}` |
 //! | `schema` | the JSON Schema document itself (`--kv`: kv-config's schema, `{"name", "version", "fields", "cross_checks"}`) |
-//! | `export` | `{"kvc_export": 1, "bucket", "prefix", "filter", "revision", "exported_at", "values": {"key": {"value", "revision", "redacted"?}}}` |
+//! | `export` | `{"kvc_export": 1, "bucket", "prefix", "filter", "revision", "bucket_created"?, "exported_at", "values": {"key": {"value", "revision", "redacted"?}}}` |
 //!
 //! Human output is bounded: a value in a table cell or a watch line, and a problem or error
 //! text, is cut to a few hundred bytes with `… (N bytes in all)` (see [`clip`]); `kvc get` and
@@ -56,6 +56,18 @@
 //!
 //! Errors are never JSON: one line on stderr (`kvc: error: bucket `b`, key `k`: ...`) and the
 //! exit code.
+//!
+//! # A bucket deleted and created again
+//!
+//! A bucket deleted and created again under the same name starts its revisions again at 1, so a
+//! revision alone does not identify a value. kvc records the bucket's creation time with every
+//! state it reads ([`ops::Current::created`]) and checks it before each write (exit 3 when it
+//! changed, nothing written) and again after it (exit 1 when it changed: the write may have gone
+//! to the new bucket); `kvc edit` checks it against the state its document was rendered from. An
+//! export records it as `bucket_created` (RFC 3339), and `kvc import` refuses the file in a
+//! bucket created at another time; a file without it (from an older kvc) is checked on its
+//! revisions alone, with a note on stderr. `kvc diff` and `kvc revert --time` refuse a time
+//! before the bucket was created (exit 5): what it held then is unknown, not empty.
 //!
 //! `kvc lock` runs a command while holding a [`kv_config::Lease`] (see [`commands::lock`]).
 #![deny(missing_docs)]

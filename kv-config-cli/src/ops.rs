@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kv_config::store::{
-    is_valid_key, Bucket, BucketInfo, Entry, Operation, Store, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
+    is_valid_key, Bucket, BucketInfo, Entry, Operation, Store, StoreError, StoreErrorKind, WatchStart, WriteOp, AUTHOR_HEADER, REASON_HEADER,
 };
 use kv_config::{DecodeError, FieldSchema, KvConfig, RawValue, RawValues, Schema, Source, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHEMA_KEY};
 use serde::Serialize;
@@ -70,6 +70,11 @@ impl Mode {
 pub struct Current {
     /// The bucket.
     pub bucket: Arc<dyn Bucket>,
+    /// When the bucket was created, read before its entries: it names the incarnation the state
+    /// was read from (`None` when the store does not say). A bucket deleted and created again
+    /// under the same name starts its revisions again at 1, so the revisions below identify
+    /// values only in this incarnation: every write checks it first ([`Ctx::write_batch`]).
+    pub created: Option<SystemTime>,
     /// The schema in effect (the type's, the published one, or none).
     pub schema: Option<Schema>,
     /// The latest entry of every key under the prefix (relative keys; delete and purge markers
@@ -269,6 +274,10 @@ impl Ctx {
     /// Reads the config's current state in `bucket`.
     pub async fn load(&mut self, bucket: &str) -> CliResult<Current> {
         let bucket = self.open(bucket).await?;
+        // Before the entries: entries read from a newer incarnation than the one recorded make
+        // a later write refuse (safe); the other order could record the newer one for older
+        // entries.
+        let created = bucket.info().await?.created;
         let schema = self.schema(bucket.as_ref()).await?;
         let entries = read_entries(bucket.as_ref(), &self.prefix, WatchStart::LatestPerKey).await?;
         let mut latest = BTreeMap::new();
@@ -285,7 +294,7 @@ impl Ctx {
                 latest.insert(rel, e);
             }
         }
-        Ok(Current { bucket, schema, entries: latest, guard, overrides })
+        Ok(Current { bucket, created, schema, entries: latest, guard, overrides })
     }
 
     /// The relative key of a full key under the prefix, `None` outside it or for reserved keys.
@@ -302,9 +311,12 @@ impl Ctx {
     /// Fails ([`CliError::NotFound`]) when the history no longer holds that state: for some key
     /// (its older revisions dropped by the per-key history limit, or purged), or for the whole
     /// bucket (messages removed from the start of its stream, e.g. by its max age, that may still
-    /// have been in effect then).
+    /// have been in effect then), or never held it: a revision past its last one, a time before
+    /// it was created (a bucket deleted and created again keeps nothing of the one before). A
+    /// bucket replaced since `cur` was read is [`CliError::Replaced`].
     pub async fn state_at(&self, cur: &Current, cutoff: Cutoff) -> CliResult<BTreeMap<String, Bytes>> {
         let info = cur.bucket.info().await?;
+        same_bucket(cur.name(), cur.created, info.created, "it was read")?;
         let depth = info.config.history as usize;
         let entries = read_entries(cur.bucket.as_ref(), &self.prefix, WatchStart::FromRevision(1)).await?;
         let oldest = oldest_retained(cur.bucket.as_ref()).await?;
@@ -553,8 +565,8 @@ impl Ctx {
     }
 
     /// Writes `ops` (plus the guard bump when [`needs_guard`](Ctx::needs_guard)) as one write or
-    /// one atomic batch; a failed revision check becomes a [`CliError::Conflict`] naming the keys
-    /// that moved.
+    /// one atomic batch (see [`send`](Ctx::send) for the bucket checks around it); a failed
+    /// revision check becomes a [`CliError::Conflict`] naming the keys that moved.
     pub async fn write_batch(&self, cur: &Current, mut ops: Vec<WriteOp>, changes: &[Change]) -> CliResult<u64> {
         if !ops.is_empty() && self.needs_guard(cur) {
             let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
@@ -564,15 +576,10 @@ impl Ctx {
                     .header(AUTHOR_HEADER, one_line(&self.author)),
             );
         }
-        let result = match (ops.pop(), ops.is_empty()) {
-            (None, _) => return Ok(0),
-            (Some(op), true) => cur.bucket.write(op).await,
-            (Some(op), false) => {
-                ops.push(op);
-                cur.bucket.write_atomic(ops).await
-            }
-        };
-        match result {
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        match self.send(cur, ops).await? {
             Ok(rev) => Ok(rev),
             Err(e) if e.is_wrong_revision() => {
                 let moved = self.moved(cur, changes).await.unwrap_or_default();
@@ -593,6 +600,91 @@ impl Ctx {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Sends `ops` as one write (a single op) or one atomic batch, into the bucket `cur` was read
+    /// from only. Revisions alone cannot tell: a bucket deleted and created again starts them
+    /// again at 1, so a key there can have the very revision read here. Before the write, the
+    /// bucket's creation time must still be [`Current::created`], else [`CliError::Replaced`]
+    /// (exit 3, nothing written). After a write the server accepted, it is read again: another
+    /// one means the bucket was replaced in the round trip between the check and the write,
+    /// which the client cannot prevent, and the write may have gone to the new bucket:
+    /// [`CliError::ReplacedAroundWrite`] (exit 1), never `Ok`. A store that does not say when a
+    /// bucket was created (`None`) gets neither check. A check before the write that fails (no
+    /// answer from the server) sends nothing: the store error, naming the keys of `ops`. The
+    /// inner result is the store's answer to the write.
+    pub async fn send(&self, cur: &Current, mut ops: Vec<WriteOp>) -> CliResult<Result<u64, StoreError>> {
+        match self.check_same_bucket(cur).await {
+            Ok(()) => {}
+            Err(CliError::Store(e)) => {
+                // The check got no answer (a frozen server, say): nothing was sent. The error
+                // keeps its kind (and exit code) and names the keys the operator changed.
+                let detail = match e.detail_text() {
+                    Some(d) => format!("not applied, nothing was sent: the check that the bucket is still the one read failed; {d}"),
+                    None => "not applied, nothing was sent: the check that the bucket is still the one read failed".to_string(),
+                };
+                let mut err = StoreError::new(e.kind().clone()).bucket(cur.name()).detail(detail);
+                if let Some(keys) = self.op_keys(&ops) {
+                    err = err.key(keys);
+                }
+                return Err(err.into());
+            }
+            Err(e) => return Err(e),
+        }
+        let result = match (ops.pop(), ops.is_empty()) {
+            (None, _) => return Ok(Ok(0)),
+            (Some(op), true) => cur.bucket.write(op).await,
+            (Some(op), false) => {
+                ops.push(op);
+                cur.bucket.write_atomic(ops).await
+            }
+        };
+        let Ok(revision) = result else { return Ok(result) };
+        let after = match cur.bucket.info().await {
+            Ok(info) => info.created,
+            Err(e) => {
+                return Err(CliError::ReplacedAroundWrite(format!(
+                    "bucket `{}`: written at revision {revision}, but whether the bucket was deleted and created again meanwhile could not be checked ({e}); run `kvc show {}` to see what it holds",
+                    cur.name(),
+                    cur.name()
+                )))
+            }
+        };
+        if cur.created.is_some() && after.is_some() && after != cur.created {
+            return Err(CliError::ReplacedAroundWrite(format!(
+                "bucket `{}`: deleted and created again around this write (created {} when read, {} now): the write (revision {revision}) may have gone to the new bucket; run `kvc show {}` to see what it holds",
+                cur.name(),
+                created_text(cur.created),
+                created_text(after),
+                cur.name()
+            )));
+        }
+        Ok(Ok(revision))
+    }
+
+    /// The keys `ops` write, as the operator knows them (relative to the prefix; an override key
+    /// by the key it overrides; the guard key left out), for [`StoreError::key`]: several are
+    /// joined so that they show as `` `a`, `b` ``. `None` when only the guard is written.
+    fn op_keys(&self, ops: &[WriteOp]) -> Option<String> {
+        let guard = self.full_key(GUARD_KEY);
+        let override_prefix = self.full_key(OVERRIDE_PREFIX);
+        let keys: Vec<&str> = ops
+            .iter()
+            .filter(|op| op.key != guard)
+            .map(|op| {
+                op.key
+                    .strip_prefix(override_prefix.as_str())
+                    .or_else(|| op.key.strip_prefix(self.prefix.as_str()))
+                    .unwrap_or(&op.key)
+            })
+            .collect();
+        (!keys.is_empty()).then(|| keys.join("`, `"))
+    }
+
+    /// [`CliError::Replaced`] when the bucket is no longer the incarnation `cur` was read from.
+    pub async fn check_same_bucket(&self, cur: &Current) -> CliResult<()> {
+        let now = cur.bucket.info().await?.created;
+        same_bucket(cur.name(), cur.created, now, "it was read")
     }
 
     /// Every key of the config whose revision moved since `cur` was read, quoted.
@@ -690,6 +782,24 @@ impl Ctx {
     }
 }
 
+/// [`CliError::Replaced`] when bucket `bucket`, created at `then` when something was read from
+/// it, was created at `now` since: deleted and created again in between (`since` says when the
+/// reading was: "it was read", "the document was read", ...). Either time unknown: `Ok`.
+pub fn same_bucket(bucket: &str, then: Option<SystemTime>, now: Option<SystemTime>, since: &str) -> CliResult<()> {
+    match (then, now) {
+        (Some(then), Some(now)) if then != now => Err(CliError::Replaced(format!(
+            "bucket `{bucket}`: deleted and created again since {since} (created {} then, {} now): its revisions started again at 1 and no longer identify the values read; nothing written",
+            time_precise(then),
+            time_precise(now)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn created_text(t: Option<SystemTime>) -> String {
+    t.map_or_else(|| "at an unknown time".to_string(), time_precise)
+}
+
 /// Refuses a point in the past whose state the bucket may no longer hold: messages were removed
 /// from the start of its stream (revisions `1..first`, `first` being the oldest retained one) that
 /// may still have been in effect at `cutoff`. Without a max age, such removals (expired per-key
@@ -702,7 +812,29 @@ impl Ctx {
 /// last delete marker, that removed a key in effect after the oldest retained message.
 /// `oldest` is the bucket's oldest retained message (any key), `entries` the retained messages
 /// of the config's keys.
+///
+/// Also refused: a point the bucket never held. A revision past its last one (a typo, or a
+/// revision of another bucket), and a time before the bucket was created: a bucket deleted and
+/// created again holds nothing of the one before (its revisions start again at 1), so the config
+/// then is unknown, not empty.
 fn check_retained(bucket: &str, info: &BucketInfo, oldest: Option<Entry>, entries: &[Entry], cutoff: Cutoff, now: SystemTime) -> CliResult<()> {
+    match cutoff {
+        Cutoff::Revision(r) if r > info.last_revision => {
+            return Err(CliError::NotFound(format!(
+                "bucket `{bucket}`: no revision {r}: its last revision is {}",
+                info.last_revision
+            )));
+        }
+        Cutoff::Time(t) => {
+            if let Some(created) = info.created.filter(|c| t < *c) {
+                return Err(CliError::NotFound(format!(
+                    "bucket `{bucket}`: the config {cutoff} is not held: the bucket was created at {}, after that time (a bucket deleted and created again keeps nothing of the one before)",
+                    time_precise(created)
+                )));
+            }
+        }
+        Cutoff::Revision(_) => {}
+    }
     let Some(first) = oldest else {
         if info.last_revision == 0 {
             return Ok(());
@@ -1012,5 +1144,192 @@ impl Ctx {
         let rows = self.change_rows(cur, &changes);
         let revision = if dry_run || changes.is_empty() { None } else { Some(self.commit(cur, &changes, reason).await?) };
         Ok(Written { bucket: cur.name().to_string(), prefix: self.prefix.clone(), dry_run, changes: rows, revision })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The race a real server cannot be made to hit on purpose: the bucket deleted and created
+    //! again in the round trip between the check before a write and the write. [`Switching`]
+    //! hands every call to its current bucket and switches to the new one right before the next
+    //! write, as a NATS handle's writes go to whichever stream holds the bucket's name when they
+    //! are stored. (The CLI crate has no `async_trait`, so the impl is written out by hand.)
+
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+
+    use kv_config::store::{BucketConfig, MemoryStore, Probe, StoreResult, Watch};
+
+    use super::*;
+
+    type Fut<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
+
+    /// Two incarnations of bucket `app`, created at the two times: every call goes to the
+    /// current one; the next write first switches to the second.
+    #[derive(Debug)]
+    struct Switching {
+        buckets: [Arc<dyn Bucket>; 2],
+        created: [SystemTime; 2],
+        current: Mutex<usize>,
+        switch_before_next_write: Mutex<bool>,
+    }
+
+    impl Switching {
+        fn now(&self) -> usize {
+            *self.current.lock().unwrap()
+        }
+        fn bucket(&self) -> Arc<dyn Bucket> {
+            self.buckets[self.now()].clone()
+        }
+        fn before_write(&self) {
+            if std::mem::take(&mut *self.switch_before_next_write.lock().unwrap()) {
+                *self.current.lock().unwrap() = 1;
+            }
+        }
+    }
+
+    impl Bucket for Switching {
+        fn name(&self) -> &str {
+            "app"
+        }
+        fn info<'l0, 'at>(&'l0 self) -> Fut<'at, BucketInfo>
+        where
+            'l0: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move {
+                let mut info = self.bucket().info().await?;
+                info.created = Some(self.created[self.now()]);
+                Ok(info)
+            })
+        }
+        fn entry<'l0, 'l1, 'at>(&'l0 self, key: &'l1 str) -> Fut<'at, Option<Entry>>
+        where
+            'l0: 'at,
+            'l1: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move { self.bucket().entry(key).await })
+        }
+        fn entry_at<'l0, 'l1, 'at>(&'l0 self, key: &'l1 str, revision: u64) -> Fut<'at, Option<Entry>>
+        where
+            'l0: 'at,
+            'l1: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move { self.bucket().entry_at(key, revision).await })
+        }
+        fn history<'l0, 'l1, 'at>(&'l0 self, key: &'l1 str) -> Fut<'at, Vec<Entry>>
+        where
+            'l0: 'at,
+            'l1: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move { self.bucket().history(key).await })
+        }
+        fn keys<'l0, 'at>(&'l0 self) -> Fut<'at, Vec<String>>
+        where
+            'l0: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move { self.bucket().keys().await })
+        }
+        fn watch<'l0, 'l1, 'at>(&'l0 self, pattern: &'l1 str, start: WatchStart) -> Fut<'at, Watch>
+        where
+            'l0: 'at,
+            'l1: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move { self.bucket().watch(pattern, start).await })
+        }
+        fn probe<'l0, 'l1, 'at>(&'l0 self, pattern: &'l1 str, after: u64) -> Fut<'at, Probe>
+        where
+            'l0: 'at,
+            'l1: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move { self.bucket().probe(pattern, after).await })
+        }
+        fn write<'l0, 'at>(&'l0 self, op: WriteOp) -> Fut<'at, u64>
+        where
+            'l0: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move {
+                self.before_write();
+                self.bucket().write(op).await
+            })
+        }
+        fn write_atomic<'l0, 'at>(&'l0 self, ops: Vec<WriteOp>) -> Fut<'at, u64>
+        where
+            'l0: 'at,
+            Self: 'at,
+        {
+            Box::pin(async move {
+                self.before_write();
+                self.bucket().write_atomic(ops).await
+            })
+        }
+    }
+
+    /// `limits.max` at revision 1 in both incarnations (10 in the first, 99 in the second), the
+    /// second set to take over at the next write; a context and the state read from the first.
+    async fn replaced_at_next_write() -> (Arc<Switching>, Ctx, Current) {
+        let store = Arc::new(MemoryStore::new());
+        let mut buckets = Vec::new();
+        for value in ["10", "99"] {
+            let b = MemoryStore::new().create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+            assert_eq!(b.put("limits.max", value.into()).await.unwrap(), 1);
+            buckets.push(b);
+        }
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let switching = Arc::new(Switching {
+            buckets: [buckets[0].clone(), buckets[1].clone()],
+            created: [t0, t0 + Duration::from_secs(60)],
+            current: Mutex::new(0),
+            switch_before_next_write: Mutex::new(false),
+        });
+        let printer = Printer::new(Box::new(std::io::sink()), Box::new(std::io::sink()), false, false);
+        let ctx = Ctx::new(store, Mode::Generic, "", printer);
+        let entry = switching.entry("limits.max").await.unwrap().unwrap();
+        let cur = Current {
+            bucket: switching.clone(),
+            created: switching.info().await.unwrap().created,
+            schema: None,
+            entries: [("limits.max".to_string(), entry)].into(),
+            guard: None,
+            overrides: BTreeMap::new(),
+        };
+        *switching.switch_before_next_write.lock().unwrap() = true;
+        (switching, ctx, cur)
+    }
+
+    /// The write lands in the new bucket (its revision check passes: revision 1 there too). It
+    /// cannot be stopped, but it must not be reported as done: exit 1, naming the bucket and
+    /// saying the write may have gone to the new bucket.
+    #[tokio::test]
+    async fn a_write_that_raced_a_replacement_of_the_bucket_is_not_reported_done() {
+        let (switching, ctx, cur) = replaced_at_next_write().await;
+        let changes = [Change { key: "limits.max".into(), new: Some(Bytes::from_static(b"30")) }];
+        let err = ctx.commit(&cur, &changes, None).await.unwrap_err();
+        assert!(matches!(err, CliError::ReplacedAroundWrite(_)), "{err:?}");
+        assert_eq!(err.exit_code(), crate::error::EXIT_ERROR);
+        let msg = err.to_string();
+        assert!(msg.contains("bucket `app`") && msg.contains("may have gone to the new bucket"), "{msg}");
+        assert_eq!(switching.now(), 1, "the race happened");
+    }
+
+    /// A bucket replaced before the write: refused before anything is sent (exit 3).
+    #[tokio::test]
+    async fn a_write_to_a_bucket_replaced_since_it_was_read_sends_nothing() {
+        let (switching, ctx, cur) = replaced_at_next_write().await;
+        *switching.switch_before_next_write.lock().unwrap() = false;
+        *switching.current.lock().unwrap() = 1;
+        let changes = [Change { key: "limits.max".into(), new: None }];
+        let err = ctx.commit(&cur, &changes, None).await.unwrap_err();
+        assert!(matches!(err, CliError::Replaced(_)), "{err:?}");
+        assert_eq!(err.exit_code(), crate::error::EXIT_CONFLICT);
+        assert_eq!(switching.bucket().get("limits.max").await.unwrap().as_deref(), Some(&b"99"[..]), "the new bucket's value stands");
     }
 }

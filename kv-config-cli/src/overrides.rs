@@ -82,7 +82,8 @@ impl Ctx {
 
     async fn write_overrides(&self, cur: &Current, ops: Vec<WriteOp>, changes: &[Change]) -> CliResult<u64> {
         let result = if ops.len() == 1 && !self.needs_guard(cur) {
-            cur.bucket.write(ops.into_iter().next().expect("one op")).await
+            // `send` checks the bucket is still the one read, before and after the write.
+            self.send(cur, ops).await?
         } else {
             // The guard bump rides in the same batch, like any typed write.
             return self.write_batch(cur, ops, &[]).await.map_err(|e| self.override_conflict(cur, e, changes));

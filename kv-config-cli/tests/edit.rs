@@ -1,9 +1,10 @@
-//! `kvc edit` with EDITOR set to small scripts: a plain edit, a refused value, and two
-//! concurrent edits of the same key.
+//! `kvc edit` with EDITOR set to small scripts: a plain edit, a refused value, two
+//! concurrent edits of the same key, and a bucket replaced while the document is open.
 
 mod common;
 
 use common::{values, Env};
+use kv_config::store::{BucketConfig, Store};
 
 #[tokio::test]
 async fn edit_applies_a_document_and_refuses_bad_values() {
@@ -120,4 +121,33 @@ async fn two_concurrent_edits_one_wins_the_other_is_told_and_nothing_is_lost() {
     assert_eq!(b.get("log_level").await.unwrap().as_deref(), Some(&b"\"warn\""[..]));
     let hist = b.history("limits.max").await.unwrap();
     assert_eq!(hist.len(), 1, "A never overwrote B: {hist:?}");
+}
+
+/// The bucket is deleted and created again while the document is open, and the new bucket's
+/// `limits.max` lands at the very revision the document was rendered from (revisions start again
+/// at 1): the revision check alone would let the edit overwrite a value it never showed.
+#[tokio::test]
+async fn an_edit_never_overwrites_a_bucket_deleted_and_created_again_while_the_document_was_open() {
+    let env = Env::start().await;
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+    assert_eq!(b.put("limits.max", "10".into()).await.unwrap(), 1);
+    let editor = env.script(
+        "replace_then_edit.sh",
+        &format!(
+            "{kvc} rm app --yes >/dev/null\n{kvc} add app --history 10 >/dev/null\n{kvc} set app limits.max=99 >/dev/null\n\
+             sed -i 's/^\"limits.max\" = .*/\"limits.max\" = 30/' \"$1\"",
+            kvc = common::kvc_path().display()
+        ),
+    );
+    let run = env.kvc_with(&["edit", "app", "--yes"], &[("EDITOR", editor.to_str().unwrap())], "");
+    assert_eq!(run.code, 3, "conflict: {run:?}");
+    assert!(
+        run.stderr.contains("bucket `app`") && run.stderr.contains("deleted and created again since the document was read"),
+        "{}",
+        run.stderr
+    );
+    let b = env.store.open_bucket("app").await.unwrap();
+    let hist = b.history("limits.max").await.unwrap();
+    assert_eq!(hist.len(), 1, "only the new bucket's write: {hist:?}");
+    assert_eq!(&hist[0].value[..], b"99", "the new bucket's value stands");
 }

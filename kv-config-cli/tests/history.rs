@@ -3,6 +3,7 @@
 mod common;
 
 use common::{stable, values, Env};
+use kv_config::store::{BucketConfig, Store};
 
 fn precise(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
@@ -201,4 +202,121 @@ async fn time_travel_on_a_bucket_younger_than_its_max_age_is_answered() {
     assert_eq!(run.code, 0, "{run:?}");
     let keys: Vec<String> = run.json()["changes"].as_array().unwrap().iter().map(|c| c["key"].as_str().unwrap().to_string()).collect();
     assert_eq!(keys, ["c"], "{}", run.stdout);
+}
+
+/// An export taken from a bucket that was since deleted and created again, where the new bucket
+/// holds other values at the very revisions the file carries: the revisions prove nothing, and
+/// the import is refused as `import --help` promises for a bucket changed since the export.
+#[tokio::test]
+async fn import_refuses_an_export_taken_before_the_bucket_was_deleted_and_created_again() {
+    let env = Env::start().await;
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+    b.put("name", "\"old\"".into()).await.unwrap();
+    b.put("limits.max", "10".into()).await.unwrap();
+    let run = env.kvc(&["export", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let export: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let created = b.info().await.unwrap().created.expect("a NATS bucket says when it was created");
+    assert_eq!(export["bucket_created"], precise(created), "the export names the bucket it was taken from");
+    let file = env.path("app.json");
+    std::fs::write(&file, run.stdout.replace("\"value\": 10", "\"value\": 20")).unwrap();
+
+    env.store.delete_bucket("app").await.unwrap();
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+    b.put("name", "\"new-service\"".into()).await.unwrap();
+    b.put("limits.max", "500".into()).await.unwrap();
+    let before = values(b.as_ref()).await;
+
+    for args in [&["import", "app", file.to_str().unwrap(), "--json"][..], &["import", "app", file.to_str().unwrap(), "--dry-run"]] {
+        let run = env.kvc(args);
+        assert_eq!(run.code, 3, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("bucket `app`") && run.stderr.contains("deleted and created again since the export") && run.stderr.contains("nothing written"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(values(b.as_ref()).await, before, "the new bucket's values stand");
+}
+
+/// An export file from a kvc that did not record the bucket's creation time still imports; kvc
+/// says on stderr that only the revisions were checked.
+#[tokio::test]
+async fn an_export_without_the_bucket_creation_time_imports_on_revisions_alone_with_a_note() {
+    let env = Env::start().await;
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+    b.put("limits.max", "10".into()).await.unwrap();
+    let run = env.kvc(&["export", "app"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut export: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(export.as_object_mut().unwrap().remove("bucket_created").is_some(), "{}", run.stdout);
+    export["values"]["limits.max"]["value"] = serde_json::json!(20);
+    let file = env.path("old.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&export).unwrap()).unwrap();
+
+    let run = env.kvc(&["import", "app", file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("does not say when bucket `app` was created") && run.stderr.contains("only the revisions are checked"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(b.get("limits.max").await.unwrap().as_deref(), Some(&b"20"[..]));
+}
+
+/// A time before the bucket was created (it was deleted and created again since): the new bucket
+/// holds nothing of the old one, so the config then is unknown, not empty. Refused like a time
+/// whose messages aged out.
+#[tokio::test]
+async fn time_travel_to_before_the_bucket_was_created_is_refused() {
+    use std::time::{Duration, SystemTime};
+    let env = Env::start().await;
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+    b.put("limits.max", "10".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = precise(SystemTime::now());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.store.delete_bucket("app").await.unwrap();
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+    b.put("limits.max", "7".into()).await.unwrap();
+    let created = b.info().await.unwrap().created.expect("created");
+    let before = values(b.as_ref()).await;
+
+    for args in [
+        &["diff", "app", "--time", &t, "--json"][..],
+        &["revert", "app", "--time", &t, "--dry-run", "--json"],
+        &["revert", "app", "--time", &t, "-m", "back"],
+    ] {
+        let run = env.kvc(args);
+        assert_eq!(run.code, 5, "{args:?}: {run:?}");
+        assert!(run.stdout.is_empty(), "no diff or plan: {}", run.stdout);
+        assert!(
+            run.stderr.contains("bucket `app`") && run.stderr.contains(&t[..19]) && run.stderr.contains(&format!("created at {}", &precise(created)[..19])),
+            "names the bucket, the time asked and the bucket's creation: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(values(b.as_ref()).await, before, "nothing written");
+}
+
+/// `diff --revision N` past the bucket's last revision (a typo, a revision of another bucket) is
+/// refused like `get --revision` for a revision it does not hold, not answered "no differences".
+#[tokio::test]
+async fn diff_against_a_revision_the_bucket_never_had_is_refused() {
+    let env = Env::start().await;
+    let b = env.bucket_with_schema("app", "").await;
+    b.put("name", "\"api\"".into()).await.unwrap();
+    let last = b.info().await.unwrap().last_revision;
+    let run = env.kvc(&["diff", "app", "--revision", "1000000"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("bucket `app`") && run.stderr.contains("no revision 1000000") && run.stderr.contains(&format!("last revision is {last}")),
+        "{}",
+        run.stderr
+    );
+    // The last revision itself is still answered.
+    let run = env.kvc(&["diff", "app", "--revision", &last.to_string(), "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["changes"], serde_json::json!([]));
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{stable, values, Env};
-use kv_config::store::AUTHOR_HEADER;
+use kv_config::store::{BucketConfig, Store, AUTHOR_HEADER};
 
 #[tokio::test]
 async fn show_get_set_with_a_published_schema() {
@@ -176,4 +176,31 @@ async fn generic_mode_without_schema_and_watch() {
     assert_eq!(lines.len(), 3, "{}", run.stdout);
     assert!(lines.iter().any(|l| l.contains("PUT greeting = \"hello\"")), "{}", run.stdout);
     assert!(lines.iter().any(|l| l.contains("PUT count = ") && l.contains("(by tester@test: bump)")), "{}", run.stdout);
+}
+
+/// `kvc del` read the key at revision 1; while it asks for confirmation the bucket is deleted and
+/// created again, and the new bucket's `limits.max` is at revision 1 too. The delete's revision
+/// check would pass: kvc must see the bucket is not the one it read (every write command commits
+/// through the same check: set, del, purge, revert, import, edit).
+#[tokio::test]
+async fn del_refuses_a_bucket_deleted_and_created_again_since_it_was_read() {
+    let env = Env::start().await;
+    let b = env.store.create_bucket(&BucketConfig::new("app").history(10)).await.unwrap();
+    assert_eq!(b.put("limits.max", "10".into()).await.unwrap(), 1);
+    let run = env.kvc_answering_yes(&["del", "app", "limits.max"], || {
+        for args in [&["rm", "app", "--yes"][..], &["add", "app", "--history", "10"], &["set", "app", "limits.max=99"]] {
+            let run = env.kvc(args);
+            assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        }
+    });
+    assert_eq!(run.code, 3, "conflict: {run:?}");
+    assert!(
+        run.stderr.contains("bucket `app`") && run.stderr.contains("deleted and created again since it was read") && run.stderr.contains("nothing written"),
+        "{}",
+        run.stderr
+    );
+    let b = env.store.open_bucket("app").await.unwrap();
+    let hist = b.history("limits.max").await.unwrap();
+    assert_eq!(hist.len(), 1, "the delete never reached the new bucket: {hist:?}");
+    assert_eq!(&hist[0].value[..], b"99");
 }

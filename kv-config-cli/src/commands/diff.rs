@@ -2,7 +2,8 @@
 //! another prefix in the same bucket, or an export file. Only keys that differ are listed.
 //!
 //! JSON: `{"bucket", "prefix", "against", "changes": [{"key", "old", "new"}]}` where `old` is
-//! the other state and `new` the current one (`null` = absent). The exit code is 0 either way.
+//! the other state and `new` the current one (`null` = absent). The exit code is 0 either way;
+//! a past state the bucket does not hold (see [`Ctx::state_at`]) is exit 5.
 //! Table cells are bounded (see [`crate::clip`]); `--json` values are whole.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,10 @@ use crate::output::Report;
 #[command(after_help = "\
 The config's own prefix is the global --prefix; compare two prefixes (e.g. staging and prod in
 one bucket) with --against-prefix.
+
+--revision and --time reach as far back as the bucket holds: a past state it no longer holds, a
+revision past its last one, or a time before the bucket was created (deleted and created again
+since) is refused with exit 5.
 
 Examples:
   kvc diff app --against-defaults

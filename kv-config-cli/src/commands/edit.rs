@@ -3,7 +3,8 @@
 //! changed key in one atomic batch with revision checks. If someone changed one of those keys
 //! meanwhile, kvc says which, shows theirs and yours, and reopens the document (holding theirs
 //! for those keys, yours everywhere else): nothing is overwritten. A refused value reopens the
-//! document with the reasons at the top.
+//! document with the reasons at the top. A bucket deleted and created again while the document
+//! was open is refused (exit 3, nothing written): the document showed another bucket's values.
 //!
 //! JSON: the write result shape (see [`Written`]).
 
@@ -13,7 +14,7 @@ use serde_json::Value;
 
 use crate::cli::WriteArgs;
 use crate::error::{CliError, CliResult, Refusal};
-use crate::ops::{compact, parse_stored, Change, Ctx, Current, Written};
+use crate::ops::{compact, parse_stored, same_bucket, Change, Ctx, Current, Written};
 use kv_config::store::Entry;
 use crate::output::{Block, Report, Text};
 
@@ -23,6 +24,10 @@ use crate::output::{Block, Report, Text};
 The document has one line per key, `\"server.port\" = 8080` (TOML). A commented-out line is a key
 without a value (it takes its default): uncomment it to set the key, delete or comment out a line
 to delete the key. Secrets are left out unless --reveal. Save an empty file to cancel.
+
+A key someone else changed while the document was open is not overwritten: the document reopens
+with their value. If the bucket was deleted and created again meanwhile, nothing is written
+(exit 3): edit again.
 
 The editor is $VISUAL, else $EDITOR, else vi; it may hold arguments (EDITOR='code --wait').
 
@@ -63,7 +68,9 @@ type Shown = BTreeMap<String, Value>;
 /// measured against it, so a key someone else changed meanwhile is never written back with the
 /// old value. Before validating, kvc reads the bucket again: if a key the operator changed has
 /// moved, that is a conflict; otherwise the changes are validated against the fresh state (the
-/// one they will land on) and written with revision checks.
+/// one they will land on) and written with revision checks. The bucket must still be the one the
+/// document was rendered from (its creation time, [`Current::created`]); otherwise the edit
+/// ends with [`CliError::Replaced`].
 pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let filter = args.filter.as_deref();
     let mut base = ctx.load(&args.bucket).await?;
@@ -100,8 +107,11 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         if changes.is_empty() {
             return Ok(written(Vec::new(), args.dry_run, None).report());
         }
-        // Someone may have written while the editor was open.
+        // Someone may have written while the editor was open. The document's revisions mean
+        // something only in the bucket it was rendered from: one deleted and created again since
+        // restarts its revisions at 1, so a key there can have the revision shown here.
         let fresh = ctx.load(&args.bucket).await?;
+        same_bucket(&args.bucket, base.created, fresh.created, "the document was read")?;
         let moved: Vec<(String, Option<Entry>)> = changes
             .iter()
             .filter(|c| revision(&base, &c.key) != revision(&fresh, &c.key))
@@ -137,6 +147,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
             Err(CliError::Conflict(msg)) => {
                 let moved = ctx.moved(&fresh, &changes).await?;
                 let now = ctx.load(&args.bucket).await?;
+                same_bucket(&args.bucket, fresh.created, now.created, "the document was read")?;
                 (base, doc) = reopen(ctx, args, &now, moved, edits, &msg).await?;
                 retry = false;
             }

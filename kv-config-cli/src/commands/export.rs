@@ -2,9 +2,16 @@
 //! `kvc import` (which refuses the file if the bucket moved since).
 //!
 //! JSON (the file, also printed without `--json`): `{"kvc_export": 1, "bucket", "prefix",
-//! "filter", "revision", "exported_at", "values": {"key": {"value", "revision",
-//! "redacted"}}}`. Secrets are exported as `"<redacted>"` with `"redacted": true` unless
-//! `--reveal`; import leaves such keys alone.
+//! "filter", "revision", "bucket_created", "exported_at", "values": {"key": {"value",
+//! "revision", "redacted"}}}`. Secrets are exported as `"<redacted>"` with `"redacted": true`
+//! unless `--reveal`; import leaves such keys alone.
+//!
+//! `bucket_created` (RFC 3339, to the nanosecond) is when the bucket the values were read from
+//! was created: the revisions in the file identify values only in that incarnation of the bucket
+//! (one deleted and created again starts its revisions again at 1), so `kvc import` refuses the
+//! file in a bucket created at another time. The field is optional: files written before it
+//! existed (or by a store that does not say) import on their revisions alone, with a note on
+//! stderr, and an older kvc reading a newer file ignores it.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +46,11 @@ pub struct ExportFile {
     pub filter: Option<String>,
     /// The bucket's last revision before the keys were read.
     pub revision: u64,
+    /// When the bucket the values were read from was created (RFC 3339, to the nanosecond): the
+    /// revisions identify values only in that incarnation of the bucket. `None` in files from a
+    /// kvc before this field (import then checks the revisions alone, with a note).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_created: Option<String>,
     /// When (RFC 3339).
     pub exported_at: String,
     /// The values by key (relative to the prefix).
@@ -60,8 +72,10 @@ pub struct ExportedValue {
 /// Exports.
 pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     let bucket = ctx.open(&args.bucket).await?;
-    let revision = bucket.info().await?.last_revision;
+    let info = bucket.info().await?;
     let cur = ctx.load(&args.bucket).await?;
+    // The revision and the values must come from one incarnation of the bucket.
+    ops::same_bucket(&args.bucket, info.created, cur.created, "the export began")?;
     let mut values = BTreeMap::new();
     for (k, e) in cur.entries.iter().filter(|(_, e)| e.is_put()) {
         if args.filter.as_deref().is_some_and(|f| !k.starts_with(f)) {
@@ -75,7 +89,8 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         bucket: args.bucket.clone(),
         prefix: ctx.prefix.clone(),
         filter: args.filter.clone(),
-        revision,
+        revision: info.last_revision,
+        bucket_created: cur.created.map(ops::time_precise),
         exported_at: ops::time(std::time::SystemTime::now()),
         values,
     };

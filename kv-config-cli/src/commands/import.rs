@@ -1,7 +1,10 @@
 //! `kvc import BUCKET FILE [--dry-run]`: makes the config equal to an export file (keys in its
 //! scope that are missing from the file are deleted), in one atomic batch with revision checks
 //! against the revisions the file carries. Refused (exit 3) if any key in scope changed since
-//! the export.
+//! the export, or if the bucket is not the one exported: deleted and created again since (its
+//! creation time differs from the file's `bucket_created`), its revisions started again at 1 and
+//! prove nothing. A file without `bucket_created` (from an older kvc) is checked on its
+//! revisions alone, with a note on stderr.
 //!
 //! JSON: the write result shape (see [`Written`](crate::ops::Written)).
 
@@ -19,8 +22,11 @@ use crate::output::Report;
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "\
 The file comes from `kvc export` (edit its values as you like). Every key it carries must still
-be at the revision it was exported with, and no key in its scope may have been added since:
-otherwise the import is refused (exit 3) and nothing is written. Export again and redo the edit.
+be at the revision it was exported with, no key in its scope may have been added since, and the
+bucket must be the one exported (not deleted and created again since: the file records when the
+bucket was created): otherwise the import is refused (exit 3) and nothing is written. Export
+again and redo the edit. A file from an older kvc, without `bucket_created`, is checked on its
+revisions alone (a note says so).
 
 Examples:
   kvc export app > app.json && $EDITOR app.json && kvc import app app.json --dry-run
@@ -58,6 +64,7 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
         )));
     }
     let cur = ctx.load(&args.bucket).await?;
+    check_incarnation(ctx, args, file.bucket_created.as_deref(), cur.created)?;
     let in_scope = |k: &str| file.filter.as_deref().map_or(true, |f| k.starts_with(f));
     let mut moved = Vec::new();
     for (k, v) in &file.values {
@@ -110,4 +117,30 @@ pub async fn exec(args: &Args, ctx: &mut Ctx) -> CliResult<Report> {
     }
     let changes = ctx.changes_to(&cur, &target);
     Ok(ctx.apply(&cur, changes, args.dry_run, args.write.reason.as_deref()).await?.report())
+}
+
+/// Refuses the file when the bucket is not the incarnation it was exported from (`exported`, the
+/// file's `bucket_created`; `now`, the bucket's creation time as read). Without `exported` (a
+/// file from an older kvc) only the revisions can be checked: a note says so.
+fn check_incarnation(ctx: &mut Ctx, args: &Args, exported: Option<&str>, now: Option<std::time::SystemTime>) -> CliResult<()> {
+    let Some(text) = exported else {
+        ctx.note_once(format!(
+            "note: {}: the export does not say when bucket `{}` was created (a file from an older kvc): only the revisions are checked, which cannot tell a bucket deleted and created again since",
+            args.file.display(),
+            args.bucket
+        ));
+        return Ok(());
+    };
+    let exported = humantime::parse_rfc3339(text).map_err(|e| {
+        CliError::Usage(format!("{}: `bucket_created` is not an RFC 3339 time (`{text}`: {e})", args.file.display()))
+    })?;
+    match now {
+        Some(now) if now != exported => Err(CliError::Replaced(format!(
+            "bucket `{}`: deleted and created again since the export (exported from the bucket created {}; this one was created {}): the file's revisions do not identify its values; nothing written. Export again and redo the edit",
+            args.bucket,
+            crate::ops::time_precise(exported),
+            crate::ops::time_precise(now)
+        ))),
+        _ => Ok(()),
+    }
 }

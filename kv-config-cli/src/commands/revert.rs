@@ -13,7 +13,9 @@ use crate::output::Report;
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = "\
 With --time every key returns to the value it had then: keys set since are deleted, keys deleted
-since come back. It reaches as far back as the bucket's history (`kvc info`).
+since come back. It reaches as far back as the bucket's history (`kvc info`), and no further
+than the bucket's creation: a time before it is refused (exit 5), since a bucket deleted and
+created again holds nothing of the one before.
 
 Examples:
   kvc revert app server.port --to 12

@@ -128,6 +128,67 @@ impl Env {
         }
     }
 
+    /// Runs the real binary like [`kvc`](Env::kvc), waits until it asks its `[y/N]` question on
+    /// stderr, runs `at_prompt`, then answers `y`. Bounded: no question within 30 s, or no exit
+    /// within 60 s after the answer, fails the test.
+    pub fn kvc_answering_yes(&self, args: &[&str], at_prompt: impl FnOnce()) -> Run {
+        use std::io::{Read, Write};
+        use std::time::{Duration, Instant};
+        let mut child = Command::new(kvc_path())
+            .args(args)
+            .env("NATS_URL", self.url())
+            .env("KVC_AUTHOR", "tester@test")
+            .env("NO_COLOR", "1")
+            .env_remove("EDITOR")
+            .env_remove("VISUAL")
+            .env_remove("KVC_PREFIX")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvc");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut err = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !String::from_utf8_lossy(&err).contains("[y/N]") {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kvc asked no question within 30 s: {}", String::from_utf8_lossy(&err));
+            }
+            if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(50)) {
+                err.extend(chunk);
+            }
+        }
+        at_prompt();
+        child.stdin.take().expect("stdin").write_all(b"y\n").expect("answer");
+        let answered = Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if answered.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("kvc output");
+        while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+            err.extend(chunk);
+        }
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        }
+    }
+
     /// Writes an executable shell script into the test's directory.
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
         let path = self.dir.path().join(name);
