@@ -1153,17 +1153,13 @@ mod tests {
     //! again in the round trip between the check before a write and the write. [`Switching`]
     //! hands every call to its current bucket and switches to the new one right before the next
     //! write, as a NATS handle's writes go to whichever stream holds the bucket's name when they
-    //! are stored. (The CLI crate has no `async_trait`, so the impl is written out by hand.)
+    //! are stored.
 
-    use std::future::Future;
-    use std::pin::Pin;
     use std::sync::Mutex;
 
     use kv_config::store::{BucketConfig, MemoryStore, Probe, StoreResult, Watch};
 
     use super::*;
-
-    type Fut<'a, T> = Pin<Box<dyn Future<Output = StoreResult<T>> + Send + 'a>>;
 
     /// Two incarnations of bucket `app`, created at the two times: every call goes to the
     /// current one; the next write first switches to the second.
@@ -1189,87 +1185,41 @@ mod tests {
         }
     }
 
+    #[async_trait::async_trait]
     impl Bucket for Switching {
         fn name(&self) -> &str {
             "app"
         }
-        fn info<'l0, 'at>(&'l0 self) -> Fut<'at, BucketInfo>
-        where
-            'l0: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move {
-                let mut info = self.bucket().info().await?;
-                info.created = Some(self.created[self.now()]);
-                Ok(info)
-            })
+        async fn info(&self) -> StoreResult<BucketInfo> {
+            let mut info = self.bucket().info().await?;
+            info.created = Some(self.created[self.now()]);
+            Ok(info)
         }
-        fn entry<'l0, 'l1, 'at>(&'l0 self, key: &'l1 str) -> Fut<'at, Option<Entry>>
-        where
-            'l0: 'at,
-            'l1: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move { self.bucket().entry(key).await })
+        async fn entry(&self, key: &str) -> StoreResult<Option<Entry>> {
+            self.bucket().entry(key).await
         }
-        fn entry_at<'l0, 'l1, 'at>(&'l0 self, key: &'l1 str, revision: u64) -> Fut<'at, Option<Entry>>
-        where
-            'l0: 'at,
-            'l1: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move { self.bucket().entry_at(key, revision).await })
+        async fn entry_at(&self, key: &str, revision: u64) -> StoreResult<Option<Entry>> {
+            self.bucket().entry_at(key, revision).await
         }
-        fn history<'l0, 'l1, 'at>(&'l0 self, key: &'l1 str) -> Fut<'at, Vec<Entry>>
-        where
-            'l0: 'at,
-            'l1: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move { self.bucket().history(key).await })
+        async fn history(&self, key: &str) -> StoreResult<Vec<Entry>> {
+            self.bucket().history(key).await
         }
-        fn keys<'l0, 'at>(&'l0 self) -> Fut<'at, Vec<String>>
-        where
-            'l0: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move { self.bucket().keys().await })
+        async fn keys(&self) -> StoreResult<Vec<String>> {
+            self.bucket().keys().await
         }
-        fn watch<'l0, 'l1, 'at>(&'l0 self, pattern: &'l1 str, start: WatchStart) -> Fut<'at, Watch>
-        where
-            'l0: 'at,
-            'l1: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move { self.bucket().watch(pattern, start).await })
+        async fn watch(&self, pattern: &str, start: WatchStart) -> StoreResult<Watch> {
+            self.bucket().watch(pattern, start).await
         }
-        fn probe<'l0, 'l1, 'at>(&'l0 self, pattern: &'l1 str, after: u64) -> Fut<'at, Probe>
-        where
-            'l0: 'at,
-            'l1: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move { self.bucket().probe(pattern, after).await })
+        async fn probe(&self, pattern: &str, after: u64) -> StoreResult<Probe> {
+            self.bucket().probe(pattern, after).await
         }
-        fn write<'l0, 'at>(&'l0 self, op: WriteOp) -> Fut<'at, u64>
-        where
-            'l0: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move {
-                self.before_write();
-                self.bucket().write(op).await
-            })
+        async fn write(&self, op: WriteOp) -> StoreResult<u64> {
+            self.before_write();
+            self.bucket().write(op).await
         }
-        fn write_atomic<'l0, 'at>(&'l0 self, ops: Vec<WriteOp>) -> Fut<'at, u64>
-        where
-            'l0: 'at,
-            Self: 'at,
-        {
-            Box::pin(async move {
-                self.before_write();
-                self.bucket().write_atomic(ops).await
-            })
+        async fn write_atomic(&self, ops: Vec<WriteOp>) -> StoreResult<u64> {
+            self.before_write();
+            self.bucket().write_atomic(ops).await
         }
     }
 

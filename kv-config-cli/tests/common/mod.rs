@@ -99,7 +99,9 @@ impl Env {
         self.kvc_with(args, &[], "")
     }
 
-    pub fn kvc_with(&self, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
+    /// The real binary with `args` and `env`, on this server, author `tester@test`, no colour,
+    /// no editor, no prefix from the environment, every stream piped.
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(kvc_path());
         cmd.args(args)
             .env("NATS_URL", self.url())
@@ -114,7 +116,11 @@ impl Env {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn kvc");
+        cmd
+    }
+
+    pub fn kvc_with(&self, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
+        let mut child = self.command(args, env).spawn().expect("spawn kvc");
         {
             use std::io::Write;
             let mut input = child.stdin.take().expect("stdin");
@@ -134,19 +140,7 @@ impl Env {
     pub fn kvc_answering_yes(&self, args: &[&str], at_prompt: impl FnOnce()) -> Run {
         use std::io::{Read, Write};
         use std::time::{Duration, Instant};
-        let mut child = Command::new(kvc_path())
-            .args(args)
-            .env("NATS_URL", self.url())
-            .env("KVC_AUTHOR", "tester@test")
-            .env("NO_COLOR", "1")
-            .env_remove("EDITOR")
-            .env_remove("VISUAL")
-            .env_remove("KVC_PREFIX")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kvc");
+        let mut child = self.command(args, &[]).spawn().expect("spawn kvc");
         let mut stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::spawn(move || {

@@ -688,9 +688,12 @@ impl Hub {
     /// by the bucket's maximum age or a purge of the stream, neither of which leaves a marker for
     /// the watch to deliver.
     /// Whether a value or override held here is older than `first`, the bucket's first stored
-    /// revision when its last was `last` (see the watcher's `aged_out`). `false` while that
-    /// cannot be told: the watch has not delivered up to `last`, or a burst is still being
-    /// folded into the map; and when `first` did not move since the last look.
+    /// revision when its last was `last`: the server removed it without a marker (the bucket's
+    /// maximum age, a purge of its stream), so the config in effect holds a value the bucket no
+    /// longer has. `false` while that cannot be told: the watch has not delivered up to `last` (a
+    /// key's newer revision in flight also removes the older one from a bucket of short history,
+    /// and is no removal), or a burst is still being folded into the map. Looked at only when
+    /// `first` moved since the last look: values delivered since are newer than it was then.
     pub(super) fn holds_removed(&self, first: u64, last: u64) -> bool {
         {
             let mut st = self.state();

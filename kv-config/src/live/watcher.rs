@@ -293,7 +293,7 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 return Check::Replaced;
             }
             hub.state().incarnation = Some(now);
-            if aged_out(&hub, &probe) {
+            if hub.holds_removed(probe.first_revision, probe.last_revision) {
                 tracing::warn!(
                     bucket = bucket.name(),
                     first_revision = probe.first_revision,
@@ -362,16 +362,6 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
             }
         }
     }
-}
-
-/// Whether the bucket's first stored revision has passed a value or override the hub or its
-/// handles hold: the server removed it without a marker (the bucket's maximum age, a purge of its
-/// stream), so the config in effect holds a value the bucket no longer has. Only when the watch
-/// had delivered everything the probe saw: a key's newer revision still in flight also removes
-/// the older one from a bucket of short history, and is no removal. Looked at only when the first
-/// revision moved since the last look: values delivered since are newer than it was then.
-fn aged_out(hub: &Hub, probe: &Probe) -> bool {
-    hub.holds_removed(probe.first_revision, probe.last_revision)
 }
 
 /// Overrides past their expiry whose expiry marker never arrived: the server writes the marker
