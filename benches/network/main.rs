@@ -11,7 +11,7 @@ mod shapes;
 mod small;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,19 +31,29 @@ use tokio::sync::mpsc;
 
 struct Counting;
 static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
+/// Counting is on only in the memory section: one counter updated by every allocation of every
+/// thread is a cache line two cores fight over, which slowed the other sections' allocating
+/// work on two threads (a large decode) far more than the same work on one.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+fn count(bytes: isize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: forwards to the system allocator and only counts bytes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        count(layout.size() as isize);
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCATED.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        count(-(layout.size() as isize));
         System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATED.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        count(new_size as isize - layout.size() as isize);
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -155,7 +165,7 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
     println!("cold load");
     report.section(
         "Cold load (start-up to first snapshot; median of runs)",
-        &["keys", "LiveConfig::start", "of which open_bucket", "start with dedicated_watch()", "kv_config::load on an open bucket", "raw watch_with_history", "raw concurrent get (64)", "raw sequential get", "start vs watch", "dedicated vs watch", "load vs watch", "start vs sequential"],
+        &["keys", "LiveConfig::start", "of which open_bucket", "start with dedicated_watch()", "start, decode on one thread", "kv_config::load on an open bucket", "raw watch_with_history", "raw concurrent get (64)", "raw sequential get", "start vs watch", "dedicated vs watch", "one-thread decode vs watch", "load vs watch", "start vs sequential"],
     );
     let sizes: &[usize] = if quick { &[100] } else { &[100, 1000, 5000, 50000] };
     let client = connect(url).await;
@@ -172,7 +182,7 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
         let keys = keys_for(n);
         fill(&kv, &keys).await;
         let (mut ours, mut watch, mut conc, mut seq, mut open, mut load) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let mut dedicated = vec![];
+        let (mut dedicated, mut single) = (vec![], vec![]);
         for run in 0..runs {
             let t = Instant::now();
             let b = store.open_bucket(&bucket).await.expect("open");
@@ -185,7 +195,9 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
                 _ => drop(kv_config::load::<Keys50000>(&*b, "").await.expect("load")),
             }
             load.push(t.elapsed());
-            for (own, into) in [(false, &mut ours), (true, &mut dedicated)] {
+            // The third start decodes on one thread (the baseline of the parallel decode).
+            for (own, one_thread, into) in [(false, false, &mut ours), (true, false, &mut dedicated), (false, true, &mut single)] {
+                kv_config::__private::set_parallel_decode(one_thread.then_some((usize::MAX, 1)));
                 into.push(match n {
                     100 => time_start::<Leaf100>(&store, &bucket, own).await,
                     1000 => time_start::<Keys1000>(&store, &bucket, own).await,
@@ -193,6 +205,7 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
                     _ => time_start::<Keys50000>(&store, &bucket, own).await,
                 });
             }
+            kv_config::__private::set_parallel_decode(None);
             let t = Instant::now();
             let mut w = kv.watch_with_history(">").await.expect("watch");
             while let Some(e) = w.next().await {
@@ -219,14 +232,14 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
             }
             seq.push(t.elapsed());
         }
-        let (o, w, op, l, d) = (median(ours), median(watch), median(open), median(load), median(dedicated));
+        let (o, w, op, l, d, one) = (median(ours), median(watch), median(open), median(load), median(dedicated), median(single));
         let (c, s, faster) = if gets {
             let (c, s) = (median(conc), median(seq));
             (ms(c), ms(s), format!("{:.1}x faster", s.as_secs_f64() / o.as_secs_f64()))
         } else {
             ("—".into(), "—".into(), "—".into())
         };
-        report.row(&[n.to_string(), ms(o), ms(op), ms(d), ms(l), ms(w), c, s, ratio(o, w), ratio(d, w), ratio(l, w), faster]);
+        report.row(&[n.to_string(), ms(o), ms(op), ms(d), ms(one), ms(l), ms(w), c, s, ratio(o, w), ratio(d, w), ratio(one, w), ratio(l, w), faster]);
         kv_drop(&js, &bucket).await;
     }
 }
@@ -1081,7 +1094,9 @@ async fn run() {
         Box::pin(conflicting(&url, quick, &mut report)).await;
     }
     if run("memory") {
+        COUNTING.store(true, Ordering::Relaxed);
         Box::pin(memory(&url, &mut report)).await;
+        COUNTING.store(false, Ordering::Relaxed);
     }
     if run("load-cpu") {
         Box::pin(load_cpu(&url, quick, &mut report)).await;

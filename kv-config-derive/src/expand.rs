@@ -36,7 +36,14 @@ fn expand(input: &Input) -> TokenStream {
     let name = ident.to_string();
     let schema = leaf_fields(input).map(|(_, f)| schema_entry(f));
     let encode = leaf_fields(input).map(|(_, f)| encode_field(f));
-    let decode = leaf_fields(input).map(|(i, f)| decode_field(i, f));
+    let decode = decode_fields(input);
+    let leaves = leaf_fields(input).map(|(_, f)| match f.attrs.nested.is_some() && f.dynamic_map().is_none() {
+        true => {
+            let ty = f.ty;
+            quote!(<#ty as ::kv_config::KvConfig>::__KV_LEAVES)
+        }
+        false => quote!(1usize),
+    });
     let build = input.fields.iter().enumerate().map(|(i, f)| {
         let member = f.ident;
         let var = format_ident!("__kv_f{}", i);
@@ -90,6 +97,7 @@ fn expand(input: &Input) -> TokenStream {
                 const __KV_NAME: &'static str = #name;
                 const __KV_VERSION: &'static str = ::core::env!("CARGO_PKG_VERSION");
                 const __KV_CROSS_CHECKS: bool = #has_own_check #(#nested_checks)*;
+                const __KV_LEAVES: usize = 0usize #(+ #leaves)*;
 
                 fn __kv_fields(
                     __kv_prefix: &str,
@@ -111,7 +119,7 @@ fn expand(input: &Input) -> TokenStream {
                     __kv_prefix: &str,
                     __kv_d: &mut ::kv_config::__private::Decoder<'_>,
                 ) -> ::core::option::Option<Self> {
-                    #(#decode)*
+                    #decode
                     let __kv_value = Self { #(#build),* };
                     #struct_check
                     ::core::option::Option::Some(__kv_value)
@@ -241,8 +249,13 @@ fn map_decode(i: usize, f: &Field, value: &syn::Type) -> TokenStream {
             let __kv_map_prefix = #prefix;
             let mut __kv_map: #ty = ::core::default::Default::default();
             let mut __kv_ok = true;
-            for __kv_name in __kv_d.map_entries(&__kv_map_prefix, #nested) {
-                match #entry {
+            let __kv_names = __kv_d.map_entries(&__kv_map_prefix, #nested);
+            let __kv_decoded = __kv_d.entries(
+                &__kv_names,
+                &|__kv_name: &str, __kv_d: &mut ::kv_config::__private::Decoder<'_>| #entry,
+            );
+            for (__kv_name, __kv_v) in __kv_names.into_iter().zip(__kv_decoded) {
+                match __kv_v {
                     ::core::option::Option::Some(__kv_v) => {
                         __kv_map.insert(__kv_name, __kv_v);
                     }
@@ -418,6 +431,55 @@ fn encode_field(f: &Field) -> TokenStream {
         quote!(__kv_out.optional(#key, &self.#member)?;)
     } else {
         quote!(__kv_out.leaf(#key, &self.#member)?;)
+    }
+}
+
+/// The statements that decode every field into `__kv_f<i>`, in field order. With two or more
+/// nested sections, each section's decode is a job that `Decoder::parallel` may share between
+/// two threads (a large decode); otherwise each job runs here, in field order.
+fn decode_fields(input: &Input) -> TokenStream {
+    let is_section = |f: &Field| f.attrs.nested.is_some() && f.dynamic_map().is_none();
+    let sections: Vec<(usize, &Field)> = leaf_fields(input).filter(|(_, f)| is_section(f)).collect();
+    if sections.len() < 2 {
+        let each = leaf_fields(input).map(|(i, f)| decode_field(i, f));
+        return quote!(#(#each)*);
+    }
+    let slot = |i: usize| format_ident!("__kv_s{}", i);
+    let slots = sections.iter().map(|(i, f)| {
+        let (slot, ty) = (slot(*i), f.ty);
+        quote!(let #slot = ::kv_config::__private::Slot::<#ty>::default();)
+    });
+    let arms = sections.iter().enumerate().map(|(job, (i, f))| {
+        let (slot, var, decode) = (slot(*i), format_ident!("__kv_f{}", i), decode_field(*i, f));
+        quote!(#job => { #decode #slot.put(#var, __kv_d); })
+    });
+    let weights = sections.iter().map(|(_, f)| {
+        let ty = f.ty;
+        quote!(<#ty as ::kv_config::KvConfig>::__KV_LEAVES)
+    });
+    let mut job = 0usize;
+    let fields = leaf_fields(input).map(|(i, f)| {
+        if !is_section(f) {
+            return decode_field(i, f);
+        }
+        let (slot, var, ty) = (slot(i), format_ident!("__kv_f{}", i), f.ty);
+        let this = job;
+        job += 1;
+        quote! {
+            if !__kv_ran {
+                __kv_job(#this, __kv_d);
+            }
+            let #var: ::core::option::Option<#ty> = #slot.take(__kv_d);
+        }
+    });
+    quote! {
+        #(#slots)*
+        let __kv_job = |__kv_job_i: usize, __kv_d: &mut ::kv_config::__private::Decoder<'_>| match __kv_job_i {
+            #(#arms)*
+            _ => {}
+        };
+        let __kv_ran = __kv_d.parallel(&[#(#weights),*], &__kv_job);
+        #(#fields)*
     }
 }
 

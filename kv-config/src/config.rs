@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::schema::{FieldSchema, Schema};
+
+mod parallel;
+pub use parallel::{set_parallel_decode, Slot};
 pub(crate) use crate::values::Lookup;
 
 /// One raw value as read from the bucket.
@@ -70,6 +73,10 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
     /// state the validators refuse.
     #[doc(hidden)]
     const __KV_CROSS_CHECKS: bool = false;
+    /// How many leaf keys the struct has (a map field counts one): weighs nested sections when
+    /// a large decode shares them between threads.
+    #[doc(hidden)]
+    const __KV_LEAVES: usize = 1;
     #[doc(hidden)]
     fn __kv_fields(prefix: &str, out: &mut Vec<FieldSchema>);
     #[doc(hidden)]
@@ -146,14 +153,14 @@ pub trait KvConfig: Clone + Send + Sync + Sized + 'static {
 
 /// Decodes and also returns how many of `values` the schema used: when that equals
 /// `values.len()`, no key in the bucket is unknown to the schema.
-pub(crate) fn decode_counting<T: KvConfig>(values: &dyn Lookup, source: &Source) -> Result<(T, usize), DecodeError> {
+pub(crate) fn decode_counting<T: KvConfig>(values: &(dyn Lookup + Sync), source: &Source) -> Result<(T, usize), DecodeError> {
     decode_with(Decoder::new(values, source, None)).map(|(v, hits, _)| (v, hits))
 }
 
 /// [`decode_counting`], also returning the positions ([`Lookup::get_indexed`]) of the values the
 /// decoded config re-encodes byte for byte: the bytes [`Values::elide`](crate::values::Values::elide)
 /// may drop.
-pub(crate) fn decode_elidable<T: KvConfig>(values: &dyn Lookup, source: &Source) -> Result<(T, usize, Vec<u32>), DecodeError> {
+pub(crate) fn decode_elidable<T: KvConfig>(values: &(dyn Lookup + Sync), source: &Source) -> Result<(T, usize, Vec<u32>), DecodeError> {
     let mut d = Decoder::new(values, source, None);
     d.elidable = Some(Vec::new());
     decode_with(d)
@@ -187,7 +194,7 @@ pub(crate) const APPLY_MAX_CHANGED: usize = 32;
 ///
 /// On success, returns the changed keys no field of the schema took (unknown keys), so the
 /// caller does not need the schema's key set.
-pub(crate) fn apply_changes<T: KvConfig>(config: &mut T, values: &dyn Lookup, changed: &[String], source: &Source) -> Option<Vec<String>> {
+pub(crate) fn apply_changes<T: KvConfig>(config: &mut T, values: &(dyn Lookup + Sync), changed: &[String], source: &Source) -> Option<Vec<String>> {
     if changed.len() > APPLY_MAX_CHANGED {
         return None;
     }
@@ -400,7 +407,7 @@ pub type Validator<'f, T> = &'f dyn Fn(&T) -> Result<(), String>;
 /// Used by derived code; not part of the public API.
 #[doc(hidden)]
 pub struct Decoder<'a> {
-    values: &'a dyn Lookup,
+    values: &'a (dyn Lookup + Sync),
     /// In an apply ([`KvConfig::__kv_apply`]): the changed keys, relative to the config's prefix.
     changed: Option<&'a [String]>,
     /// In an apply: which of `changed` a field took.
@@ -435,6 +442,10 @@ pub struct Decoder<'a> {
     /// Otherwise the hint is not tried: in a bucket written in another order it would miss
     /// every time, and each miss reads an entry from memory for nothing.
     in_order: bool,
+    /// A decoder for another thread ([`parallel`]): its errors go to the field they belong to.
+    fork: bool,
+    /// The threads this decoder may still use ([`parallel`]).
+    threads: usize,
 }
 
 /// `true` if `name` can be one token of a NATS key: non-empty, no `.`, only `[-/_=a-zA-Z0-9]`.
@@ -510,7 +521,7 @@ pub(crate) fn parse_value<T: DeserializeOwned>(raw: &[u8]) -> Result<T, String> 
 }
 
 impl<'a> Decoder<'a> {
-    pub(crate) fn new(values: &'a dyn Lookup, source: &'a Source, changed: Option<&'a [String]>) -> Self {
+    pub(crate) fn new(values: &'a (dyn Lookup + Sync), source: &'a Source, changed: Option<&'a [String]>) -> Self {
         let used = vec![false; changed.map_or(0, <[String]>::len)];
         Decoder {
             values,
@@ -529,6 +540,8 @@ impl<'a> Decoder<'a> {
             twice: Vec::new(),
             next: 0,
             in_order: true,
+            fork: false,
+            threads: parallel::threads(),
         }
     }
 
@@ -870,6 +883,7 @@ impl<T: KvConfig> KvConfig for std::sync::Arc<T> {
     const __KV_NAME: &'static str = T::__KV_NAME;
     const __KV_VERSION: &'static str = T::__KV_VERSION;
     const __KV_CROSS_CHECKS: bool = T::__KV_CROSS_CHECKS;
+    const __KV_LEAVES: usize = T::__KV_LEAVES;
 
     fn __kv_fields(prefix: &str, out: &mut Vec<FieldSchema>) {
         T::__kv_fields(prefix, out)

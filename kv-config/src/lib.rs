@@ -173,7 +173,7 @@ pub use view::{EXPIRES_HEADER, GUARD_KEY, OVERRIDE_PREFIX, RESERVED_PREFIX, SCHE
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
 pub mod __private {
-    pub use crate::config::{Decoder, Encoder, Validator};
+    pub use crate::config::{set_parallel_decode, Decoder, Encoder, Slot, Validator};
     pub use serde_json;
     pub use crate::schema::{FieldSchema, KvType, TypeDesc};
     use std::marker::PhantomData;

@@ -46,6 +46,8 @@ pub(crate) trait Lookup {
         let _ = hint;
         self.get(key).map(|v| (v, None))
     }
+    /// How many values there are.
+    fn len(&self) -> usize;
     /// Every key, in no particular order.
     fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_>;
 }
@@ -53,6 +55,9 @@ pub(crate) trait Lookup {
 impl Lookup for RawValues {
     fn get(&self, key: &str) -> Option<&RawValue> {
         std::collections::HashMap::get(self, key)
+    }
+    fn len(&self) -> usize {
+        std::collections::HashMap::len(self)
     }
     fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         Box::new(self.keys().map(String::as_str))
@@ -62,6 +67,9 @@ impl Lookup for RawValues {
 impl Lookup for Values {
     fn get(&self, key: &str) -> Option<&RawValue> {
         Values::get(self, key)
+    }
+    fn len(&self) -> usize {
+        Values::len(self)
     }
     fn get_indexed(&self, key: &str, hint: u32) -> Option<(&RawValue, Option<u32>)> {
         // An empty delta (every start's decode) is not asked: its lookup would hash the key.

@@ -9,7 +9,7 @@
 //! them through [`Resolved`], which re-encodes them from that config. The config's field does not
 //! change while its key's entry is elided: a change to the key replaces the entry, bytes and all.
 
-use std::cell::OnceCell;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 
@@ -36,13 +36,13 @@ pub(crate) struct Resolved<'a, T> {
     values: &'a Values,
     config: Option<&'a T>,
     /// Every elided value, re-encoded: built on the first read of one.
-    encoded: OnceCell<RawValues>,
+    encoded: OnceLock<RawValues>,
 }
 
 impl<'a, T: KvConfig> Resolved<'a, T> {
     /// `config`: what the elided values of `values` were decoded into (`None` when none is).
     pub(crate) fn new(values: &'a Values, config: Option<&'a T>) -> Self {
-        Resolved { values, config, encoded: OnceCell::new() }
+        Resolved { values, config, encoded: OnceLock::new() }
     }
 
     fn encoded(&self) -> &RawValues {
@@ -83,6 +83,10 @@ impl<T: KvConfig> Lookup for Resolved<'_, T> {
             return Some((v, position));
         }
         Some((self.encoded().get(key).unwrap_or(v), None))
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
     }
 
     fn keys_dyn(&self) -> Box<dyn Iterator<Item = &str> + '_> {
