@@ -172,10 +172,10 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
     let js = jetstream::new(client.clone());
     let store = NatsStore::new(client.clone());
     for &n in sizes {
-        // Many runs: on a shared 2-core machine a median of 9 still moved by ±0.3x between runs.
-        // The per-key gets (a baseline far behind) take 3 of them; none at 50,000 keys
-        // (sequential gets would take minutes).
-        let runs = if quick { 1 } else if n > 5000 { 9 } else { 25 };
+        // Many runs: on a shared 2-core machine a median of 9 still moved by ±0.3x between runs
+        // (25 at 50,000 keys too since 2026-11-28 evening). The per-key gets (a baseline far
+        // behind) take 3 of them; none at 50,000 keys (sequential gets would take minutes).
+        let runs = if quick { 1 } else { 25 };
         let gets = n <= 5000;
         let bucket = format!("cold{n}");
         let kv = js.create_key_value(kv::Config { bucket: bucket.clone(), ..Default::default() }).await.expect("bucket");

@@ -691,7 +691,7 @@ impl<'a> Decoder<'a> {
     }
 
     #[doc(hidden)]
-    pub fn leaf<T: DeserializeOwned + Serialize>(
+    pub fn leaf<T: DeserializeOwned + Serialize + 'static>(
         &mut self,
         prefix: &str,
         name: &str,
@@ -709,7 +709,7 @@ impl<'a> Decoder<'a> {
         out
     }
 
-    fn leaf_at<T: DeserializeOwned + Serialize>(
+    fn leaf_at<T: DeserializeOwned + Serialize + 'static>(
         &mut self,
         key: &str,
         secret: bool,
@@ -744,6 +744,17 @@ impl<'a> Decoder<'a> {
                 }
                 if let (Some(i), Some(_)) = (position, &self.elidable) {
                     self.note_read(i);
+                }
+                if let Some(v) = crate::exact::plain_string::<T>(&raw.value) {
+                    // A `String` read from a JSON string with nothing escaped: what serde_json
+                    // gives, and it writes it back byte for byte.
+                    self.check_leaf(key, Some(raw.revision), &v, validate, secret)?;
+                    if let (Some(i), Some(list)) = (position, &mut self.elidable) {
+                        if !self.keep_under.iter().any(|p| key.starts_with(p.as_str())) {
+                            list.push(i);
+                        }
+                    }
+                    return Some(v);
                 }
                 match guarded("the Deserialize impl", || parse_value::<T>(&raw.value)) {
                     Ok(v) => (v, Some(raw.revision), position.map(|i| (i, &raw.value[..]))),

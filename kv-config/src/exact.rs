@@ -22,6 +22,22 @@ pub(crate) fn encodes_to<T: Serialize + ?Sized>(value: &T, raw: &[u8], buf: &mut
     }
 }
 
+/// `raw` read as a `T` when `T` is `String` and `raw` a JSON string with no escape and nothing
+/// to escape (`"` + text + `"`): exactly what `serde_json` reads, without its parser, and a value
+/// it writes back as `raw`. `None` for any other type or text (read by `serde_json` then).
+pub(crate) fn plain_string<T: 'static>(raw: &[u8]) -> Option<T> {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<String>() {
+        return None;
+    }
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if needs_escape(inner) {
+        return None;
+    }
+    let mut text = Some(std::str::from_utf8(inner).ok()?.to_owned());
+    // `T` is `String`: the downcast always succeeds.
+    (&mut text as &mut dyn std::any::Any).downcast_mut::<Option<T>>()?.take()
+}
+
 /// A comparison that cannot be made in place: write the value out and compare.
 #[derive(Debug)]
 struct Unsure;
@@ -222,6 +238,31 @@ mod tests {
             agrees(&BTreeMap::from([("a", 1)]), raw);
             agrees(&(), raw);
         }
+    }
+
+    #[test]
+    fn a_plain_string_is_read_as_serde_json_reads_it_and_written_back_as_it_was() {
+        let mut raws: Vec<Vec<u8>> = [
+            &b"\"abc\""[..], b"abc", b"\"abc", b"abc\"", b"\"", b"\"\"", b"\"ab\\\"c\"", b"\"a\\u0001\"", b"\"\xc3\xa9\"",
+            b"\"\xff\"", b"\"a\tb\"", b" \"abc\"", b"\"abc\" ", b"\"a\"b\"", b"\"a/b\"", b"\"\x7f\"", b"null", b"1",
+        ]
+        .iter()
+        .map(|r| r.to_vec())
+        .collect();
+        raws.extend((0u8..0x80).map(|b| vec![b'"', b'x', b, b'y', b'"']));
+        for raw in &raws {
+            let fast = plain_string::<String>(raw);
+            if let Some(s) = &fast {
+                assert_eq!(serde_json::from_slice::<String>(raw).ok().as_ref(), Some(s), "{raw:?}");
+                assert_eq!(serde_json::to_vec(s).unwrap(), *raw, "written back as it was: {raw:?}");
+            } else {
+                // Left to serde_json: only texts it does not read as a plain quoted string.
+                let inner = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\""));
+                assert!(inner.map_or(true, |i| needs_escape(i) || std::str::from_utf8(i).is_err()), "{raw:?}");
+            }
+            assert!(plain_string::<Option<String>>(raw).is_none() && plain_string::<u32>(raw).is_none());
+        }
+        assert_eq!(plain_string::<String>(b"\"abc\"").as_deref(), Some("abc"));
     }
 
     #[test]
