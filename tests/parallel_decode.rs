@@ -179,3 +179,16 @@ fn a_split_decode_reports_every_error_in_field_order_with_the_same_text() {
     assert!(msg.contains("the validator panicked: assertion `left != right` failed: unlucky"), "{msg}");
     assert!(!msg.contains("hunter2") && !msg.contains("secret-a-value"), "a secret in a message: {msg}");
 }
+
+#[test]
+fn set_decode_threads_1_keeps_every_decode_on_the_callers_thread() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    set_parallel_decode(Some((0, 4)));
+    kv_config::set_decode_threads(1);
+    *THREADS.lock().unwrap() = None;
+    let app = App::decode(&values(&good()), &Source::new("cfg", "prod.")).unwrap();
+    let threads = THREADS.lock().unwrap().take().unwrap_or_default();
+    set_parallel_decode(None);
+    assert_eq!(app.d.high, 103);
+    assert_eq!(threads, HashSet::from([std::thread::current().id()]));
+}

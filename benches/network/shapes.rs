@@ -532,3 +532,26 @@ pub struct Prop50000A {
     #[kv(nested)]
     g: Keys50000A,
 }
+
+/// One tenant of [`Tenants50000`]: five string keys.
+#[derive(KvConfig, Clone, Serialize, Deserialize)]
+pub struct Tenant5 {
+    #[kv(default)]
+    f0: String,
+    #[kv(default)]
+    f1: String,
+    #[kv(default)]
+    f2: String,
+    #[kv(default)]
+    f3: String,
+    #[kv(default)]
+    f4: String,
+}
+
+/// 50,000 keys as a map field (the multi-tenant shape): 10,000 entries `tenants.t00000.f0` ..
+/// `tenants.t09999.f4`.
+#[derive(KvConfig, Clone)]
+pub struct Tenants50000 {
+    #[kv(nested)]
+    tenants: std::collections::HashMap<String, Tenant5>,
+}

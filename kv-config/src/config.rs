@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::schema::{FieldSchema, Schema};
 
 mod parallel;
-pub use parallel::{set_parallel_decode, Slot};
+pub use parallel::{set_decode_threads, set_parallel_decode, Slot};
 pub(crate) use crate::values::Lookup;
 
 /// One raw value as read from the bucket.

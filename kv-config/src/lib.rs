@@ -56,6 +56,11 @@
 //! Validators should be pure functions of what they are given: a change is checked before it is
 //! written and again when the watcher applies it (field validators of the changed fields, then
 //! the struct checks on the way up), and once more by a whole decode if anything was refused.
+//! A large decode (4,096 keys or more: a start, a bucket read again) shares the struct's nested
+//! sections, or a map's entries, between the calling thread and a second one (more on machines
+//! with more cores, at most four), so validators and `Deserialize` impls may run on a thread
+//! other than the caller's; the result and its errors, in field order, are those of one thread.
+//! [`set_decode_threads`]`(1)` keeps every decode on the caller's thread.
 //! A `#[kv(nested)]` field may be an `Arc<T>`: cloning the config then shares that section, and a
 //! change elsewhere does not copy it (see [`KvConfig`]'s implementation for `Arc<T>`).
 //!
@@ -160,7 +165,7 @@ pub mod store;
 mod values;
 mod view;
 
-pub use config::{DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
+pub use config::{set_decode_threads, DecodeError, EncodeError, Encoded, KeyError, KvConfig, Problem, RawValue, RawValues, Source};
 pub use error::{Error, Result};
 pub use json_schema::{JSON_SCHEMA_DRAFT, JSON_SCHEMA_KEY};
 pub use kv_config_derive::{KvConfig, KvValue};

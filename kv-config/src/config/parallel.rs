@@ -52,6 +52,19 @@ fn min_values() -> usize {
     }
 }
 
+/// Sets the most threads one large decode of this process may use, from now on: `1` keeps
+/// every decode on the thread that asks for it (for `Deserialize` impls or validators that rely
+/// on thread-local state); the default is the machine's cores, at most four. Only decodes of
+/// 4,096 keys or more use more than one thread (a start, a bucket read again).
+///
+/// ```
+/// kv_config::set_decode_threads(1);
+/// ```
+pub fn set_decode_threads(max: usize) {
+    let min = MIN_SET.load(Ordering::Relaxed);
+    set_parallel_decode(Some((if min == 0 { PARALLEL_MIN } else { min - 1 }, max.max(1))));
+}
+
 /// The threads a new decode may use.
 pub(super) fn threads() -> usize {
     match THREADS_SET.load(Ordering::Relaxed) {
