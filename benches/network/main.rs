@@ -207,12 +207,7 @@ async fn cold_load(url: &str, quick: bool, report: &mut Report) {
             }
             kv_config::__private::set_parallel_decode(None);
             let t = Instant::now();
-            let mut w = kv.watch_with_history(">").await.expect("watch");
-            while let Some(e) = w.next().await {
-                if e.expect("entry").delta == 0 {
-                    break;
-                }
-            }
+            raw_scan(&kv).await;
             watch.push(t.elapsed());
             if !gets || run >= 3 {
                 continue;
@@ -261,12 +256,7 @@ async fn cold_load_map(js: &jetstream::Context, store: &NatsStore, report: &mut 
         single.push(time_start::<Tenants50000>(store, bucket, false).await);
         kv_config::__private::set_parallel_decode(None);
         let t = Instant::now();
-        let mut w = kv.watch_with_history(">").await.expect("watch");
-        while let Some(e) = w.next().await {
-            if e.expect("entry").delta == 0 {
-                break;
-            }
-        }
+        raw_scan(&kv).await;
         watch.push(t.elapsed());
     }
     let (o, one, w) = (median(ours), median(single), median(watch));
@@ -358,12 +348,7 @@ async fn load_cpu(url: &str, quick: bool, report: &mut Report) {
                 for _ in 0..reads {
                     match (what, n) {
                         (0, _) => {
-                            let mut w = kv.watch_with_history(">").await.expect("watch");
-                            while let Some(e) = w.next().await {
-                                if e.expect("entry").delta == 0 {
-                                    break;
-                                }
-                            }
+                            raw_scan(&kv).await;
                         }
                         (1, 100) => drop(kv_config::load::<Leaf100>(&*b, "").await.expect("load")),
                         (1, 5000) => drop(kv_config::load::<Keys5000>(&*b, "").await.expect("load")),
@@ -1231,6 +1216,12 @@ async fn scan_core(stream: &jetstream::stream::Stream, client: &async_nats::Clie
 }
 
 /// Until the first entry with nothing more pending.
+/// Reads the latest entry of every key with async-nats's `watch_with_history`: the raw baseline
+/// of a cold load.
+async fn raw_scan(kv: &kv::Store) {
+    drain(kv.watch_with_history(">").await.expect("watch"), |e: &kv::Entry| e.delta).await;
+}
+
 async fn drain<E>(mut s: impl futures_util::Stream<Item = Result<E, impl std::fmt::Debug>> + Unpin, delta: impl Fn(&E) -> u64) {
     while let Some(e) = s.next().await {
         if delta(&e.expect("entry")) == 0 {
@@ -1257,7 +1248,7 @@ async fn scan_experiment(url: &str, quick: bool, report: &mut Report) {
         let (mut w, mut p, mut q, mut o, mut pa, mut qa, mut cs) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..runs {
             let t = Instant::now();
-            drain(kv.watch_with_history(">").await.expect("watch"), |e: &kv::Entry| e.delta).await;
+            raw_scan(&kv).await;
             w.push(t.elapsed());
             p.push(scan_with(&stream, &client, &bucket, false, LastPerSubject).await);
             q.push(scan_with(&stream, &client, &bucket, true, LastPerSubject).await);
