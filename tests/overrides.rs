@@ -612,3 +612,60 @@ async fn an_override_ends_at_its_expiry_while_the_server_is_frozen() {
     let snap = cfg.set_for("log_level", "info", Duration::from_secs(30)).await.expect("set_for after the thaw");
     assert_eq!(snap.log_level, "info");
 }
+
+/// `set_for` of an overridden key right after the bucket was deleted and created again by
+/// another client, before the handle could know (no announcements, probes held back): the new
+/// bucket holds the override key at the very revision the handle expects, so the server takes
+/// the write (an atomic batch with the guard key, also at the revision expected). The caller
+/// must not hear `Ok` (the write went to a bucket the handle does not
+/// watch yet), no reader may see the new value over the old bucket's state, and once the handle
+/// reads the new bucket the write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_for_taken_by_a_bucket_replaced_unseen_is_never_confirmed_nor_shown() {
+    let (_server, store) = server().await;
+    let gate = Gate::default();
+    let bucket_config = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
+    let cfg = LiveConfig::<Cfg>::builder(Tapped::new(&store, gate.clone()), "cfg")
+        .create_with(bucket_config.clone())
+        .heartbeat(Duration::from_millis(250))
+        .write_timeout(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    cfg.update(|c| c.workers = 3).await.unwrap();
+    let snap = cfg.set_for("log_level", "debug", Duration::from_secs(60)).await.unwrap();
+    let Some(Provenance::Override { revision, .. }) = snap.source("log_level") else { panic!("{:?}", snap.source("log_level")) };
+    gate.0.store(true, Ordering::SeqCst);
+    store.delete_bucket("cfg").await.unwrap();
+    let new = store.create_bucket(&bucket_config).await.unwrap();
+    // The new bucket's override key at the revision the handle holds for the old one's.
+    for _ in 1..revision {
+        new.put("workers", "5".into()).await.unwrap();
+    }
+    assert_eq!(new.put("__kvconfig.override.log_level", "\"warn\"".into()).await.unwrap(), revision);
+    // `Cfg` has a struct check: its writes are batches with the guard key, last written by the
+    // set_for above right after the override (the batch's commit).
+    assert_eq!(new.put("__kvconfig.guard", "0".into()).await.unwrap(), revision + 1);
+    let t = std::time::Instant::now();
+    let result = cfg.set_for("log_level", "info", Duration::from_secs(60)).await;
+    let took = t.elapsed();
+    let seen = (cfg.get().log_level.clone(), cfg.get().workers);
+    let held = new.get("__kvconfig.override.log_level").await.unwrap();
+    gate.0.store(false, Ordering::SeqCst);
+    match &result {
+        Ok(s) => panic!("Ok for a write into a bucket the handle does not watch: log_level {} workers {}", s.log_level, s.workers),
+        Err(e) => {
+            assert!(e.to_string().contains("`cfg`"), "names the bucket: {e}");
+            if held.as_deref() == Some(&b"\"info\""[..]) {
+                assert!(matches!(e, Error::NotObserved { .. } | Error::NotInEffect { .. }), "written, so never \"nothing written\": {e}");
+            }
+        }
+    }
+    assert_eq!(seen, ("debug".to_string(), 3), "readers kept the old bucket's state");
+    assert!(took < Duration::from_secs(5), "bounded by the write timeout: {took:?}");
+    assert_eq!(held.as_deref(), Some(&b"\"info\""[..]), "the server took the write (the case probed)");
+    eventually("the new bucket read", Duration::from_secs(10), || cfg.status().reloads >= 1 && cfg.get().workers == 5 && cfg.status().is_healthy()).await;
+    let expected = if held.as_deref() == Some(&b"\"info\""[..]) { "info" } else { "warn" };
+    assert_eq!(cfg.get().log_level, expected, "the new bucket's override");
+    println!("figure: set_for into a bucket replaced unseen: {:?} after {took:?}", result.map(|_| ()).map_err(|e| e.to_string()));
+}
