@@ -373,7 +373,10 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
 /// expiry marker would have dropped it: the server expires it at that time (a bucket that is gone
 /// holds it no more either), so a handle must not go on running on the incident knob, nor list it
 /// in [`Status::overrides`](crate::Status) or [`Snapshot::source`](crate::Snapshot::source), past
-/// the time it was set for. The key's own last good value is back. An override without a known
+/// the time it was set for. The key's own last good value is back, and the override key's
+/// revision is recorded as none (as for an override the server no longer holds): a `set_for`
+/// meeting the expiry marker still stored learns its revision from the conflict and the watch,
+/// one meeting nothing is taken as a new key. An override without a known
 /// expiry is kept (only the server can tell its end), and nothing is done inside an atomic batch
 /// (swapping then would show half of it). If the server still holds a newer override when it
 /// answers again, the watch delivers it as usual.
