@@ -1226,3 +1226,167 @@ async fn an_unanswered_typed_write_names_the_key_the_caller_changed() {
     assert!(matches!(&err, Error::Store(e) if matches!(e.kind(), StoreErrorKind::OutcomeUnknown | StoreErrorKind::Timeout)), "{err}");
     println!("figure: unanswered typed write failed after {took:?}: {text}");
 }
+
+/// A loopback TCP relay in front of a real server whose replies can be dropped (`deaf`): while
+/// it is deaf the client's messages still reach the server, which stores and acknowledges a
+/// write, but nothing the server sends reaches the client (the acknowledgement is lost). A
+/// connection ends when either side closes.
+struct Relay {
+    port: u16,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(server_port: u16) -> Relay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let deaf = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = deaf.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await else { return };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let up = tokio::io::copy(&mut from_client, &mut to_server);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from_server.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if flag.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to_client.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        () = down => {}
+                    }
+                });
+            }
+        });
+        Relay { port, deaf, task }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a write whose acknowledgement was lost may answer: `Ok` (the resend or the lookup
+/// confirmed it), or an error that says the outcome is unknown. Never a definite "not written"
+/// (`Timeout`, a conflict, a missing bucket) for a write the server stored.
+fn honest_about_a_lost_ack<T: std::fmt::Debug>(what: &str, result: &Result<T, String>, kind: Option<&StoreErrorKind>) {
+    match (result, kind) {
+        (Ok(_), _) => {}
+        (Err(text), Some(StoreErrorKind::OutcomeUnknown)) => {
+            assert!(text.contains("bucket `") && text.contains("key `"), "{what}: names bucket and key: {text}");
+            assert!(text.contains("unknown"), "{what}: says the outcome is unknown: {text}");
+        }
+        (Err(text), kind) => panic!("{what}: the server stored the write, but the caller was told {kind:?}: {text}"),
+    }
+}
+
+/// The server stores a write, its acknowledgement is lost on the way back (a relay drops
+/// everything the server sends), then the server is killed and restarted on the same store: no
+/// freeze, no deleted bucket. A raw lone write (message id), `LiveConfig::set` of a config
+/// without cross-field checks (a lone write) and `LiveConfig::update` of one with them (an atomic
+/// batch whose commit is the guard key) each end within their deadline with `Ok` that the handle
+/// shows, or `OutcomeUnknown`; never a claim that nothing was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_ack_is_lost_before_a_kill_is_confirmed_or_unknown_never_denied() {
+    let mut server = NatsServer::start().await;
+    let relay = Relay::start(server.port()).await;
+    let via_relay = NatsStore::new(async_nats::connect(relay.url()).await.expect("connect through the relay"));
+    let counter = LiveConfig::<Counter>::builder(via_relay.clone(), "cnt").create_if_missing().heartbeat(Duration::from_millis(250)).start().await.unwrap();
+    let cfg = builder(&via_relay).start().await.unwrap();
+    let raw_bucket = via_relay.open_bucket("cfg").await.unwrap();
+    counter.set("n", 1).await.unwrap();
+    cfg.update(|c| c.max = 60).await.unwrap();
+
+    for round in ["raw write", "set (lone write)", "update (atomic batch)"] {
+        let direct = NatsStore::new(async_nats::connect(server.url()).await.expect("connect"));
+        let (bucket, key, want) = match round {
+            "raw write" => ("cfg", "workers", "7"),
+            "set (lone write)" => ("cnt", "n", "2"),
+            _ => ("cfg", "max", "70"),
+        };
+        let seen = direct.open_bucket(bucket).await.unwrap();
+        relay.deaf.store(true, Ordering::SeqCst);
+        let t = Instant::now();
+        let write: tokio::task::JoinHandle<Result<String, (String, Option<StoreErrorKind>)>> = match round {
+            "raw write" => {
+                let b = raw_bucket.clone();
+                tokio::spawn(async move { b.put("workers", "7".into()).await.map(|r| format!("revision {r}")).map_err(|e| (e.to_string(), Some(e.kind().clone()))) })
+            }
+            "set (lone write)" => {
+                let c = counter.clone();
+                tokio::spawn(async move { c.set("n", 2).await.map(|s| format!("n = {}", s.n)).map_err(|e| (e.to_string(), store_kind(&e))) })
+            }
+            _ => {
+                let c = cfg.clone();
+                tokio::spawn(async move { c.update(|c| c.max = 70).await.map(|s| format!("max = {}", s.max)).map_err(|e| (e.to_string(), store_kind(&e))) })
+            }
+        };
+        // Stored, says a client that hears the server; the writer heard nothing.
+        eventually_async(&format!("{round}: stored"), Duration::from_secs(5), || {
+            let seen = seen.clone();
+            async move { seen.get(key).await.ok().flatten().is_some_and(|v| v == want.as_bytes()) }
+        })
+        .await;
+        assert!(!write.is_finished(), "{round}: the writer cannot have heard the acknowledgement");
+        server.kill();
+        relay.deaf.store(false, Ordering::SeqCst);
+        server.restart().await;
+        let result = tokio::time::timeout(Duration::from_secs(20), write).await.expect("bounded: no hang").expect("no panic");
+        let took = t.elapsed();
+        let (shown, kind) = match &result {
+            Ok(s) => (Ok(s.clone()), None),
+            Err((text, kind)) => (Err(text.clone()), kind.as_ref()),
+        };
+        honest_about_a_lost_ack(round, &shown, kind);
+        println!("figure: {round} with its ack lost and the server killed: {result:?} after {took:?}");
+        if let Ok(text) = &result {
+            let stored = seen.entry(key).await.unwrap().expect("stored").revision;
+            match round {
+                "raw write" => assert_eq!(text, &format!("revision {stored}"), "{round}: Ok names the revision the server stored it at"),
+                "set (lone write)" => assert_eq!(counter.get().n, 2, "{round}: Ok, so the handle shows it"),
+                "update (atomic batch)" => assert_eq!(cfg.get().max, 70, "{round}: Ok, so the handle shows it"),
+                _ => {}
+            }
+        }
+        eventually("the handles are current again", Duration::from_secs(10), || counter.status().is_current() && cfg.status().is_current()).await;
+    }
+    assert_eq!((counter.get().n, cfg.get().max, cfg.get().workers), (2, 70, 7), "every write applied once");
+}
+
+fn store_kind(e: &Error) -> Option<StoreErrorKind> {
+    match e {
+        Error::Store(s) => Some(s.kind().clone()),
+        _ => None,
+    }
+}
+
+/// Polls an async condition every 20 ms until it holds; panics naming `what` after `within`.
+async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, within: Duration, mut cond: impl FnMut() -> F) {
+    let started = Instant::now();
+    while !cond().await {
+        assert!(started.elapsed() < within, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -502,3 +502,175 @@ async fn a_handle_started_under_many_overrides_keeps_every_keys_own_value() {
     let wrong: Vec<String> = (0..100u32).filter(|i| snap.limits[&format!("k{i}")] != if *i == 99 { 199 } else { *i }).map(|i| format!("k{i}")).collect();
     assert!(wrong.is_empty(), "keys reading another value than their own: {wrong:?}");
 }
+
+/// The server's store is wiped (restarted without its data: the bucket and the override are gone)
+/// while an override lives; nobody creates the bucket again for longer than the override's TTL.
+/// The handle keeps its last good config and says the bucket is missing, and `set_for` fails at
+/// once naming the bucket. But an override whose expiry has passed is no longer in effect
+/// anywhere: the handle must not keep running on the incident knob, nor list it in
+/// `status().overrides` or `source()`, past the time it was set for; the key's own last good
+/// value is back, as the expiry marker would have made it. Found by a probe (before: `debug`,
+/// `source` = `Override` with an expiry in the past, for as long as the bucket stayed missing).
+/// Then the bucket is created again by another client: the handle reads it (no override there),
+/// and a `set_for` goes to it; and a `set_for` issued right after a second wipe and re-creation
+/// is either `Ok` with the new bucket's state, or an error naming the bucket that never claims
+/// "nothing written" for a write the new bucket holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_across_a_wiped_store_ends_at_its_expiry_and_set_for_never_lies() {
+    use kv_config::StaleReason;
+    let (mut server, store) = server().await;
+    let cfg = handle(&store).await;
+    cfg.update(|c| c.log_level = "warn".into()).await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let snap = cfg.set_for("log_level", "debug", ttl).await.unwrap();
+    let Some(Provenance::Override { expires: Some(expires), .. }) = snap.source("log_level") else { panic!("{:?}", snap.source("log_level")) };
+    server.restart_wiped().await;
+    let missing = |c: &LiveConfig<Cfg>| c.status().stale.is_some_and(|s| s.reason == StaleReason::BucketMissing);
+    eventually("the wiped bucket reported missing", Duration::from_secs(10), || missing(&cfg)).await;
+    if SystemTime::now() < expires {
+        assert_eq!(cfg.get().log_level, "debug", "before its expiry the override stays in effect (last good config)");
+    }
+    let t = std::time::Instant::now();
+    let err = cfg.set_for("workers", 7, Duration::from_secs(30)).await.expect_err("no write while the bucket is missing");
+    assert!(matches!(&err, Error::Store(e) if *e.kind() == StoreErrorKind::NotFound), "{err}");
+    assert!(err.to_string().contains("bucket `cfg`"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(1), "at once: {:?}", t.elapsed());
+
+    // Past its expiry (plus a heartbeat of 250 ms to notice it), the override is over.
+    let wait = expires.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    eventually("the expired override dropped while the bucket is missing", Duration::from_secs(2), || cfg.get().log_level == "warn").await;
+    let snap = cfg.get();
+    assert!(matches!(snap.source("log_level"), Some(Provenance::Bucket { .. })), "{:?}", snap.source("log_level"));
+    let status = cfg.status();
+    assert!(status.overrides.is_empty(), "no override listed past its expiry: {:?}", status.overrides);
+    assert!(missing(&cfg), "still reported missing: {:?}", status.stale);
+
+    // Created again by another client, with its own value and no override: read in full.
+    let other = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let bucket_config = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
+    let bucket = other.create_bucket(&bucket_config).await.unwrap();
+    bucket.put("log_level", "\"error\"".into()).await.unwrap();
+    eventually("the new bucket read", Duration::from_secs(10), || cfg.get().log_level == "error" && cfg.status().is_healthy()).await;
+    assert!(cfg.status().overrides.is_empty());
+    let snap = cfg.set_for("workers", 7, Duration::from_secs(30)).await.expect("set_for on the new bucket");
+    assert_eq!(snap.workers, 7);
+    assert_eq!(bucket.get("__kvconfig.override.workers").await.unwrap().as_deref(), Some(&b"7"[..]), "written to the bucket watched");
+
+    // Wiped again while overrides live, created again at once, and a set_for at once.
+    cfg.set_for("log_level", "debug", Duration::from_secs(30)).await.unwrap();
+    let reloads = cfg.status().reloads;
+    server.restart_wiped().await;
+    let other = NatsStore::new(async_nats::connect(server.url()).await.unwrap());
+    let bucket = other.create_bucket(&bucket_config).await.unwrap();
+    bucket.put("log_level", "\"error\"".into()).await.unwrap();
+    let t = std::time::Instant::now();
+    let result = cfg.set_for("workers", 9, Duration::from_secs(30)).await;
+    let took = t.elapsed();
+    let held = bucket.get("__kvconfig.override.workers").await.unwrap();
+    match &result {
+        Ok(snap) => {
+            assert_eq!((snap.workers, snap.log_level.as_str()), (9, "error"), "Ok shows the new bucket's state with the override");
+            assert!(cfg.status().reloads > reloads, "Ok only after the new bucket was read");
+            assert_eq!(held.as_deref(), Some(&b"9"[..]), "Ok: the bucket watched holds it");
+        }
+        Err(e) => {
+            assert!(e.to_string().contains("`cfg`"), "names the bucket: {e}");
+            let said_not_written = matches!(e, Error::Conflict { .. } | Error::Store(_)) && !matches!(e, Error::Store(s) if *s.kind() == StoreErrorKind::OutcomeUnknown);
+            assert!(!(said_not_written && held.is_some()), "told not written, but the bucket holds it: {e}");
+            assert_ne!(cfg.get().workers, 9, "not claimed");
+        }
+    }
+    assert!(took < Duration::from_secs(15), "bounded: {took:?}");
+    eventually("the new bucket read after the second wipe", Duration::from_secs(10), || cfg.get().log_level == "error" && cfg.status().is_healthy()).await;
+    println!("figure: set_for right after a wipe and re-creation: {:?} after {took:?}", result.map(|s| s.workers).map_err(|e| e.to_string()));
+}
+
+/// The same while the server is frozen (SIGSTOP) past an override's expiry: the server cannot
+/// be asked, and its expiry marker cannot come, but the override's time is over: the handle
+/// drops it (the key's own value is back) while it reports the server as not answering. After
+/// `SIGCONT` the server expires the override itself; the handle stays on the own value and
+/// `set_for` works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_ends_at_its_expiry_while_the_server_is_frozen() {
+    let (mut server, store) = server().await;
+    let cfg = handle(&store).await;
+    cfg.update(|c| c.log_level = "warn".into()).await.unwrap();
+    let snap = cfg.set_for("log_level", "debug", Duration::from_secs(2)).await.unwrap();
+    let Some(Provenance::Override { expires: Some(expires), .. }) = snap.source("log_level") else { panic!("{:?}", snap.source("log_level")) };
+    server.pause();
+    tokio::time::sleep(expires.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    eventually("the expired override dropped while the server is frozen", Duration::from_secs(2), || cfg.get().log_level == "warn").await;
+    let status = cfg.status();
+    assert!(status.overrides.is_empty(), "{:?}", status.overrides);
+    assert!(status.stale.is_some(), "the frozen server is reported: {status:?}");
+    assert!(matches!(cfg.get().source("log_level"), Some(Provenance::Bucket { .. })), "{:?}", cfg.get().source("log_level"));
+    // Frozen for longer than three of the watch's 1 s heartbeats: its consumer is given up and
+    // re-made after the thaw, possibly after the server's expiry marker (kept 1 s here) is gone.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.resume();
+    eventually("current again", Duration::from_secs(10), || cfg.status().is_current()).await;
+    assert_eq!(cfg.get().log_level, "warn");
+    assert!(cfg.status().overrides.is_empty());
+    let t = std::time::Instant::now();
+    let snap = cfg.set_for("log_level", "info", Duration::from_secs(30)).await.expect("set_for after the thaw");
+    assert_eq!(snap.log_level, "info");
+    println!("figure: set_for after the thaw took {:?}", t.elapsed());
+}
+
+/// `set_for` of an overridden key right after the bucket was deleted and created again by
+/// another client, before the handle could know (no announcements, probes held back): the new
+/// bucket holds the override key at the very revision the handle expects, so the server takes
+/// the write (an atomic batch with the guard key, also at the revision expected). The caller
+/// must not hear `Ok` (the write went to a bucket the handle does not
+/// watch yet), no reader may see the new value over the old bucket's state, and once the handle
+/// reads the new bucket the write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_for_taken_by_a_bucket_replaced_unseen_is_never_confirmed_nor_shown() {
+    let (_server, store) = server().await;
+    let gate = Gate::default();
+    let bucket_config = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
+    let cfg = LiveConfig::<Cfg>::builder(Tapped::new(&store, gate.clone()), "cfg")
+        .create_with(bucket_config.clone())
+        .heartbeat(Duration::from_millis(250))
+        .write_timeout(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    cfg.update(|c| c.workers = 3).await.unwrap();
+    let snap = cfg.set_for("log_level", "debug", Duration::from_secs(60)).await.unwrap();
+    let Some(Provenance::Override { revision, .. }) = snap.source("log_level") else { panic!("{:?}", snap.source("log_level")) };
+    gate.0.store(true, Ordering::SeqCst);
+    store.delete_bucket("cfg").await.unwrap();
+    let new = store.create_bucket(&bucket_config).await.unwrap();
+    // The new bucket's override key at the revision the handle holds for the old one's.
+    for _ in 1..revision {
+        new.put("workers", "5".into()).await.unwrap();
+    }
+    assert_eq!(new.put("__kvconfig.override.log_level", "\"warn\"".into()).await.unwrap(), revision);
+    // `Cfg` has a struct check: its writes are batches with the guard key, last written by the
+    // set_for above right after the override (the batch's commit).
+    assert_eq!(new.put("__kvconfig.guard", "0".into()).await.unwrap(), revision + 1);
+    let t = std::time::Instant::now();
+    let result = cfg.set_for("log_level", "info", Duration::from_secs(60)).await;
+    let took = t.elapsed();
+    let seen = (cfg.get().log_level.clone(), cfg.get().workers);
+    let held = new.get("__kvconfig.override.log_level").await.unwrap();
+    gate.0.store(false, Ordering::SeqCst);
+    match &result {
+        Ok(s) => panic!("Ok for a write into a bucket the handle does not watch: log_level {} workers {}", s.log_level, s.workers),
+        Err(e) => {
+            assert!(e.to_string().contains("`cfg`"), "names the bucket: {e}");
+            if held.as_deref() == Some(&b"\"info\""[..]) {
+                assert!(matches!(e, Error::NotObserved { .. } | Error::NotInEffect { .. }), "written, so never \"nothing written\": {e}");
+            }
+        }
+    }
+    assert_eq!(seen, ("debug".to_string(), 3), "readers kept the old bucket's state");
+    assert!(took < Duration::from_secs(5), "bounded by the write timeout: {took:?}");
+    assert_eq!(held.as_deref(), Some(&b"\"info\""[..]), "the server took the write (the case probed)");
+    eventually("the new bucket read", Duration::from_secs(10), || cfg.status().reloads >= 1 && cfg.get().workers == 5 && cfg.status().is_healthy()).await;
+    let expected = if held.as_deref() == Some(&b"\"info\""[..]) { "info" } else { "warn" };
+    assert_eq!(cfg.get().log_level, expected, "the new bucket's override");
+    println!("figure: set_for into a bucket replaced unseen: {:?} after {took:?}", result.map(|_| ()).map_err(|e| e.to_string()));
+}

@@ -24,7 +24,9 @@ impl<T: KvConfig> LiveConfig<T> {
     /// up): an incident knob such as "log level debug for 30 minutes". The value is validated like
     /// [`set`](Self::set), then stored under `__kvconfig.override.<key>` with a per-key TTL, so
     /// every handle of the bucket uses it until the server expires it, and then goes back to the
-    /// key's own value (not to the default). Setting it again replaces the override and its TTL.
+    /// key's own value (not to the default); while the server cannot be asked (unreachable,
+    /// frozen, or the bucket gone), a handle drops it at the expiry it recorded. Setting it again
+    /// replaces the override and its TTL.
     /// The config must stay valid while the override lasts, also as other overrides expire before
     /// it (soonest first; one without a known expiry counts as the soonest): otherwise
     /// [`Error::InvalidAfterExpiry`] names them and nothing is written.

@@ -244,9 +244,11 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
     }) else {
         return Check::Fine;
     };
+    let batch = open_batch || matches!(waiting, Waiting::Batch { .. });
     if !bucket.is_connected() {
         if let Some(h) = weak.upgrade() {
             h.mark_stale(StaleReason::Disconnected, None);
+            expire_overrides_unasked(&h, batch);
         }
         return Check::Fine;
     }
@@ -254,7 +256,6 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
     // bucket of 50,000 keys, while this loop delivers nothing): only on the second look, when a
     // newer revision seen by the first is still not delivered, when an entry the pending count
     // announced did not come, and inside an atomic batch.
-    let batch = open_batch || matches!(waiting, Waiting::Batch { .. });
     let look_next = match waiting {
         Waiting::Pending(_) => true,
         Waiting::Suspect(rev) => seen < rev,
@@ -269,14 +270,17 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
                 .bucket(bucket.name())
                 .detail(format!("no answer to a liveness probe within {heartbeat:?}"));
             hub.mark_stale(StaleReason::NoResponse, Some(err.to_string()));
+            expire_overrides_unasked(&hub, batch);
             Check::Fine
         }
         Ok(Err(e)) if *e.kind() == StoreErrorKind::NotFound => {
             hub.mark_stale(StaleReason::BucketMissing, Some(e.to_string()));
+            expire_overrides_unasked(&hub, batch);
             Check::Fine
         }
         Ok(Err(e)) => {
             hub.mark_stale(StaleReason::NoResponse, Some(e.to_string()));
+            expire_overrides_unasked(&hub, batch);
             Check::Fine
         }
         Ok(Ok(probe)) => {
@@ -362,6 +366,34 @@ async fn check(weak: &Weak<Hub>, bucket: &dyn Bucket, pattern: &str, heartbeat: 
             }
         }
     }
+}
+
+/// While the server cannot be asked (unreachable, frozen, or the bucket gone: a wiped store
+/// nobody has created again), an override whose known expiry has passed is dropped here, as its
+/// expiry marker would have dropped it: the server expires it at that time (a bucket that is gone
+/// holds it no more either), so a handle must not go on running on the incident knob, nor list it
+/// in [`Status::overrides`](crate::Status) or [`Snapshot::source`](crate::Snapshot::source), past
+/// the time it was set for. The key's own last good value is back, and the override key's
+/// revision is recorded as none (as for an override the server no longer holds): a `set_for`
+/// meeting the expiry marker still stored learns its revision from the conflict and the watch,
+/// one meeting nothing is taken as a new key. An override without a known
+/// expiry is kept (only the server can tell its end), and nothing is done inside an atomic batch
+/// (swapping then would show half of it). If the server still holds a newer override when it
+/// answers again, the watch delivers it as usual.
+fn expire_overrides_unasked(hub: &Hub, batch: bool) {
+    if batch {
+        return;
+    }
+    let due = hub.overrides_due(false);
+    if due.is_empty() {
+        return;
+    }
+    for (member, full, key, revision) in due {
+        tracing::info!(bucket = %hub.bucket.name(), key = %full, revision, "override past its expiry while the server cannot be asked; dropped");
+        member.drop_override(&key, revision, None);
+        hub.forget(&full, revision);
+    }
+    hub.finish_burst(true);
 }
 
 /// Overrides past their expiry whose expiry marker never arrived: the server writes the marker
