@@ -67,6 +67,20 @@ async fn server() -> (NatsServer, NatsStore) {
     (server, store)
 }
 
+/// A handle on bucket `cfg` (per-key TTLs, history 10) through a [`Tapped`] store that `gate`
+/// controls, with a 250 ms heartbeat; also the bucket's config, to make it again.
+async fn gated_handle(store: &NatsStore, gate: &Gate, write_timeout: Option<Duration>) -> (LiveConfig<Cfg>, BucketConfig) {
+    let bucket_config = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
+    let builder = LiveConfig::<Cfg>::builder(Tapped::new(store, gate.clone()), "cfg")
+        .create_with(bucket_config.clone())
+        .heartbeat(Duration::from_millis(250));
+    let builder = match write_timeout {
+        Some(t) => builder.write_timeout(t),
+        None => builder,
+    };
+    (builder.start().await.unwrap(), bucket_config)
+}
+
 /// A handle on bucket `cfg` with per-key TTLs enabled.
 async fn handle(store: &NatsStore) -> LiveConfig<Cfg> {
     let bucket = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
@@ -249,13 +263,7 @@ async fn an_expired_overrides_value_is_never_written_as_the_keys_own() {
 async fn an_override_value_carried_over_a_bucket_replacement_is_never_written_as_the_keys_own() {
     let (_server, store) = server().await;
     let gate = Gate::default();
-    let bucket_config = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
-    let cfg = LiveConfig::<Cfg>::builder(Tapped::new(&store, gate.clone()), "cfg")
-        .create_with(bucket_config.clone())
-        .heartbeat(Duration::from_millis(250))
-        .start()
-        .await
-        .unwrap();
+    let (cfg, bucket_config) = gated_handle(&store, &gate, None).await;
     cfg.update(|c| c.min = 5).await.unwrap();
     cfg.set_for("max", 100, Duration::from_secs(60)).await.unwrap();
     let reloads = cfg.status().reloads;
@@ -629,14 +637,7 @@ async fn an_override_ends_at_its_expiry_while_the_server_is_frozen() {
 async fn set_for_taken_by_a_bucket_replaced_unseen_is_never_confirmed_nor_shown() {
     let (_server, store) = server().await;
     let gate = Gate::default();
-    let bucket_config = BucketConfig::new("cfg").history(10).key_ttl(Duration::from_secs(1));
-    let cfg = LiveConfig::<Cfg>::builder(Tapped::new(&store, gate.clone()), "cfg")
-        .create_with(bucket_config.clone())
-        .heartbeat(Duration::from_millis(250))
-        .write_timeout(Duration::from_secs(2))
-        .start()
-        .await
-        .unwrap();
+    let (cfg, bucket_config) = gated_handle(&store, &gate, Some(Duration::from_secs(2))).await;
     cfg.update(|c| c.workers = 3).await.unwrap();
     let snap = cfg.set_for("log_level", "debug", Duration::from_secs(60)).await.unwrap();
     let Some(Provenance::Override { revision, .. }) = snap.source("log_level") else { panic!("{:?}", snap.source("log_level")) };
