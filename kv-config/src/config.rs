@@ -745,19 +745,14 @@ impl<'a> Decoder<'a> {
                 if let (Some(i), Some(_)) = (position, &self.elidable) {
                     self.note_read(i);
                 }
-                if let Some(v) = crate::exact::plain_string::<T>(&raw.value) {
-                    // A `String` read from a JSON string with nothing escaped: what serde_json
-                    // gives, and it writes it back byte for byte.
-                    self.check_leaf(key, Some(raw.revision), &v, validate, secret)?;
-                    if let (Some(i), Some(list)) = (position, &mut self.elidable) {
-                        if !self.keep_under.iter().any(|p| key.starts_with(p.as_str())) {
-                            list.push(i);
-                        }
-                    }
-                    return Some(v);
-                }
-                match guarded("the Deserialize impl", || parse_value::<T>(&raw.value)) {
-                    Ok(v) => (v, Some(raw.revision), position.map(|i| (i, &raw.value[..]))),
+                // A `String` read from a JSON string with nothing escaped is what serde_json
+                // gives, and it writes it back byte for byte (`exact`): no parser, no check.
+                let parsed = match crate::exact::plain_string::<T>(&raw.value) {
+                    Some(v) => Ok((v, true)),
+                    None => guarded("the Deserialize impl", || parse_value::<T>(&raw.value)).map(|v| (v, false)),
+                };
+                match parsed {
+                    Ok((v, exact)) => (v, Some(raw.revision), position.map(|i| (i, &raw.value[..], exact))),
                     Err(msg) => {
                         let msg = if secret {
                             format!("(value redacted) expected {}", std::any::type_name::<T>())
@@ -771,9 +766,9 @@ impl<'a> Decoder<'a> {
             }
         };
         self.check_leaf(key, revision, &value, validate, secret)?;
-        if let (Some((position, raw)), Some(_)) = (stored, &self.elidable) {
+        if let (Some((position, raw, exact)), Some(_)) = (stored, &self.elidable) {
             if !self.keep_under.iter().any(|p| key.starts_with(p.as_str())) {
-                self.note_elidable(position, raw, &value);
+                self.note_elidable(position, raw, &value, exact);
             }
         }
         Some(value)
@@ -793,10 +788,11 @@ impl<'a> Decoder<'a> {
 
     /// Records `position` as elidable when `value` serializes to `raw` exactly, as
     /// [`KvConfig::encode`] would write it (a `null` is never written: an absent `Option`).
-    fn note_elidable<T: Serialize>(&mut self, position: u32, raw: &[u8], value: &T) {
+    /// `exact`: known already (a plain string, see [`crate::exact::plain_string`]).
+    fn note_elidable<T: Serialize>(&mut self, position: u32, raw: &[u8], value: &T, exact: bool) {
         let mut buf = std::mem::take(&mut self.buf);
         // A Serialize impl is user code: if it panics or fails, the bytes are simply kept.
-        let same = guarded("the Serialize impl", || crate::exact::encodes_to(value, raw, &mut buf)).unwrap_or(false);
+        let same = exact || guarded("the Serialize impl", || crate::exact::encodes_to(value, raw, &mut buf)).unwrap_or(false);
         if same && raw != b"null" {
             if let Some(list) = &mut self.elidable {
                 list.push(position);
